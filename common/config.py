@@ -1,0 +1,231 @@
+"""Run configuration: YAML -> validated, typed config. Unknown keys are rejected by name.
+
+The same resolved config (written as JSON into each run directory) drives every framework, so two runs
+can only differ by the framework and the strategy, never by a default that one side filled in differently.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from xfw.common.errors import UserError
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MLPSpec(_Strict):
+    kind: Literal["mlp"] = "mlp"
+    # Input width, hidden widths..., output width. [10, 10] is a model with no hidden layer.
+    layers: list[Annotated[int, Field(gt=0)]] = Field(default=[10, 50, 10], min_length=2)
+    activation: Literal["relu", "tanh"] = "relu"
+
+
+class CNNSpec(_Strict):
+    kind: Literal["cnn"] = "cnn"
+    input_shape: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] = (8, 8, 1)
+    # One block per entry: conv (stride 1, 'same' padding, odd kernel) -> activation -> 2x2 max-pool.
+    conv_channels: list[Annotated[int, Field(gt=0)]] = Field(default=[8, 16], min_length=1)
+    kernel_size: Annotated[int, Field(gt=0)] = 3
+    dense: list[Annotated[int, Field(gt=0)]] = [32]
+    outputs: Annotated[int, Field(gt=0)] = 10
+    activation: Literal["relu", "tanh"] = "relu"
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> "CNNSpec":
+        if self.kernel_size % 2 == 0:
+            raise ValueError("kernel_size must be odd ('same' padding is then symmetric in both frameworks)")
+        h, w, _ = self.input_shape
+        for _ in self.conv_channels:
+            if h < 2 or w < 2:
+                raise ValueError(f"input_shape {self.input_shape} is too small for {len(self.conv_channels)} pooling blocks")
+            h, w = h // 2, w // 2
+        return self
+
+
+ModelSpec = Annotated[Union[MLPSpec, CNNSpec], Field(discriminator="kind")]
+
+
+class DataConfig(_Strict):
+    kind: Literal["synthetic_regression", "synthetic_classification", "digits", "npz"] = "synthetic_regression"
+    samples: Annotated[int, Field(gt=0)] = 4096  # synthetic sets only
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    path: str | None = None  # npz only: arrays x and y (or x_train/y_train[/x_test/y_test])
+    noise: Annotated[float, Field(ge=0)] = 0.1
+
+    @model_validator(mode="after")
+    def _check_path(self) -> "DataConfig":
+        if self.kind == "npz" and not self.path:
+            raise ValueError("data.path is required when data.kind is npz")
+        if self.kind != "npz" and self.path:
+            raise ValueError(f"data.path is only used with data.kind npz (kind is {self.kind})")
+        return self
+
+
+class SGDConfig(_Strict):
+    kind: Literal["sgd"] = "sgd"
+    lr: Annotated[float, Field(gt=0)] = 0.05
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    nesterov: bool = False
+
+
+class AdamConfig(_Strict):
+    kind: Literal["adam"] = "adam"
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    beta2: Annotated[float, Field(ge=0, lt=1)] = 0.999
+    epsilon: Annotated[float, Field(gt=0)] = 1e-7
+
+
+OptimizerConfig = Annotated[Union[SGDConfig, AdamConfig], Field(discriminator="kind")]
+
+
+class TrainingConfig(_Strict):
+    global_batch: Annotated[int, Field(gt=0)] = 32
+    steps: Annotated[int, Field(gt=0)] = 300
+    # First steps are timed apart (graph tracing, allocator warm-up) and excluded from throughput.
+    warmup_steps: Annotated[int, Field(ge=1)] = 10
+    # The timed steps are cut into this many windows; throughput is the median over windows (and repeats).
+    timing_windows: Annotated[int, Field(ge=1)] = 10
+
+    @model_validator(mode="after")
+    def _check_steps(self) -> "TrainingConfig":
+        if self.steps - self.warmup_steps < self.timing_windows:
+            raise ValueError(
+                f"steps ({self.steps}) must exceed warmup_steps ({self.warmup_steps}) by at least timing_windows ({self.timing_windows})"
+            )
+        return self
+
+
+class ParallelConfig(_Strict):
+    replicas: Annotated[int, Field(gt=0)] = 2
+    threads_per_replica: Annotated[int, Field(gt=0)] = 1
+    # Allow more replicas than devices (CPU cores where there is no GPU). Timings are then meaningless.
+    oversubscribe: bool = False
+
+
+class RuntimeConfig(_Strict):
+    determinism: bool = True
+    precision: Literal["float32"] = "float32"
+    timeout_s: Annotated[float, Field(gt=0)] = 600.0  # per run (per repeat), enforced by the parent process
+
+
+class ParityConfig(_Strict):
+    # Largest relative per-step loss difference allowed between two runs of the same framework
+    # (parallel vs single device) and between the two frameworks.
+    same_framework: Annotated[float, Field(gt=0)] = 1e-5
+    cross_framework: Annotated[float, Field(gt=0)] = 1e-5
+
+
+class Config(_Strict):
+    seed: int = 0
+    model: ModelSpec = MLPSpec()
+    data: DataConfig = DataConfig()
+    loss: Literal["mse", "cross_entropy"] = "mse"
+    optimizer: OptimizerConfig = SGDConfig()
+    training: TrainingConfig = TrainingConfig()
+    parallel: ParallelConfig = ParallelConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    parity: ParityConfig = ParityConfig()
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> "Config":
+        if self.training.global_batch % self.parallel.replicas:
+            raise ValueError(
+                f"training.global_batch {self.training.global_batch} is not divisible by parallel.replicas {self.parallel.replicas}"
+            )
+        classification = self.data.kind in ("synthetic_classification", "digits")
+        if classification and self.loss != "cross_entropy":
+            raise ValueError(f"data.kind {self.data.kind} is a classification set: use loss cross_entropy")
+        if self.data.kind == "synthetic_regression" and self.loss != "mse":
+            raise ValueError("data.kind synthetic_regression needs loss mse")
+        if self.model.kind == "cnn" and self.data.kind in ("synthetic_regression", "synthetic_classification"):
+            raise ValueError("model cnn needs image data: data.kind digits or npz")
+        return self
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"] if not (isinstance(p, str) and p in ("mlp", "cnn", "sgd", "adam")))
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key '{where}'"
+    if first["type"] == "union_tag_invalid":
+        return f"{where}.kind: unknown value {first['input'].get('kind')!r} (expected {first['ctx']['expected_tags']})"
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"{where}: {msg}" if where else msg
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise UserError(f"--set expects key=value, got {item!r}")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise UserError(f"--set {key}: cannot parse value {raw!r}") from None
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `a.b.c=value` overrides (values parsed as YAML) to a raw config dict."""
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise UserError(f"--set {item}: '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def load_raw(path: str | Path | None) -> dict:
+    path = Path(path) if path else DEFAULT_CONFIG_PATH
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UserError(f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"malformed YAML in {path}{where}: {getattr(exc, 'problem', exc)}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"config {path} must be a mapping at the top level")
+    return raw
+
+
+def build_config(raw: dict) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(f"config: {_format_validation_error(err)}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), replicas: int | None = None) -> Config:
+    raw = apply_overrides(load_raw(path), list(overrides))
+    if replicas is not None:
+        raw.setdefault("parallel", {})["replicas"] = replicas
+    return build_config(raw)
+
+
+def config_to_json(config: Config) -> str:
+    return json.dumps(config.model_dump(mode="json"), indent=2)
+
+
+def config_from_dict(data: dict) -> Config:
+    return Config.model_validate(data)
