@@ -1,0 +1,58 @@
+"""Entry point of every worker process: `python -m xfw.cli.worker RUN_JSON`, started by a launcher.
+
+It imports exactly one framework (through the implementation's module), trains, and rank 0 writes
+result.json. Nothing is printed as data: stdout and stderr go to the run's log.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import time
+from pathlib import Path
+
+from xfw.common.launch import under_engine_launcher
+from xfw.common.registry import find
+from xfw.common.runspec import RunSpec
+
+# Test hook: XFW_INJECT_FAULT="<run-id>:crash|hang[:rank]" makes that run's worker(s) fail on purpose, so
+# tests can show that a crashed or hung worker is contained. Unset in normal use.
+FAULT_VAR = "XFW_INJECT_FAULT"
+
+
+def _rank() -> int:
+    for var in ("HOROVOD_RANK", "RANK"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0
+
+
+def _maybe_inject_fault(run: RunSpec) -> None:
+    spec = os.environ.get(FAULT_VAR, "")
+    parts = spec.split(":")
+    if len(parts) < 2 or parts[0] != run.id:
+        return
+    if len(parts) == 3 and int(parts[2]) != _rank():
+        return
+    if parts[1] == "crash":
+        raise RuntimeError(f"fault injected by {FAULT_VAR}={spec}")
+    if parts[1] == "hang":
+        while True:
+            time.sleep(1)
+
+
+def run_worker(run: RunSpec, launcher: str) -> None:
+    impl = find(run.framework, run.implementation)
+    _maybe_inject_fault(run)
+    train = getattr(importlib.import_module(impl.module), impl.function)
+    train(run, launcher)
+
+
+def main() -> None:
+    run = RunSpec.from_json(Path(sys.argv[1]).read_text())
+    run_worker(run, under_engine_launcher() or "process")
+
+
+if __name__ == "__main__":
+    main()

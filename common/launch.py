@@ -1,0 +1,102 @@
+"""Launch planning as pure functions: an implementation and a run -> the commands and environments that
+start it through the engine's own launcher. Nothing is spawned here (tests check plans directly)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from xfw.common.errors import UserError
+from xfw.common.registry import Implementation, Machine
+from xfw.common.runspec import RunSpec
+
+WORKER_MODULE = "xfw.cli.worker"
+# Every process of a run inherits this variable, so the parent can find and kill all of them, even those
+# that a launcher moved to a session of its own.
+TOKEN_VAR = "XFW_RUN_TOKEN"
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    commands: list[list[str]]  # one entry per process the parent starts
+    envs: list[dict[str, str]]  # added to the parent's environment, one per command
+    descriptions: list[str] = field(default_factory=list)
+
+
+def base_env(run: RunSpec, token: str) -> dict[str, str]:
+    cfg = run.config
+    env = {
+        TOKEN_VAR: token,
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": str(cfg.parallel.threads_per_replica),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "MPLBACKEND": "Agg",
+    }
+    if cfg.runtime.determinism:
+        env["TF_ENABLE_ONEDNN_OPTS"] = "0"  # oneDNN rounds differently; off for parity
+        env["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # needed by torch's deterministic mode on CUDA
+    return env
+
+
+def free_ports(count: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def horovodrun_executable() -> str:
+    beside = Path(sys.executable).with_name("horovodrun")
+    found = str(beside) if beside.exists() else shutil.which("horovodrun")
+    if not found:
+        raise UserError("horovodrun is not installed (run `make setup`)")
+    return found
+
+
+def plan(impl: Implementation, run: RunSpec, run_json: Path, machine: Machine, token: str, ports: list[int] | None = None) -> LaunchPlan:
+    worker = [sys.executable, "-m", WORKER_MODULE, str(run_json)]
+    env = base_env(run, token)
+    n = run.replicas
+    if impl.launcher == "process":
+        return LaunchPlan([worker], [env], ["1 process"])
+    if impl.launcher == "torchrun":
+        # --standalone: a local rendezvous on a free port; --max-restarts 0: a failure fails the run.
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", "--max-restarts=0",
+               "-m", WORKER_MODULE, str(run_json)]
+        return LaunchPlan([cmd], [env | {"MASTER_ADDR": "127.0.0.1"}], [f"torchrun, {n} processes"])
+    if impl.launcher == "horovodrun":
+        cmd = [horovodrun_executable(), "-np", str(n), "-H", f"localhost:{n}", "--gloo", *worker]
+        return LaunchPlan([cmd], [env], [f"horovodrun --gloo, {n} processes"])
+    if impl.launcher == "tf_config":
+        ports = ports or free_ports(n)
+        cluster = {"worker": [f"localhost:{p}" for p in ports]}
+        envs = []
+        for index in range(n):
+            worker_env = env | {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+            if machine.gpus:
+                worker_env["CUDA_VISIBLE_DEVICES"] = str(index % machine.gpus)
+            envs.append(worker_env)
+        return LaunchPlan([worker] * n, envs, [f"TF_CONFIG worker {i}" for i in range(n)])
+    raise ValueError(f"unknown launcher {impl.launcher}")
+
+
+def under_engine_launcher() -> str | None:
+    """Which engine launcher started this process, if any (so `xfw run` acts as a worker in place)."""
+    if "HOROVOD_RANK" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ:
+        return "horovodrun"
+    if "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ):
+        return "torchrun"
+    if "TF_CONFIG" in os.environ:
+        return "tf_config"
+    return None

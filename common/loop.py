@@ -1,0 +1,157 @@
+"""The timed training loop both frameworks share, and the rank-side end of a run (gather, then write).
+
+The loop body is only the framework's step function and a list append: per-step losses stay as
+framework tensors until the end, so the loop adds no host-device sync. The clock is read at window
+boundaries only, after forcing the last step's result (the one sync point per window).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xfw.common.models import parameter_count, training_flops_per_sample
+from xfw.common.runspec import RunSpec
+from xfw.common.semantics import loss_function_name, notes_for, optimizer_hyperparameters
+
+
+@dataclass(frozen=True)
+class LoopTiming:
+    warmup_steps: int
+    warmup_s: float
+    windows: list[tuple[int, float]]  # (steps, seconds) of each timed window
+
+
+def timed_loop(
+    step: Callable[[int], Any],
+    sync: Callable[[Any], None],
+    steps: int,
+    warmup_steps: int,
+    windows: int,
+    on_progress: Callable[[int], None],
+) -> tuple[list[Any], LoopTiming]:
+    losses: list[Any] = []
+    start = time.perf_counter()
+    for s in range(warmup_steps):
+        losses.append(step(s))
+    sync(losses[-1])
+    warmup_s = time.perf_counter() - start
+    on_progress(warmup_steps)
+    bounds = np.linspace(warmup_steps, steps, windows + 1).round().astype(int)
+    timed: list[tuple[int, float]] = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        start = time.perf_counter()
+        for s in range(lo, hi):
+            losses.append(step(s))
+        sync(losses[-1])
+        timed.append((int(hi - lo), time.perf_counter() - start))
+        on_progress(int(hi))  # outside the timed window
+    return losses, LoopTiming(warmup_steps, warmup_s, timed)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write to a temporary file and rename: readers see the old file or the whole new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=True))
+    os.replace(tmp, path)
+
+
+def progress_writer(run: RunSpec, rank: int) -> Callable[[int], None]:
+    if rank != 0:
+        return lambda step: None
+    path = Path(run.out_dir) / "progress.json"
+    steps = run.config.training.steps
+    return lambda step: write_json_atomic(path, {"step": step, "steps": steps})
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+@dataclass(frozen=True)
+class RankOutcome:
+    """What one process knows at the end of training."""
+
+    local_losses: np.ndarray  # per step: mean loss over the samples this process computed
+    timing: LoopTiming
+    weight_copies: list[np.ndarray]  # flat weights of every model copy this process holds
+    peak_memory_bytes: int
+
+
+def finish_run(
+    run: RunSpec,
+    outcome: RankOutcome,
+    gather: Callable[[np.ndarray], np.ndarray],
+    rank: int,
+    rank0_extras: Callable[[], dict],
+) -> None:
+    """Collect every rank's losses, memory and weights through the engine's own collective (one call after
+    training, so the result does not depend on a shared file system), then rank 0 writes result.json."""
+    steps = run.config.training.steps
+    first = outcome.weight_copies[0].astype(np.float64)
+    local_div = max(float(np.abs(w.astype(np.float64) - first).max()) for w in outcome.weight_copies)
+    payload = np.concatenate([outcome.local_losses.astype(np.float64), [outcome.peak_memory_bytes, local_div], first])
+    table = gather(payload)  # (processes, len(payload)), in rank order
+    if rank != 0:
+        return
+    losses = table[:, :steps].mean(axis=0)  # equal shards: the mean of the shard means is the batch mean
+    weights = table[:, steps + 2 :]
+    divergence = max(float(table[:, steps + 1].max()), float(np.abs(weights - weights[0]).max()))
+    cfg = run.config
+    result = {
+        "id": run.id,
+        "framework": run.framework,
+        "strategy": run.strategy,
+        "implementation": run.implementation,
+        "status": "ok",
+        "loss": [float(v) for v in losses],
+        "replicas": run.replicas,
+        "processes": int(table.shape[0]),
+        "replica_weight_max_abs_diff": divergence,
+        "peak_memory_bytes": int(table[:, steps].max()),
+        "peak_memory_kind": "largest peak resident set size of one process",
+        "timing": {
+            "global_batch": cfg.training.global_batch,
+            "warmup_steps": outcome.timing.warmup_steps,
+            "warmup_s": outcome.timing.warmup_s,
+            "windows": [{"steps": n, "seconds": s} for n, s in outcome.timing.windows],
+        },
+        "model": {"parameters": parameter_count(cfg.model), "training_flops_per_sample": training_flops_per_sample(cfg.model)},
+    } | rank0_extras()
+    write_json_atomic(Path(run.out_dir) / "result.json", result)
+
+
+def common_env(run: RunSpec, launcher: str, world_size: int) -> dict:
+    cfg = run.config
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "hostname": platform.node(),
+        "launcher": launcher,
+        "world_size": world_size,
+        "replicas": run.replicas,
+        "threads_per_replica": cfg.parallel.threads_per_replica,
+        "precision": cfg.runtime.precision,
+        "determinism": cfg.runtime.determinism,
+        "env_vars": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "TF_ENABLE_ONEDNN_OPTS", "CUDA_VISIBLE_DEVICES") if k in os.environ},
+        "hyperparameters": {
+            "optimizer": optimizer_hyperparameters(cfg, run.framework),
+            "loss": loss_function_name(cfg, run.framework),
+            "global_batch": cfg.training.global_batch,
+            "per_replica_batch": cfg.training.global_batch // run.replicas,
+            "steps": cfg.training.steps,
+            "seed": cfg.seed,
+        },
+        "semantics": notes_for(cfg),
+    }

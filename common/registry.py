@@ -1,0 +1,165 @@
+"""The one registry: (framework, strategy, implementation) -> the function that trains and the launcher
+that starts it. `xfw list`, `xfw run` and `xfw compare` read only this table."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from xfw.common.errors import UserError
+
+FRAMEWORKS = ("tf", "torch")
+FRAMEWORK_NAMES = {"tf": "TensorFlow", "torch": "PyTorch"}
+
+# Strategy families and what each means; every family has entries on both sides (tests/test_registry.py).
+STRATEGIES = {
+    "single": "one device, no parallelism: the reference every parallel run is diffed against",
+    "mirrored": "synchronous data parallelism: every replica holds the whole model, gradients are averaged each step",
+}
+
+LAUNCHERS = {
+    "process": "one plain Python process",
+    "torchrun": "torchrun (torch.distributed.run), one process per replica",
+    "horovodrun": "horovodrun with Gloo, one process per replica",
+    "tf_config": "one process per worker, each with its TF_CONFIG",
+}
+
+
+@dataclass(frozen=True)
+class Implementation:
+    framework: str
+    strategy: str
+    name: str
+    module: str  # imported lazily, in the worker process only
+    function: str
+    launcher: str
+    description: str
+    min_gpus: int = 0  # how many GPUs it needs to run at all
+    horovod: bool = False
+
+    @property
+    def id(self) -> str:
+        return f"{self.framework}-{self.name}"
+
+    @property
+    def multi_process(self) -> bool:
+        return self.launcher != "process"
+
+
+def _impl(framework, strategy, name, module, function, launcher, description, **kw) -> Implementation:
+    return Implementation(framework, strategy, name, f"xfw.{framework}_impl.{module}", function, launcher, description, **kw)
+
+
+REGISTRY: tuple[Implementation, ...] = (
+    _impl("tf", "single", "single", "single", "run_single", "process", "Keras model, custom tf.function loop, one device"),
+    _impl("tf", "mirrored", "mirrored-strategy", "mirrored", "run_mirrored_strategy", "process",
+          "tf.distribute.MirroredStrategy, one process, N devices (GPUs, or logical CPU devices)"),
+    _impl("tf", "mirrored", "multi-worker", "mirrored", "run_multi_worker", "tf_config",
+          "tf.distribute.MultiWorkerMirroredStrategy, N processes with TF_CONFIG"),
+    _impl("tf", "mirrored", "manual-placement", "mirrored", "run_manual_placement", "process",
+          "one tf.device per replica, gradients averaged explicitly, one process"),
+    _impl("tf", "mirrored", "horovod", "horovod", "run_horovod", "horovodrun",
+          "horovod.tensorflow, grouped_allreduce of gradients, launched by horovodrun", horovod=True),
+    _impl("torch", "single", "single", "single", "run_single", "process", "nn.Module, plain loop, one device"),
+    _impl("torch", "mirrored", "ddp", "mirrored", "run_ddp", "torchrun",
+          "DistributedDataParallel launched by torchrun (gloo on CPU, nccl on GPU)"),
+    _impl("torch", "mirrored", "allreduce", "mirrored", "run_allreduce", "torchrun",
+          "explicit torch.distributed.all_reduce of every gradient, launched by torchrun"),
+    _impl("torch", "mirrored", "data-parallel", "mirrored", "run_data_parallel", "process",
+          "nn.DataParallel, one process scattering each batch over the GPUs", min_gpus=2),
+    _impl("torch", "mirrored", "horovod", "horovod", "run_horovod", "horovodrun",
+          "horovod.torch DistributedOptimizer, launched by horovodrun", horovod=True),
+)
+
+
+def find(framework: str, implementation: str) -> Implementation:
+    if framework not in FRAMEWORKS:
+        raise UserError(f"unknown framework {framework!r} (expected one of: {', '.join(FRAMEWORKS)})")
+    for impl in REGISTRY:
+        if impl.framework == framework and impl.name == implementation:
+            return impl
+    names = ", ".join(i.name for i in REGISTRY if i.framework == framework)
+    raise UserError(f"unknown implementation {implementation!r} for {framework} (expected one of: {names})")
+
+
+def for_strategy(strategy: str) -> list[Implementation]:
+    if strategy not in STRATEGIES:
+        raise UserError(f"unknown strategy {strategy!r} (expected one of: {', '.join(STRATEGIES)})")
+    return [i for i in REGISTRY if i.strategy == strategy]
+
+
+# ---- what this machine can run ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Machine:
+    cpu_cores: int
+    gpus: int
+    frameworks: frozenset[str]  # installed: "tf", "torch"
+    horovod_frameworks: frozenset[str]  # Horovod built with: "tf", "torch"
+
+    @property
+    def devices(self) -> int:
+        """Devices a replica can own: GPUs where there are any, else CPU cores (split into logical devices)."""
+        return self.gpus or self.cpu_cores
+
+
+def _count_gpus() -> int:
+    if not shutil.which("nvidia-smi"):
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    gpus = sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        gpus = min(gpus, len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"]))
+    return gpus
+
+
+def _horovod_frameworks() -> frozenset[str]:
+    # Looks at the compiled extensions without importing horovod (which would import a framework).
+    spec = importlib.util.find_spec("horovod")
+    if spec is None or not spec.submodule_search_locations:
+        return frozenset()
+    root = Path(next(iter(spec.submodule_search_locations)))
+    built = set()
+    if list((root / "torch").glob("mpi_lib_v2*.so")):
+        built.add("torch")
+    if list((root / "tensorflow").glob("mpi_lib*.so")):
+        built.add("tf")
+    return frozenset(built)
+
+
+@functools.cache
+def this_machine() -> Machine:
+    frameworks = {fw for fw, mod in (("tf", "tensorflow"), ("torch", "torch")) if importlib.util.find_spec(mod)}
+    return Machine(len(os.sched_getaffinity(0)), _count_gpus(), frozenset(frameworks), _horovod_frameworks())
+
+
+def unavailable_reason(impl: Implementation, machine: Machine, replicas: int | None = None) -> str | None:
+    """None when `impl` can run here; otherwise why not, in words a user can act on."""
+    if impl.framework not in machine.frameworks:
+        return f"{FRAMEWORK_NAMES[impl.framework]} is not installed (run `make setup`)"
+    if impl.horovod and impl.framework not in machine.horovod_frameworks:
+        return f"Horovod is not installed with {FRAMEWORK_NAMES[impl.framework]} support (run `make setup`)"
+    if machine.gpus < impl.min_gpus:
+        return f"needs at least {impl.min_gpus} GPUs, this machine has {machine.gpus}"
+    return None
+
+
+def check_replicas(impl: Implementation, machine: Machine, replicas: int, oversubscribe: bool) -> None:
+    if impl.strategy == "single" or oversubscribe:
+        return
+    if replicas > machine.devices:
+        kind = "GPUs" if machine.gpus else "CPU cores"
+        raise UserError(
+            f"{replicas} replicas but this machine has {machine.devices} {kind} "
+            "(set parallel.oversubscribe: true to run anyway; timings are then meaningless)"
+        )

@@ -1,0 +1,146 @@
+"""Runs a launch plan under a deadline: every process of a run is started in its own session, its output
+goes to a log file (never parsed as data), and whatever happens, nothing is left running afterwards."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from xfw.common.launch import TOKEN_VAR, LaunchPlan
+
+# After one process of a multi-process run fails, the others get this long to fail or finish on their own
+# (a dead Horovod rank fails the job in about 10 s) before they are killed.
+FAILURE_GRACE_S = 20.0
+POLL_S = 0.2
+LOG_TAIL_LINES = 15
+
+
+@dataclass(frozen=True)
+class Outcome:
+    returncodes: list[int | None]
+    timed_out: bool
+    wall_s: float
+    logs: list[Path]
+
+    @property
+    def ok(self) -> bool:
+        return not self.timed_out and all(code == 0 for code in self.returncodes)
+
+    def error(self, timeout_s: float) -> str:
+        if self.timed_out:
+            head = f"timed out after {timeout_s:g} s (runtime.timeout_s)"
+        else:
+            bad = [(i, c) for i, c in enumerate(self.returncodes) if c != 0]
+            head = "; ".join(f"process {i} {_describe_exit(c)}" for i, c in bad) or "exited without writing its result"
+        return f"{head}\n{log_tail(self.logs, self.returncodes)}"
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "was killed after another process failed"
+    if code < 0:
+        return f"died of signal {signal.Signals(-code).name}"
+    return f"exited with status {code}"
+
+
+def log_tail(logs: list[Path], returncodes: list[int | None]) -> str:
+    # The log of the first process that failed tells most; fall back to the first log.
+    order = sorted(range(len(logs)), key=lambda i: returncodes[i] in (0, None))
+    for i in order:
+        try:
+            lines = logs[i].read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        if lines:
+            return f"[{logs[i].name}, last lines]\n" + "\n".join(lines[-LOG_TAIL_LINES:])
+    return "(no output)"
+
+
+def kill_run(procs: list[subprocess.Popen], token: str) -> None:
+    """SIGTERM then SIGKILL to each process group, then to any process still carrying the run's token."""
+    for sig, wait_s in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 2.0)):
+        for p in procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, sig)
+                except ProcessLookupError:
+                    pass
+        for proc in _token_holders(token):
+            try:
+                proc.send_signal(sig)
+            except psutil.Error:
+                pass
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and (any(p.poll() is None for p in procs) or _token_holders(token)):
+            time.sleep(0.05)
+    for p in procs:
+        try:
+            p.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _token_holders(token: str) -> list[psutil.Process]:
+    found = []
+    me = os.getpid()
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == me:
+            continue
+        try:
+            if proc.environ().get(TOKEN_VAR) == token and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def leftover_processes(token: str) -> list[int]:
+    return [p.pid for p in _token_holders(token)]
+
+
+def execute(
+    plan: LaunchPlan,
+    run_dir: Path,
+    timeout_s: float,
+    token: str,
+    on_poll: Callable[[], None] | None = None,
+) -> Outcome:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logs = [run_dir / f"worker-{i}.log" for i in range(len(plan.commands))]
+    procs: list[subprocess.Popen] = []
+    start = time.monotonic()
+    timed_out = False
+    try:
+        for cmd, env, log in zip(plan.commands, plan.envs, logs):
+            with open(log, "wb") as out:
+                procs.append(
+                    subprocess.Popen(cmd, env=os.environ | env, stdout=out, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                )
+        failed_at = None
+        while True:
+            codes = [p.poll() for p in procs]
+            if all(c is not None for c in codes):
+                break
+            now = time.monotonic()
+            if failed_at is None and any(c not in (None, 0) for c in codes):
+                failed_at = now
+            if failed_at is not None and now - failed_at > FAILURE_GRACE_S:
+                break
+            if now - start > timeout_s:
+                timed_out = True
+                break
+            if on_poll:
+                on_poll()
+            time.sleep(POLL_S)
+    finally:
+        # Also on KeyboardInterrupt: a run never outlives the command that started it.
+        kill_run(procs, token)
+    return Outcome([p.returncode for p in procs], timed_out, time.monotonic() - start, logs)

@@ -1,0 +1,40 @@
+"""What a worker process is told to do: written as run.json into the run directory by the parent."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from xfw.common.config import Config, config_from_dict
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    config: Config
+    framework: str
+    strategy: str
+    implementation: str
+    out_dir: str  # rank 0 writes result.json here; the parent reads progress from here
+
+    @property
+    def id(self) -> str:
+        return f"{self.framework}-{self.implementation}"
+
+    @property
+    def replicas(self) -> int:
+        return 1 if self.strategy == "single" else self.config.parallel.replicas
+
+    def to_json(self) -> str:
+        data = asdict(self) | {"config": self.config.model_dump(mode="json")}
+        return json.dumps(data, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunSpec":
+        data = json.loads(text)
+        return cls(**(data | {"config": config_from_dict(data["config"])}))
+
+    def write(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_json())
+        return path

@@ -1,0 +1,1 @@
+"""TensorFlow / Keras 3 implementations. Every module here runs inside a worker process only."""

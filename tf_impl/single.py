@@ -1,0 +1,30 @@
+"""TensorFlow, one device: the reference that every TensorFlow parallel run is diffed against."""
+
+from __future__ import annotations
+
+from xfw.common.runspec import RunSpec
+from xfw.tf_impl import training
+from xfw.tf_impl.models import build_model, flat_weights
+
+
+def run_single(run: RunSpec, launcher: str) -> None:
+    s = training.setup(run)
+    tf = s.tf
+    model = build_model(run.config.model, s.weights)
+    optimizer = training.make_optimizer(run)
+    loss_fn = training.per_example_loss(run)
+
+    @tf.function
+    def train_step(idx):
+        x, y = tf.gather(s.x, idx), tf.gather(s.y, idx)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(loss_fn(y, model(x, training=True)))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    step_inputs = [tf.constant(row) for row in s.order]
+    losses, timing = training.train(run, train_step, step_inputs)
+    device = tf.config.list_logical_devices("GPU")[:1] or tf.config.list_logical_devices("CPU")[:1]
+    training.report(run, s, model, losses, timing, [flat_weights(model.trainable_variables)],
+                    gather=lambda v: v[None], rank=0, launcher=launcher, world_size=1, devices=[d.name for d in device])

@@ -1,0 +1,124 @@
+"""What every TensorFlow strategy shares: process set-up, data, optimizer and loss mapping, the timed
+loop and the final report. torch_impl/training.py mirrors this file function by function."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from xfw.common.data import Dataset, load_dataset, sample_order
+from xfw.common.loop import RankOutcome, common_env, finish_run, peak_rss_bytes, progress_writer, timed_loop
+from xfw.common.runspec import RunSpec
+from xfw.common.semantics import optimizer_hyperparameters
+from xfw.common.weights import initial_weights
+
+
+@dataclass
+class Setup:
+    tf: object
+    keras: object
+    data: Dataset
+    order: np.ndarray  # (steps, global_batch) sample indices
+    weights: dict[str, np.ndarray]
+    x: object  # the training set as tensors
+    y: object
+
+
+def setup(run: RunSpec, logical_cpus: int = 1, multi_worker: bool = False) -> Setup:
+    """Configure TensorFlow before it initialises its devices, then load data and initial weights."""
+    import tensorflow as tf
+
+    cfg = run.config
+    tf.config.threading.set_intra_op_parallelism_threads(cfg.parallel.threads_per_replica)
+    # One inter-op thread per replica, so replicas placed in one process can run at the same time.
+    tf.config.threading.set_inter_op_parallelism_threads(max(1, logical_cpus))
+    if cfg.runtime.determinism:
+        tf.config.experimental.enable_op_determinism()
+    if logical_cpus > 1 and not tf.config.list_physical_devices("GPU"):
+        # Split the CPU into N logical devices so that one process can hold N replicas.
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
+    import keras
+
+    keras.utils.set_random_seed(cfg.seed)  # no layer draws random numbers (weights are loaded), but be sure
+    data = load_dataset(cfg)
+    order = sample_order(data.train_size, cfg.training.global_batch, cfg.training.steps, cfg.seed)
+    with tf.device("/cpu:0"):
+        x, y = tf.constant(data.x_train), tf.constant(data.y_train)
+    return Setup(tf, keras, data, order, initial_weights(cfg.model, cfg.seed), x, y)
+
+
+def make_optimizer(run: RunSpec):
+    import keras
+
+    params = optimizer_hyperparameters(run.config, "tf")
+    cls = {"keras.optimizers.SGD": keras.optimizers.SGD, "keras.optimizers.Adam": keras.optimizers.Adam}[params.pop("class")]
+    return cls(**params)
+
+
+def per_example_loss(run: RunSpec):
+    """Unreduced loss: each strategy decides how to average (mean, or compute_average_loss)."""
+    import keras
+
+    if run.config.loss == "mse":
+        return keras.losses.MeanSquaredError(reduction=None)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+
+
+def train(run: RunSpec, step, step_inputs: list, rank: int = 0) -> tuple[np.ndarray, object]:
+    """Runs the shared timed loop over precomputed per-step inputs; returns per-step losses as numpy."""
+    t = run.config.training
+    losses, timing = timed_loop(
+        lambda s: step(step_inputs[s]),
+        lambda loss: loss.numpy(),  # forces the pending step to finish before the clock is read
+        t.steps, t.warmup_steps, t.timing_windows, progress_writer(run, rank),
+    )
+    return np.array([float(v) for v in losses]), timing
+
+
+def evaluate(run: RunSpec, s: Setup, model) -> dict:
+    tf = s.tf
+    logits = model(tf.constant(s.data.x_test), training=False)
+    metrics = {"test_loss": float(tf.reduce_mean(per_example_loss(run)(tf.constant(s.data.y_test), logits)))}
+    if s.data.classification:
+        metrics["test_accuracy"] = float(np.mean(np.argmax(logits.numpy(), axis=1) == s.data.y_test))
+    return metrics
+
+
+def matmul_peak_flops(n: int = 1024, repeats: int = 5) -> float:
+    """Best fp32 matmul rate of this process with its thread settings: the peak a run is measured against."""
+    import tensorflow as tf
+
+    a, b = tf.random.normal([n, n]), tf.random.normal([n, n])
+    tf.linalg.matmul(a, b).numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        tf.linalg.matmul(a, b).numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def report(run: RunSpec, s: Setup, model, losses: np.ndarray, timing, weight_copies: list, gather, rank: int,
+           launcher: str, world_size: int, devices: list[str]) -> None:
+    def rank0_extras() -> dict:
+        import keras
+        import tensorflow as tf
+
+        env = common_env(run, launcher, world_size) | {
+            "framework_versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+            "devices": devices,
+            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        }
+        if launcher == "horovodrun":
+            import horovod
+
+            env["framework_versions"]["horovod"] = horovod.__version__
+        # Peak of one replica's share of the machine, times the replicas: what the run could reach at most.
+        return {"eval": evaluate(run, s, model), "env": env, "peak_flops_per_s": matmul_peak_flops() * run.replicas}
+
+    outcome = RankOutcome(losses, timing, weight_copies, peak_rss_bytes())
+    finish_run(run, outcome, gather, rank, rank0_extras)

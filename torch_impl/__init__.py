@@ -1,0 +1,1 @@
+"""PyTorch implementations. Every module here runs inside a worker process only."""

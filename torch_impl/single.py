@@ -1,0 +1,29 @@
+"""PyTorch, one device: the reference that every PyTorch parallel run is diffed against."""
+
+from __future__ import annotations
+
+import torch
+
+from xfw.common.runspec import RunSpec
+from xfw.torch_impl import training
+from xfw.torch_impl.models import build_model, flat_weights
+
+
+def run_single(run: RunSpec, launcher: str) -> None:
+    s = training.setup(run)
+    model = build_model(run.config.model, s.weights).to(s.device)
+    optimizer = training.make_optimizer(run, model.parameters())
+    loss_fn = training.mean_loss(run)
+
+    def train_step(idx):
+        x, y = s.x[idx], s.y[idx]
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    step_inputs = [torch.from_numpy(row).to(s.device) for row in s.order]
+    losses, timing = training.train(run, train_step, step_inputs)
+    training.report(run, s, model, losses, timing, [flat_weights(model.parameters())],
+                    gather=lambda v: v[None], rank=0, launcher=launcher, world_size=1, devices=[str(s.device)])
