@@ -26,10 +26,17 @@ class Setup:
     y: object
 
 
-def setup(run: RunSpec, logical_cpus: int = 1, multi_worker: bool = False) -> Setup:
-    """Configure TensorFlow before it initialises its devices, then load data and initial weights."""
+_configured = False
+
+
+def configure(run: RunSpec, logical_cpus: int = 1):
+    """Threads, determinism and logical devices: must happen before TensorFlow initialises its runtime
+    (MultiWorkerMirroredStrategy does that when it is created, so it calls this first). Idempotent."""
+    global _configured
     import tensorflow as tf
 
+    if _configured:
+        return tf
     cfg = run.config
     tf.config.threading.set_intra_op_parallelism_threads(cfg.parallel.threads_per_replica)
     # One inter-op thread per replica, so replicas placed in one process can run at the same time.
@@ -40,8 +47,16 @@ def setup(run: RunSpec, logical_cpus: int = 1, multi_worker: bool = False) -> Se
         # Split the CPU into N logical devices so that one process can hold N replicas.
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
+    _configured = True
+    return tf
+
+
+def setup(run: RunSpec, logical_cpus: int = 1) -> Setup:
+    """Configure TensorFlow (if not yet done), then load data and initial weights."""
+    tf = configure(run, logical_cpus)
     import keras
 
+    cfg = run.config
     keras.utils.set_random_seed(cfg.seed)  # no layer draws random numbers (weights are loaded), but be sure
     data = load_dataset(cfg)
     order = sample_order(data.train_size, cfg.training.global_batch, cfg.training.steps, cfg.seed)

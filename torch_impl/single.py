@@ -17,7 +17,7 @@ def run_single(run: RunSpec, launcher: str) -> None:
 
     def train_step(idx):
         x, y = s.x[idx], s.y[idx]
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()  # set_to_none (the default)
         loss = loss_fn(model(x), y)
         loss.backward()
         optimizer.step()

@@ -1,0 +1,127 @@
+"""TensorFlow synchronous data parallelism: MirroredStrategy, MultiWorkerMirroredStrategy, and manual
+placement with explicit gradient averaging. torch_impl/mirrored.py is the PyTorch side.
+
+Every replica reads its block of the global batch through common.data.replica_slice. Lines that exist
+only because of parallelism are tagged `# tf.distribute:` or `# placement:`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from xfw.common.data import replica_slice
+from xfw.common.runspec import RunSpec
+from xfw.tf_impl import training
+from xfw.tf_impl.models import build_model, flat_weights
+
+
+def _strategy_devices(tf, replicas: int) -> list[str]:
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = gpus or tf.config.list_logical_devices("CPU")
+    if len(devices) < replicas:
+        raise RuntimeError(f"{replicas} replicas but TensorFlow sees {len(devices)} devices: {[d.name for d in devices]}")
+    return [d.name for d in devices[:replicas]]
+
+
+def _run_strategy(run: RunSpec, launcher: str, s, strategy, rank: int, world_size: int, gather, devices) -> None:
+    """The training loop shared by MirroredStrategy and MultiWorkerMirroredStrategy: they differ only in
+    how the strategy is built and how results are gathered across processes."""
+    tf = s.tf
+    cfg = run.config
+    global_batch, replicas = cfg.training.global_batch, run.replicas
+    with strategy.scope():  # tf.distribute: variables become mirrored, one copy per replica
+        model = build_model(cfg.model, s.weights)
+        optimizer = training.make_optimizer(run)
+        # tf.distribute: a Keras 3 optimizer used in a custom loop must be built inside the scope.
+        optimizer.build(model.trainable_variables)
+    loss_fn = training.per_example_loss(run)
+
+    def replica_step(idx):
+        x, y = tf.gather(s.x, idx), tf.gather(s.y, idx)
+        with tf.GradientTape() as tape:
+            per_example = loss_fn(y, model(x, training=True))
+            # tf.distribute: gradients are summed over replicas, so each replica divides by the global batch.
+            scaled = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+        grads = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))  # tf.distribute: all-reduce inside
+        return tf.reduce_mean(per_example)
+
+    @tf.function
+    def train_step(per_replica_idx):
+        losses = strategy.run(replica_step, args=(per_replica_idx,))
+        # The mean over this process's replicas only: no cross-worker collective in the timed step.
+        local = strategy.experimental_local_results(losses)
+        return tf.add_n(local) / len(local)
+
+    def shard(row):
+        # tf.distribute: each replica gets its block of the global batch.
+        return strategy.experimental_distribute_values_from_function(
+            lambda ctx: tf.constant(row[replica_slice(global_batch, ctx.replica_id_in_sync_group, replicas)])
+        )
+
+    step_inputs = [shard(row) for row in s.order]
+    losses, timing = training.train(run, train_step, step_inputs, rank)
+    copies = [
+        flat_weights([strategy.experimental_local_results(v.value)[i] for v in model.trainable_variables])
+        for i in range(strategy.num_replicas_in_sync // world_size)
+    ]
+    training.report(run, s, model, losses, timing, copies, gather, rank, launcher, world_size, devices)
+
+
+def run_mirrored_strategy(run: RunSpec, launcher: str) -> None:
+    s = training.setup(run, logical_cpus=run.replicas)
+    devices = _strategy_devices(s.tf, run.replicas)
+    strategy = s.tf.distribute.MirroredStrategy(devices=devices)  # tf.distribute: one process, N devices
+    _run_strategy(run, launcher, s, strategy, rank=0, world_size=1, gather=lambda v: v[None], devices=devices)
+
+
+def run_multi_worker(run: RunSpec, launcher: str) -> None:
+    tf = training.configure(run)
+    # tf.distribute: built before any op, from TF_CONFIG (AUTO picks ring collectives on CPU, NCCL on GPU).
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    s = training.setup(run)
+    resolver = strategy.cluster_resolver
+    rank, world_size = resolver.task_id, strategy.num_replicas_in_sync
+    if world_size != run.replicas:
+        raise RuntimeError(f"TF_CONFIG has {world_size} workers but the run asks for {run.replicas} replicas")
+
+    def gather(vector: np.ndarray) -> np.ndarray:
+        # tf.distribute: one all-gather across workers after training.
+        value = strategy.experimental_distribute_values_from_function(lambda ctx: tf.constant(vector[None]))
+        return strategy.gather(value, axis=0).numpy()
+
+    devices = [d.name for d in tf.config.list_logical_devices("GPU")[:1] or tf.config.list_logical_devices("CPU")[:1]]
+    _run_strategy(run, launcher, s, strategy, rank, world_size, gather, devices)
+
+
+def run_manual_placement(run: RunSpec, launcher: str) -> None:
+    s = training.setup(run, logical_cpus=run.replicas)
+    tf = s.tf
+    cfg = run.config
+    devices = _strategy_devices(tf, run.replicas)
+    global_batch, replicas = cfg.training.global_batch, run.replicas
+    model = build_model(cfg.model, s.weights)  # one copy of the weights, on the default device
+    optimizer = training.make_optimizer(run)
+    loss_fn = training.per_example_loss(run)
+    blocks = [replica_slice(global_batch, r, replicas) for r in range(replicas)]
+
+    @tf.function
+    def train_step(idx):
+        replica_grads, replica_losses = [], []
+        for device, block in zip(devices, blocks):
+            with tf.device(device):  # placement: this replica's forward and backward run on its device
+                sub = idx[block.start : block.stop]
+                x, y = tf.gather(s.x, sub), tf.gather(s.y, sub)
+                with tf.GradientTape() as tape:
+                    loss = tf.reduce_mean(loss_fn(y, model(x, training=True)))
+                replica_grads.append(tape.gradient(loss, model.trainable_variables))
+                replica_losses.append(loss)
+        # placement: average the replicas' gradients by hand, then one update of the single weight copy.
+        grads = [tf.add_n(list(g)) / replicas for g in zip(*replica_grads)]
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return tf.add_n(replica_losses) / replicas
+
+    step_inputs = [tf.constant(row) for row in s.order]
+    losses, timing = training.train(run, train_step, step_inputs)
+    training.report(run, s, model, losses, timing, [flat_weights(model.trainable_variables)],
+                    gather=lambda v: v[None], rank=0, launcher=launcher, world_size=1, devices=devices)

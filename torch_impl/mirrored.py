@@ -1,0 +1,113 @@
+"""PyTorch synchronous data parallelism: DistributedDataParallel and an explicit all_reduce of the
+gradients (both launched by torchrun), and nn.DataParallel (one process, several GPUs).
+tf_impl/mirrored.py is the TensorFlow side.
+
+Every replica reads its block of the global batch through common.data.replica_slice. Lines that exist
+only because of parallelism are tagged `# DDP:`, `# torch.distributed:` or `# DataParallel:`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from xfw.common.data import replica_slice
+from xfw.common.runspec import RunSpec
+from xfw.torch_impl import training
+from xfw.torch_impl.models import build_model, flat_weights
+
+
+def _init_process_group(run: RunSpec) -> torch.device:
+    # torch.distributed: rank, world size and rendezvous come from torchrun's environment.
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.get_world_size() != run.replicas:
+        raise RuntimeError(f"torchrun started {dist.get_world_size()} processes but the run asks for {run.replicas} replicas")
+    if torch.cuda.is_available():
+        local_rank = dist.get_rank() % torch.cuda.device_count()
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _gather(device: torch.device):
+    def gather(vector: np.ndarray) -> np.ndarray:
+        # torch.distributed: one all-gather after training.
+        mine = torch.from_numpy(vector).to(device)
+        parts = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, mine)
+        return torch.stack(parts).cpu().numpy()
+
+    return gather
+
+
+def _run_process_group(run: RunSpec, launcher: str, wrap, average_gradients) -> None:
+    """The loop shared by DDP and the explicit all_reduce: they differ only in how gradients get averaged."""
+    device = _init_process_group(run)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    s = training.setup(run, device)
+    model = build_model(run.config.model, s.weights).to(device)
+    net = wrap(model, device)
+    optimizer = training.make_optimizer(run, model.parameters())
+    loss_fn = training.mean_loss(run)
+
+    def train_step(idx):
+        x, y = s.x[idx], s.y[idx]
+        optimizer.zero_grad()  # set_to_none (the default)
+        loss = loss_fn(net(x), y)
+        loss.backward()
+        average_gradients(model, world)
+        optimizer.step()
+        return loss.detach()
+
+    block = replica_slice(run.config.training.global_batch, rank, world)  # this rank's block
+    step_inputs = [torch.from_numpy(row[block]).to(device) for row in s.order]
+    losses, timing = training.train(run, train_step, step_inputs, rank)
+    training.report(run, s, model, losses, timing, [flat_weights(model.parameters())], _gather(device), rank,
+                    launcher, world, [f"rank {rank}: {device}"])
+    dist.destroy_process_group()
+
+
+def run_ddp(run: RunSpec, launcher: str) -> None:
+    def wrap(model, device):
+        # DDP: broadcasts rank 0's weights, then averages gradients in buckets during backward().
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    _run_process_group(run, launcher, wrap, average_gradients=lambda model, world: None)
+
+
+def run_allreduce(run: RunSpec, launcher: str) -> None:
+    def average_gradients(model, world):
+        for p in model.parameters():
+            # torch.distributed: sum every gradient over ranks, then divide (gloo has no AVG op).
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= world
+
+    _run_process_group(run, launcher, wrap=lambda model, device: model, average_gradients=average_gradients)
+
+
+def run_data_parallel(run: RunSpec, launcher: str) -> None:
+    if torch.cuda.device_count() < run.replicas:
+        raise RuntimeError(f"nn.DataParallel needs {run.replicas} GPUs, found {torch.cuda.device_count()}")
+    devices = list(range(run.replicas))
+    s = training.setup(run, torch.device("cuda", 0))
+    model = build_model(run.config.model, s.weights).to(s.device)
+    # DataParallel: scatters each batch in contiguous blocks (replica_slice's rule) over the GPUs,
+    # replicates the module every step and sums the gradients back onto GPU 0.
+    net = torch.nn.DataParallel(model, device_ids=devices)
+    optimizer = training.make_optimizer(run, model.parameters())
+    loss_fn = training.mean_loss(run)
+
+    def train_step(idx):
+        x, y = s.x[idx], s.y[idx]
+        optimizer.zero_grad()  # set_to_none (the default)
+        loss = loss_fn(net(x), y)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    step_inputs = [torch.from_numpy(row).to(s.device) for row in s.order]
+    losses, timing = training.train(run, train_step, step_inputs)
+    training.report(run, s, model, losses, timing, [flat_weights(model.parameters())], gather=lambda v: v[None],
+                    rank=0, launcher=launcher, world_size=1, devices=[f"cuda:{d}" for d in devices])
