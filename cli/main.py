@@ -1,0 +1,149 @@
+"""`xfw list`, `xfw run`, `xfw compare`. Thin: parsing and printing; the work is in xfw.common.
+
+Bad input ends as one line `xfw: error: ...` and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from xfw.common import registry
+from xfw.common.config import load_config
+from xfw.common.errors import UserError
+from xfw.common.launch import under_engine_launcher
+from xfw.common.orchestrate import compare_strategy, execute_run
+from xfw.common.report import print_tables, write_report
+from xfw.common.runspec import RunSpec
+from xfw.cli.progress import RichProgress
+
+config_options = [
+    click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML run config (default: configs/default.yaml)."),
+    click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. --set training.steps=100."),
+    click.option("--replicas", type=click.IntRange(min=1), help="Data-parallel replicas (parallel.replicas)."),
+    click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), help="Per-run deadline in seconds (runtime.timeout_s)."),
+]
+
+
+def table_console() -> Console:
+    # On a terminal rich uses its width; piped into a file or CI log, 80 columns would fold every cell.
+    console = Console()
+    return console if console.is_terminal else Console(width=180)
+
+
+def with_config_options(fn):
+    for option in reversed(config_options):
+        fn = option(fn)
+    return fn
+
+
+@click.group()
+def cli() -> None:
+    """Run one training configuration under TensorFlow and PyTorch parallel strategies and diff them."""
+
+
+@cli.command("list")
+def list_cmd() -> None:
+    """Every (framework, strategy, implementation), and whether it can run on this machine."""
+    machine = registry.this_machine()
+    table = Table(title=f"xfw implementations on this machine ({machine.cpu_cores} CPU cores, {machine.gpus} GPUs)", title_justify="left")
+    for h in ("framework", "strategy", "implementation", "launcher", "runs here", "what it is"):
+        table.add_column(h, overflow="fold")
+    for impl in registry.REGISTRY:
+        reason = registry.unavailable_reason(impl, machine)
+        table.add_row(impl.framework, impl.strategy, impl.name, impl.launcher, "yes" if reason is None else f"no: {reason}", impl.description)
+    table_console().print(table)
+
+
+@cli.command()
+@click.option("--framework", required=True, help="tf or torch.")
+@click.option("--impl", "implementation", required=True, help="Implementation name, as `xfw list` shows it.")
+@with_config_options
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where result.json goes (default: runs/<framework>-<impl>).")
+def run(framework, implementation, config_path, overrides, replicas, timeout_s, out_dir) -> None:
+    """Run one implementation. Under horovodrun, torchrun or TF_CONFIG it acts as that launcher's worker."""
+    impl = registry.find(framework, implementation)
+    launcher = under_engine_launcher()
+    if launcher and replicas is None and impl.strategy != "single":
+        replicas = _launcher_world_size(launcher)
+    config = load_config(config_path, overrides, replicas)
+    out = Path(out_dir or f"runs/{impl.id}").resolve()
+    spec = RunSpec(config, impl.framework, impl.strategy, impl.name, str(out))
+    if launcher:
+        if launcher != impl.launcher:
+            raise UserError(f"{impl.id} is started by {impl.launcher}, not {launcher}")
+        from xfw.cli.worker import run_worker
+
+        out.mkdir(parents=True, exist_ok=True)
+        run_worker(spec, launcher)
+        return
+    machine = registry.this_machine()
+    reason = registry.unavailable_reason(impl, machine)
+    if reason:
+        raise UserError(f"{impl.id} cannot run here: {reason}")
+    registry.check_replicas(impl, machine, config.parallel.replicas, config.parallel.oversubscribe)
+    console = Console(stderr=True)
+    with RichProgress(console) as progress:
+        progress.start(impl.id, config.training.steps)
+        result = execute_run(impl, spec, timeout_s or config.runtime.timeout_s, machine, progress)
+    if result["status"] != "ok":
+        console.print(f"[red]{impl.id} failed[/]: {result['error']}", highlight=False)
+        sys.exit(1)
+    click.echo(f"{impl.id}: final loss {result['loss'][-1]:.6g}, eval {result['eval']}; result: {out / 'result.json'}")
+
+
+def _launcher_world_size(launcher: str) -> int:
+    if launcher == "horovodrun":
+        return int(os.environ.get("HOROVOD_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", "1")))
+    if launcher == "torchrun":
+        return int(os.environ["WORLD_SIZE"])
+    return len(json.loads(os.environ["TF_CONFIG"])["cluster"]["worker"])
+
+
+@cli.command()
+@click.option("--strategy", required=True, help=f"One of: {', '.join(registry.STRATEGIES)}.")
+@with_config_options
+@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True, help="Runs of each implementation; throughput is the median over all.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output folder (default: runs/<strategy>-<time>).")
+def compare(strategy, config_path, overrides, replicas, timeout_s, repeats, out_dir) -> None:
+    """Run every available implementation of STRATEGY and each framework's single-device reference on one
+    config, then diff them: table on stdout, summary.json and report.md (with plots) in --out."""
+    registry.for_strategy(strategy)  # unknown strategy: error before anything else
+    config = load_config(config_path, overrides, replicas)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(out_dir or f"runs/{strategy}-{stamp}")
+    console = Console(stderr=True)
+    with RichProgress(console) as progress:
+        summary = compare_strategy(strategy, config, out, repeats, timeout_s or config.runtime.timeout_s,
+                                   registry.this_machine(), progress)
+    report = write_report(summary, out)
+    print_tables(summary, table_console())
+    click.echo(f"summary: {out / 'summary.json'}\nreport:  {report}")
+    failed_parity = [c for c in summary["comparisons"] if c["status"] == "ok" and not c["within_tolerance"]]
+    failed_runs = [r for r in summary["runs"] if r["status"] == "failed"]
+    if failed_runs or failed_parity:
+        sys.exit(1)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except UserError as err:
+        click.echo(f"xfw: error: {err}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("xfw: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:  # usage errors: one line, status 2
+        click.echo(f"xfw: error: {err.format_message()}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

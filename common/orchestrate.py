@@ -1,0 +1,121 @@
+"""Runs implementations, each in its own process tree through its launcher, and assembles summary.json.
+
+summary.json is rewritten (atomically) after every run, so a failure later on, even of xfw itself,
+never loses the runs that finished."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import uuid
+from pathlib import Path
+from typing import Protocol
+
+from xfw.common import launch, runner
+from xfw.common.compare import comparisons, run_entry
+from xfw.common.config import Config
+from xfw.common.loop import write_json_atomic
+from xfw.common.registry import REGISTRY, Implementation, Machine, check_replicas, for_strategy, unavailable_reason
+from xfw.common.runspec import RunSpec
+
+
+class Progress(Protocol):
+    def start(self, label: str, steps: int) -> None: ...
+    def update(self, step: int) -> None: ...
+    def finish(self, label: str, status: str, detail: str) -> None: ...
+
+
+class NoProgress:
+    def start(self, label, steps): pass
+    def update(self, step): pass
+    def finish(self, label, status, detail): pass
+
+
+def _read_step(path: Path) -> int | None:
+    try:
+        return json.loads(path.read_text())["step"]
+    except (OSError, ValueError, KeyError):
+        return None  # not written yet
+
+
+def execute_run(impl: Implementation, run: RunSpec, timeout_s: float, machine: Machine, progress: Progress) -> dict:
+    """One process tree for one run; returns the rank-0 result, or a failure with the log's tail."""
+    run_dir = Path(run.out_dir)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # a stale result.json must never pass for this run's
+    run_json = run.write(run_dir / "run.json")
+    token = uuid.uuid4().hex
+    plan = launch.plan(impl, run, run_json, machine, token)
+    progress_file = run_dir / "progress.json"
+
+    def poll() -> None:
+        step = _read_step(progress_file)
+        if step is not None:
+            progress.update(step)
+
+    outcome = runner.execute(plan, run_dir, timeout_s, token, poll)
+    result_file = run_dir / "result.json"
+    if outcome.ok and result_file.exists():
+        return json.loads(result_file.read_text())
+    return {"status": "failed", "error": outcome.error(timeout_s)}
+
+
+def base_entry(impl: Implementation) -> dict:
+    return {"id": impl.id, "framework": impl.framework, "strategy": impl.strategy, "implementation": impl.name,
+            "launcher": impl.launcher, "description": impl.description}
+
+
+def run_implementation(impl: Implementation, config: Config, out_dir: Path, repeats: int, timeout_s: float,
+                       machine: Machine, progress: Progress) -> dict:
+    base = base_entry(impl)
+    reason = unavailable_reason(impl, machine)
+    if reason:
+        progress.finish(impl.id, "skipped", reason)
+        return base | {"status": "skipped", "reason": reason}
+    results, files = [], []
+    for k in range(repeats):
+        run = RunSpec(config, impl.framework, impl.strategy, impl.name, str(out_dir / "runs" / impl.id / f"repeat-{k}"))
+        progress.start(f"{impl.id}" + (f" (repeat {k + 1}/{repeats})" if repeats > 1 else ""), config.training.steps)
+        result = execute_run(impl, run, timeout_s, machine, progress)
+        if result["status"] != "ok":
+            progress.finish(impl.id, "failed", result["error"].splitlines()[0])
+            return base | {"status": "failed", "error": result["error"], "run_dir": run.out_dir}
+        results.append(result)
+        files.append(str(Path(run.out_dir) / "result.json"))
+    entry = run_entry(base, results) | {"result_files": files}
+    progress.finish(impl.id, "ok", f"{entry['throughput_samples_per_s']:,.0f} samples/s")
+    return entry
+
+
+def implementations_for(strategy: str) -> list[Implementation]:
+    """The strategy's implementations plus each framework's single-device reference, TF first."""
+    wanted = for_strategy(strategy)
+    singles = [i for i in REGISTRY if i.strategy == "single" and i not in wanted]
+    return sorted(singles + wanted, key=lambda i: (i.strategy != "single", i.framework != "tf"))
+
+
+def compare_strategy(strategy: str, config: Config, out_dir: Path, repeats: int, timeout_s: float,
+                     machine: Machine, progress: Progress | None = None) -> dict:
+    progress = progress or NoProgress()
+    impls = implementations_for(strategy)
+    for impl in impls:  # refuse bad input before anything starts
+        if unavailable_reason(impl, machine) is None:
+            check_replicas(impl, machine, config.parallel.replicas, config.parallel.oversubscribe)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "xfw_summary_version": 1,
+        "strategy": strategy,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "repeats": repeats,
+        "timeout_s": timeout_s,
+        "machine": {"cpu_cores": machine.cpu_cores, "gpus": machine.gpus},
+        "config": config.model_dump(mode="json"),
+        "runs": [],
+        "comparisons": [],
+    }
+    for impl in impls:
+        summary["runs"].append(run_implementation(impl, config, out_dir, repeats, timeout_s, machine, progress))
+        summary["comparisons"] = comparisons(summary["runs"], config)
+        write_json_atomic(out_dir / "summary.json", summary)
+    return summary
