@@ -110,8 +110,9 @@ def _launcher_world_size(launcher: str) -> int:
 @click.option("--strategy", required=True, help=f"One of: {', '.join(registry.STRATEGIES)}.")
 @with_config_options
 @click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True, help="Runs of each implementation; throughput is the median over all.")
+@click.option("--only", multiple=True, metavar="RUN_ID", help="Run only this implementation of the strategy (repeatable), e.g. --only torch-ddp.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output folder (default: runs/<strategy>-<time>).")
-def compare(strategy, config_path, overrides, replicas, timeout_s, repeats, out_dir) -> None:
+def compare(strategy, config_path, overrides, replicas, timeout_s, repeats, only, out_dir) -> None:
     """Run every available implementation of STRATEGY and each framework's single-device reference on one
     config, then diff them: table on stdout, summary.json and report.md (with plots) in --out."""
     registry.for_strategy(strategy)  # unknown strategy: error before anything else
@@ -121,7 +122,7 @@ def compare(strategy, config_path, overrides, replicas, timeout_s, repeats, out_
     console = Console(stderr=True)
     with RichProgress(console) as progress:
         summary = compare_strategy(strategy, config, out, repeats, timeout_s or config.runtime.timeout_s,
-                                   registry.this_machine(), progress)
+                                   registry.this_machine(), progress, list(only))
     report = write_report(summary, out)
     print_tables(summary, table_console())
     click.echo(f"summary: {out / 'summary.json'}\nreport:  {report}")

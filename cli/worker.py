@@ -7,16 +7,17 @@ result.json. Nothing is printed as data: stdout and stderr go to the run's log.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from xfw.common.launch import under_engine_launcher
+from xfw.common.launch import TOKEN_VAR, base_env, under_engine_launcher
 from xfw.common.registry import find
 from xfw.common.runspec import RunSpec
 
-# Test hook: XFW_INJECT_FAULT="<run-id>:crash|hang[:rank]" makes that run's worker(s) fail on purpose, so
+# Test hook: XFW_INJECT_FAULT="<run-id>:crash|hang[:rank],..." makes that run's worker(s) fail on purpose, so
 # tests can show that a crashed or hung worker is contained. Unset in normal use.
 FAULT_VAR = "XFW_INJECT_FAULT"
 
@@ -25,25 +26,30 @@ def _rank() -> int:
     for var in ("HOROVOD_RANK", "RANK"):
         if var in os.environ:
             return int(os.environ[var])
+    if "TF_CONFIG" in os.environ:
+        return int(json.loads(os.environ["TF_CONFIG"])["task"]["index"])
     return 0
 
 
 def _maybe_inject_fault(run: RunSpec) -> None:
-    spec = os.environ.get(FAULT_VAR, "")
-    parts = spec.split(":")
-    if len(parts) < 2 or parts[0] != run.id:
-        return
-    if len(parts) == 3 and int(parts[2]) != _rank():
-        return
-    if parts[1] == "crash":
-        raise RuntimeError(f"fault injected by {FAULT_VAR}={spec}")
-    if parts[1] == "hang":
-        while True:
-            time.sleep(1)
+    for spec in os.environ.get(FAULT_VAR, "").split(","):
+        parts = spec.split(":")
+        if len(parts) < 2 or parts[0] != run.id or (len(parts) == 3 and int(parts[2]) != _rank()):
+            continue
+        if parts[1] == "crash":
+            raise RuntimeError(f"fault injected by {FAULT_VAR}={spec}")
+        if parts[1] == "hang":
+            while True:
+                time.sleep(1)
 
 
 def run_worker(run: RunSpec, launcher: str) -> None:
     impl = find(run.framework, run.implementation)
+    # The same numerics settings whether xfw or the user's own launcher started this process; they must
+    # be in the environment before the framework is imported.
+    for key, value in base_env(run, token="").items():
+        if key != TOKEN_VAR:
+            os.environ.setdefault(key, value)
     _maybe_inject_fault(run)
     train = getattr(importlib.import_module(impl.module), impl.function)
     train(run, launcher)

@@ -15,6 +15,7 @@ from typing import Protocol
 from xfw.common import launch, runner
 from xfw.common.compare import comparisons, run_entry
 from xfw.common.config import Config
+from xfw.common.errors import UserError
 from xfw.common.loop import write_json_atomic
 from xfw.common.registry import REGISTRY, Implementation, Machine, check_replicas, for_strategy, unavailable_reason
 from xfw.common.runspec import RunSpec
@@ -88,17 +89,23 @@ def run_implementation(impl: Implementation, config: Config, out_dir: Path, repe
     return entry
 
 
-def implementations_for(strategy: str) -> list[Implementation]:
-    """The strategy's implementations plus each framework's single-device reference, TF first."""
+def implementations_for(strategy: str, only: list[str] = ()) -> list[Implementation]:
+    """The strategy's implementations (or those of them named in `only`) plus each framework's
+    single-device reference, TF first."""
     wanted = for_strategy(strategy)
+    if only:
+        unknown = sorted(set(only) - {i.id for i in wanted})
+        if unknown:
+            raise UserError(f"--only {', '.join(unknown)}: not an implementation of {strategy} (expected: {', '.join(i.id for i in wanted)})")
+        wanted = [i for i in wanted if i.id in only]
     singles = [i for i in REGISTRY if i.strategy == "single" and i not in wanted]
     return sorted(singles + wanted, key=lambda i: (i.strategy != "single", i.framework != "tf"))
 
 
 def compare_strategy(strategy: str, config: Config, out_dir: Path, repeats: int, timeout_s: float,
-                     machine: Machine, progress: Progress | None = None) -> dict:
+                     machine: Machine, progress: Progress | None = None, only: list[str] = ()) -> dict:
     progress = progress or NoProgress()
-    impls = implementations_for(strategy)
+    impls = implementations_for(strategy, only)
     for impl in impls:  # refuse bad input before anything starts
         if unavailable_reason(impl, machine) is None:
             check_replicas(impl, machine, config.parallel.replicas, config.parallel.oversubscribe)

@@ -55,3 +55,4 @@ def run_horovod(run: RunSpec, launcher: str) -> None:
     device = tf.config.list_logical_devices("GPU")[:1] or tf.config.list_logical_devices("CPU")[:1]
     training.report(run, s, model, losses, timing, [flat_weights(model.trainable_variables)], gather,
                     hvd.rank(), launcher, hvd.size(), [f"rank {hvd.rank()}: {device[0].name}"])
+    hvd.join()  # Horovod: every rank waits here until rank 0 has written the result, then all shut down

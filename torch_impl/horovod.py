@@ -50,3 +50,4 @@ def run_horovod(run: RunSpec, launcher: str) -> None:
 
     training.report(run, s, model, losses, timing, [flat_weights(model.parameters())], gather,
                     hvd.rank(), launcher, hvd.size(), [f"rank {hvd.rank()}: {device}"])
+    hvd.join()  # Horovod: every rank waits here until rank 0 has written the result, then all shut down

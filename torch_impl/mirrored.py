@@ -66,6 +66,9 @@ def _run_process_group(run: RunSpec, launcher: str, wrap, average_gradients) -> 
     losses, timing = training.train(run, train_step, step_inputs, rank)
     training.report(run, s, model, losses, timing, [flat_weights(model.parameters())], _gather(device), rank,
                     launcher, world, [f"rank {rank}: {device}"])
+    # torch.distributed: wait for rank 0 to finish writing before tearing down; a rank that destroys the
+    # group while its peer is still busy aborts in gloo now and then ("terminate called ...").
+    dist.barrier()
     dist.destroy_process_group()
 
 
