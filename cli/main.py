@@ -18,7 +18,7 @@ from xfw.common import registry
 from xfw.common.config import load_config
 from xfw.common.errors import UserError
 from xfw.common.launch import under_engine_launcher
-from xfw.common.orchestrate import compare_strategy, execute_run
+from xfw.common.orchestrate import compare_strategy, execute_run, preflight
 from xfw.common.report import print_tables, write_report
 from xfw.common.runspec import RunSpec
 from xfw.cli.progress import RichProgress
@@ -75,6 +75,7 @@ def run(framework, implementation, config_path, overrides, replicas, timeout_s, 
     config = load_config(config_path, overrides, replicas)
     out = Path(out_dir or f"runs/{impl.id}").resolve()
     spec = RunSpec(config, impl.framework, impl.strategy, impl.name, str(out))
+    preflight(config)
     if launcher:
         if launcher != impl.launcher:
             raise UserError(f"{impl.id} is started by {impl.launcher}, not {launcher}")

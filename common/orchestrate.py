@@ -15,6 +15,7 @@ from typing import Protocol
 from xfw.common import launch, runner
 from xfw.common.compare import comparisons, run_entry
 from xfw.common.config import Config
+from xfw.common.data import load_dataset
 from xfw.common.errors import UserError
 from xfw.common.loop import write_json_atomic
 from xfw.common.registry import REGISTRY, Implementation, Machine, check_replicas, for_strategy, unavailable_reason
@@ -38,6 +39,12 @@ def _read_step(path: Path) -> int | None:
         return json.loads(path.read_text())["step"]
     except (OSError, ValueError, KeyError):
         return None  # not written yet
+
+
+def preflight(config: Config) -> None:
+    """Check what the config alone cannot: the dataset exists and fits the model. In the parent, so that a
+    bad file is a one-line error here rather than a crash in every worker."""
+    load_dataset(config)
 
 
 def execute_run(impl: Implementation, run: RunSpec, timeout_s: float, machine: Machine, progress: Progress) -> dict:
@@ -106,6 +113,7 @@ def compare_strategy(strategy: str, config: Config, out_dir: Path, repeats: int,
                      machine: Machine, progress: Progress | None = None, only: list[str] = ()) -> dict:
     progress = progress or NoProgress()
     impls = implementations_for(strategy, only)
+    preflight(config)
     for impl in impls:  # refuse bad input before anything starts
         if unavailable_reason(impl, machine) is None:
             check_replicas(impl, machine, config.parallel.replicas, config.parallel.oversubscribe)

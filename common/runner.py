@@ -4,6 +4,7 @@ goes to a log file (never parsed as data), and whatever happens, nothing is left
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -39,7 +40,11 @@ class Outcome:
         else:
             bad = [(i, c) for i, c in enumerate(self.returncodes) if c != 0]
             head = "; ".join(f"process {i} {_describe_exit(c)}" for i, c in bad) or "exited without writing its result"
-        return f"{head}\n{log_tail(self.logs, self.returncodes)}"
+        tail = log_tail(self.logs, self.returncodes)
+        if tail.startswith("first error: "):  # the root cause belongs on the one-line summary
+            first, _, tail = tail.partition("\n")
+            head = f"{head}: {first.removeprefix('first error: ')}"
+        return f"{head}\n{tail}"
 
 
 def _describe_exit(code: int | None) -> str:
@@ -50,17 +55,27 @@ def _describe_exit(code: int | None) -> str:
     return f"exited with status {code}"
 
 
+# The last line of a Python traceback ("RuntimeError: ..."), possibly behind a launcher's "[1]<stderr>:".
+EXCEPTION_LINE = re.compile(r"^(?:\[\d+\]<std\w+>:)?\s*[\w.]*(?:Error|Exception|Exit)\b: ")
+
+
 def log_tail(logs: list[Path], returncodes: list[int | None]) -> str:
-    # The log of the first process that failed tells most; fall back to the first log.
+    """The first exception any process raised (the root cause; launchers print their own summary after
+    it), then the last lines of the log of the first process that failed."""
     order = sorted(range(len(logs)), key=lambda i: returncodes[i] in (0, None))
+    texts = {}
     for i in order:
         try:
-            lines = logs[i].read_text(errors="replace").splitlines()
+            texts[i] = logs[i].read_text(errors="replace").splitlines()
         except OSError:
-            continue
-        if lines:
-            return f"[{logs[i].name}, last lines]\n" + "\n".join(lines[-LOG_TAIL_LINES:])
-    return "(no output)"
+            texts[i] = []
+    first_error = next((line.strip() for i in order for line in texts[i] if EXCEPTION_LINE.match(line)), None)
+    parts = [f"first error: {first_error}"] if first_error else []
+    for i in order:
+        if texts[i]:
+            parts.append(f"[{logs[i].name}, last lines]\n" + "\n".join(texts[i][-LOG_TAIL_LINES:]))
+            break
+    return "\n".join(parts) or "(the processes printed nothing)"
 
 
 def kill_run(procs: list[subprocess.Popen], token: str) -> None:

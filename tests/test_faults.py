@@ -1,0 +1,46 @@
+"""A crashed or hung worker: its run fails with its log's tail, the other runs are kept, the compare ends
+within its deadline, and no process is left behind."""
+
+import time
+
+import psutil
+import pytest
+
+from xfw.common.launch import TOKEN_VAR
+
+from conftest import load_summary, run_xfw
+
+pytestmark = pytest.mark.frameworks
+
+
+def xfw_processes() -> list[int]:
+    found = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if TOKEN_VAR in p.environ() and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_crash_and_hang_are_contained(tmp_path):
+    timeout_s = 25
+    start = time.monotonic()
+    proc = run_xfw(
+        "compare", "--strategy", "mirrored", "--only", "torch-ddp", "--only", "tf-multi-worker", "--only", "torch-allreduce",
+        "--set", "training.steps=60", "--timeout", str(timeout_s), "--out", str(tmp_path),
+        env={"XFW_INJECT_FAULT": "torch-ddp:crash:1,tf-multi-worker:hang:1"},
+        timeout=300,
+    )
+    took = time.monotonic() - start
+    assert proc.returncode == 1  # runs failed: reported, not hidden
+    runs = {r["id"]: r for r in load_summary(tmp_path)["runs"]}
+    assert runs["torch-ddp"]["status"] == "failed" and "fault injected" in runs["torch-ddp"]["error"]
+    assert runs["tf-multi-worker"]["status"] == "failed" and "timed out after 25 s" in runs["tf-multi-worker"]["error"]
+    for kept in ("tf-single", "torch-single", "torch-allreduce"):
+        assert runs[kept]["status"] == "ok" and len(runs[kept]["loss"]) == 60
+    assert "FAILED" in proc.stderr and "torch-ddp" in proc.stdout
+    # Three healthy runs take ~15 s here; the hang may cost at most its deadline plus the kill.
+    assert took < 60 + timeout_s + 30
+    assert xfw_processes() == []
