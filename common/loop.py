@@ -33,29 +33,33 @@ class LoopTiming:
 
 
 def timed_loop(
-    step: Callable[[int], Any],
+    step: Callable[[Any], Any],
+    step_inputs: list[Any],
     sync: Callable[[Any], None],
-    steps: int,
     warmup_steps: int,
     windows: int,
     on_progress: Callable[[int], None],
 ) -> tuple[list[Any], LoopTiming]:
+    """Calls `step` on each precomputed input in order and keeps what it returns (the step's loss)."""
+    steps = len(step_inputs)
     losses: list[Any] = []
+    record = losses.append
     start = time.perf_counter()
-    for s in range(warmup_steps):
-        losses.append(step(s))
+    for item in step_inputs[:warmup_steps]:
+        record(step(item))
     sync(losses[-1])
     warmup_s = time.perf_counter() - start
     on_progress(warmup_steps)
     bounds = np.linspace(warmup_steps, steps, windows + 1).round().astype(int)
     timed: list[tuple[int, float]] = []
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        window = step_inputs[lo:hi]
         start = time.perf_counter()
-        for s in range(lo, hi):
-            losses.append(step(s))
+        for item in window:
+            record(step(item))
         sync(losses[-1])
-        timed.append((int(hi - lo), time.perf_counter() - start))
-        on_progress(int(hi))  # outside the timed window
+        timed.append((hi - lo, time.perf_counter() - start))
+        on_progress(hi)  # outside the timed window
     return losses, LoopTiming(warmup_steps, warmup_s, timed)
 
 

@@ -68,9 +68,9 @@ def train(run: RunSpec, step, step_inputs: list, rank: int = 0) -> tuple[np.ndar
     """Runs the shared timed loop over precomputed per-step inputs; returns per-step losses as numpy."""
     t = run.config.training
     losses, timing = timed_loop(
-        lambda s: step(step_inputs[s]),
+        step, step_inputs,
         lambda loss: loss.item(),  # forces the pending step to finish before the clock is read
-        t.steps, t.warmup_steps, t.timing_windows, progress_writer(run, rank),
+        t.warmup_steps, t.timing_windows, progress_writer(run, rank),
     )
     return torch.stack(losses).double().cpu().numpy(), timing
 
