@@ -112,3 +112,15 @@ def test_adam_divergence_is_measured_and_explained(tmp_path):
     assert "Adam epsilon is placed differently" in report
     hp = {r["framework"]: r["env"]["hyperparameters"]["optimizer"] for r in summary["runs"]}
     assert hp["tf"]["epsilon"] == hp["torch"]["eps"] == 1e-7
+
+
+@pytest.mark.parametrize("overrides", [
+    ["optimizer.nesterov=true"],
+    ["data.kind=synthetic_classification", "loss=cross_entropy"],
+], ids=["nesterov", "classification"])
+def test_tf_vs_torch_other_optimizer_and_loss_settings(tmp_path, overrides):
+    args = [a for o in overrides for a in ("--set", o)]
+    proc = run_xfw("compare", "--strategy", "single", *args, "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = {r["id"]: r for r in load_summary(tmp_path)["runs"]}
+    assert max_rel(runs["tf-single"]["loss"], runs["torch-single"]["loss"]) <= 1e-5
