@@ -56,7 +56,7 @@ def list_cmd() -> None:
     for h in ("framework", "strategy", "implementation", "launcher", "runs here", "what it is"):
         table.add_column(h, overflow="fold")
     for impl in registry.REGISTRY:
-        reason = registry.unavailable_reason(impl, machine)
+        reason = registry.unavailable_reason(impl, machine, registry.devices_needed(impl.strategy, 2, 2))
         table.add_row(impl.framework, impl.strategy, impl.name, impl.launcher, "yes" if reason is None else f"no: {reason}", impl.description)
     table_console().print(table)
 
@@ -70,12 +70,14 @@ def run(framework, implementation, config_path, overrides, replicas, timeout_s, 
     """Run one implementation. Under horovodrun, torchrun or TF_CONFIG it acts as that launcher's worker."""
     impl = registry.find(framework, implementation)
     launcher = under_engine_launcher()
-    if launcher and replicas is None and impl.strategy != "single":
-        replicas = _launcher_world_size(launcher)
     config = load_config(config_path, overrides, replicas)
+    if launcher and replicas is None and impl.strategy in registry.DATA_PARALLEL:
+        # The launcher's world size decides the data-parallel replicas (hybrid: world = replicas x stages).
+        stages = config.model_parallel.stages if impl.strategy in registry.STAGED else 1
+        config = load_config(config_path, overrides, _launcher_world_size(launcher) // stages)
     out = Path(out_dir or f"runs/{impl.id}").resolve()
     spec = RunSpec(config, impl.framework, impl.strategy, impl.name, str(out))
-    preflight(config)
+    preflight(config, impl.strategy)
     if launcher:
         if launcher != impl.launcher:
             raise UserError(f"{impl.id} is started by {impl.launcher}, not {launcher}")
@@ -85,10 +87,10 @@ def run(framework, implementation, config_path, overrides, replicas, timeout_s, 
         run_worker(spec, launcher)
         return
     machine = registry.this_machine()
-    reason = registry.unavailable_reason(impl, machine)
+    reason = registry.unavailable_reason(impl, machine, spec.devices)
     if reason:
         raise UserError(f"{impl.id} cannot run here: {reason}")
-    registry.check_replicas(impl, machine, config.parallel.replicas, config.parallel.oversubscribe)
+    registry.check_devices(impl, machine, spec.devices, config.parallel.oversubscribe)
     console = Console(stderr=True)
     with RichProgress(console) as progress:
         progress.start(impl.id, config.training.steps)

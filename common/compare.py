@@ -37,9 +37,11 @@ def run_entry(base: dict, results: list[dict]) -> dict:
         "warmup_steps": first["timing"]["warmup_steps"],
         "peak_memory_bytes": max(r["peak_memory_bytes"] for r in results),
         "peak_memory_kind": first["peak_memory_kind"],
+        "peak_memory_per_process": first.get("peak_memory_per_process"),
         "replica_weight_max_abs_diff": max(r["replica_weight_max_abs_diff"] for r in results),
         "processes": first["processes"],
         "replicas": first["replicas"],
+        "devices": first["devices"],
         "flops": {
             "training_flops_per_sample": flops_per_sample,
             "achieved_flops_per_s": achieved,
@@ -50,7 +52,7 @@ def run_entry(base: dict, results: list[dict]) -> dict:
         "repeats": len(results),
         "loss_identical_across_repeats": bool((losses == losses[0]).all()),
         "env": first["env"],
-    }
+    } | ({"model_parallel": first["model_parallel"]} if "model_parallel" in first else {})
 
 
 def loss_diff(a: list[float], b: list[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -99,7 +101,7 @@ def compare_pair(a: dict, b: dict, kind: str, config: Config) -> dict:
         "throughput_ratio_spread": {"low": sa["p25"] / sb["p75"], "high": sa["p75"] / sb["p25"]},
     }
     if b["strategy"] == "single" and a["strategy"] != "single":
-        entry["scaling_efficiency"] = ta / (tb * a["replicas"])
+        entry["scaling_efficiency"] = ta / (tb * a["devices"])
     return entry
 
 

@@ -112,6 +112,21 @@ class ParallelConfig(_Strict):
     oversubscribe: bool = False
 
 
+class ModelParallelConfig(_Strict):
+    # Stages the model's layers are split into (model-parallel, pipeline, hybrid).
+    stages: Annotated[int, Field(gt=0)] = 2
+    # Names of the layers that begin stages 2..S (see `xfw layers`); empty: an even split by parameter count.
+    split_points: list[str] = []
+    # Pipeline: the global batch (hybrid: each replica's share) is cut into this many micro-batches.
+    micro_batches: Annotated[int, Field(gt=0)] = 4
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelParallelConfig":
+        if self.split_points and len(self.split_points) != self.stages - 1:
+            raise ValueError(f"{self.stages} stages need {self.stages - 1} split_points, got {len(self.split_points)}")
+        return self
+
+
 class RuntimeConfig(_Strict):
     determinism: bool = True
     precision: Literal["float32"] = "float32"
@@ -133,6 +148,7 @@ class Config(_Strict):
     optimizer: OptimizerConfig = SGDConfig()
     training: TrainingConfig = TrainingConfig()
     parallel: ParallelConfig = ParallelConfig()
+    model_parallel: ModelParallelConfig = ModelParallelConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     parity: ParityConfig = ParityConfig()
 

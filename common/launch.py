@@ -67,7 +67,7 @@ def horovodrun_executable() -> str:
 def plan(impl: Implementation, run: RunSpec, run_json: Path, machine: Machine, token: str, ports: list[int] | None = None) -> LaunchPlan:
     worker = [sys.executable, "-m", WORKER_MODULE, str(run_json)]
     env = base_env(run, token)
-    n = run.replicas
+    n = run.devices
     if impl.launcher == "process":
         return LaunchPlan([worker], [env], ["1 process"])
     if impl.launcher == "torchrun":

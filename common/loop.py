@@ -14,13 +14,14 @@ import resource
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from xfw.common.models import parameter_count, training_flops_per_sample
+from xfw.common.partition import boundary_bytes_per_step, plan_stages
 from xfw.common.runspec import RunSpec
 from xfw.common.semantics import loss_function_name, notes_for, optimizer_hyperparameters
 
@@ -87,10 +88,13 @@ def peak_rss_bytes() -> int:
 class RankOutcome:
     """What one process knows at the end of training."""
 
-    local_losses: np.ndarray  # per step: mean loss over the samples this process computed
+    local_losses: np.ndarray  # per step: mean loss over this process's samples; NaN where it computes none
     timing: LoopTiming
-    weight_copies: list[np.ndarray]  # flat weights of every model copy this process holds
+    weight_copies: list[np.ndarray]  # flat weights of every model copy (or stage copy) this process holds
     peak_memory_bytes: int
+    stage: int = 0  # weights are compared only between processes that hold the same stage
+    # Measured busy seconds per training step of each stage this process runs (model-parallel runs).
+    stage_busy_s: dict[int, float] = field(default_factory=dict)
 
 
 def finish_run(
@@ -100,19 +104,34 @@ def finish_run(
     rank: int,
     rank0_extras: Callable[[], dict],
 ) -> None:
-    """Collect every rank's losses, memory and weights through the engine's own collective (one call after
-    training, so the result does not depend on a shared file system), then rank 0 writes result.json."""
-    steps = run.config.training.steps
+    """Collect every rank's losses, memory, stage timings and weights through the engine's own collective
+    (one call after training, so the result does not depend on a shared file system), then rank 0 writes
+    result.json."""
+    steps, n_stages = run.config.training.steps, run.stages
+    width = parameter_count(run.config.model)  # no process holds more weights than the whole model
     first = outcome.weight_copies[0].astype(np.float64)
     local_div = max(float(np.abs(w.astype(np.float64) - first).max()) for w in outcome.weight_copies)
-    payload = np.concatenate([outcome.local_losses.astype(np.float64), [outcome.peak_memory_bytes, local_div], first])
+    busy = np.full(n_stages, np.nan)
+    for stage, seconds in outcome.stage_busy_s.items():
+        busy[stage] = seconds
+    padded = np.full(width, np.nan)
+    padded[: first.size] = first
+    head = [outcome.peak_memory_bytes, local_div, outcome.stage]
+    payload = np.concatenate([outcome.local_losses.astype(np.float64), head, busy, padded])
     table = gather(payload)  # (processes, len(payload)), in rank order
     if rank != 0:
         return
-    losses = table[:, :steps].mean(axis=0)  # equal shards: the mean of the shard means is the batch mean
-    weights = table[:, steps + 2 :]
-    divergence = max(float(table[:, steps + 1].max()), float(np.abs(weights - weights[0]).max()))
+    losses = np.nanmean(table[:, :steps], axis=0)  # equal shards: the mean of the shard means is the batch mean
+    peaks, divs, stage_of = table[:, steps], table[:, steps + 1], table[:, steps + 2].astype(int)
+    busy_all = np.nanmax(table[:, steps + 3 : steps + 3 + n_stages], axis=0) if n_stages > 1 else []
+    weights = table[:, steps + 3 + n_stages :]
+    divergence = float(divs.max())
+    for stage in set(stage_of.tolist()):  # replicas of the same stage must hold the same weights
+        rows = weights[stage_of == stage]
+        divergence = max(divergence, float(np.nan_to_num(np.abs(rows - rows[0])).max()))
     cfg = run.config
+    windows = outcome.timing.windows
+    step_s = sum(t for _, t in windows) / sum(n for n, _ in windows)
     result = {
         "id": run.id,
         "framework": run.framework,
@@ -121,19 +140,42 @@ def finish_run(
         "status": "ok",
         "loss": [float(v) for v in losses],
         "replicas": run.replicas,
+        "devices": run.devices,
         "processes": int(table.shape[0]),
         "replica_weight_max_abs_diff": divergence,
-        "peak_memory_bytes": int(table[:, steps].max()),
+        "peak_memory_bytes": int(peaks.max()),
+        "peak_memory_per_process": [int(p) for p in peaks],
         "peak_memory_kind": "largest peak resident set size of one process",
         "timing": {
             "global_batch": cfg.training.global_batch,
             "warmup_steps": outcome.timing.warmup_steps,
             "warmup_s": outcome.timing.warmup_s,
-            "windows": [{"steps": n, "seconds": s} for n, s in outcome.timing.windows],
+            "windows": [{"steps": n, "seconds": s} for n, s in windows],
         },
         "model": {"parameters": parameter_count(cfg.model), "training_flops_per_sample": training_flops_per_sample(cfg.model)},
-    } | rank0_extras()
-    write_json_atomic(Path(run.out_dir) / "result.json", result)
+    }
+    if n_stages > 1:
+        result["model_parallel"] = stage_report(run, list(busy_all), step_s)
+    write_json_atomic(Path(run.out_dir) / "result.json", result | rank0_extras())
+
+
+def stage_report(run: RunSpec, busy_s: list[float], step_s: float) -> dict:
+    stages = plan_stages(run.config)
+    return {
+        "stages": run.stages,
+        "devices": run.devices,
+        "micro_batches": run.micro_batches,
+        "boundary_bytes_per_step": boundary_bytes_per_step(stages, run.config.training.global_batch),
+        "per_stage": [
+            {"stage": st.index, "layers": st.names, "parameters": st.parameters, "busy_s_per_step": float(b),
+             "idle_fraction": float(max(0.0, 1.0 - b / step_s)), "busy_exceeds_step": bool(b > step_s)}
+            for st, b in zip(stages, busy_s)
+        ],
+        "busy_method": "after training, each stage's forward+backward passes for one step (one per micro-batch) are "
+                       "timed alone on its device, median of 20; idle = 1 - busy / measured step time, floored at 0 "
+                       "(busy_exceeds_step: the stage alone took longer than a whole training step, which happens "
+                       "when per-call overhead dominates a tiny stage)",
+    }
 
 
 def common_env(run: RunSpec, launcher: str, world_size: int) -> dict:

@@ -18,7 +18,9 @@ from xfw.common.config import Config
 from xfw.common.data import load_dataset
 from xfw.common.errors import UserError
 from xfw.common.loop import write_json_atomic
-from xfw.common.registry import REGISTRY, Implementation, Machine, check_replicas, for_strategy, unavailable_reason
+from xfw.common.partition import check_micro_batches, plan_stages
+from xfw.common.registry import (REGISTRY, STAGED, Implementation, Machine, check_devices, devices_needed, for_strategy,
+                                  unavailable_reason)
 from xfw.common.runspec import RunSpec
 
 
@@ -41,10 +43,24 @@ def _read_step(path: Path) -> int | None:
         return None  # not written yet
 
 
-def preflight(config: Config) -> None:
-    """Check what the config alone cannot: the dataset exists and fits the model. In the parent, so that a
-    bad file is a one-line error here rather than a crash in every worker."""
+def preflight(config: Config, strategy: str) -> None:
+    """Check what the config alone cannot: the dataset exists and fits the model, the split into stages
+    exists, micro-batches divide the batch. In the parent, so that bad input is a one-line error here
+    rather than a crash in every worker."""
     load_dataset(config)
+    if strategy in STAGED:
+        if config.model_parallel.stages < 2:
+            raise UserError(f"strategy {strategy} needs model_parallel.stages of at least 2")
+        plan_stages(config)
+    batch, micro = config.training.global_batch, config.model_parallel.micro_batches
+    if strategy == "pipeline":
+        check_micro_batches(batch, micro, "training.global_batch")
+    if strategy == "hybrid":
+        check_micro_batches(batch // config.parallel.replicas, micro, "each replica's batch (global_batch / replicas)")
+
+
+def run_devices(impl: Implementation, config: Config) -> int:
+    return devices_needed(impl.strategy, config.parallel.replicas, config.model_parallel.stages)
 
 
 def execute_run(impl: Implementation, run: RunSpec, timeout_s: float, machine: Machine, progress: Progress) -> dict:
@@ -77,7 +93,7 @@ def base_entry(impl: Implementation) -> dict:
 def run_implementation(impl: Implementation, config: Config, out_dir: Path, repeats: int, timeout_s: float,
                        machine: Machine, progress: Progress) -> dict:
     base = base_entry(impl)
-    reason = unavailable_reason(impl, machine)
+    reason = unavailable_reason(impl, machine, run_devices(impl, config))
     if reason:
         progress.finish(impl.id, "skipped", reason)
         return base | {"status": "skipped", "reason": reason}
@@ -113,10 +129,10 @@ def compare_strategy(strategy: str, config: Config, out_dir: Path, repeats: int,
                      machine: Machine, progress: Progress | None = None, only: list[str] = ()) -> dict:
     progress = progress or NoProgress()
     impls = implementations_for(strategy, only)
-    preflight(config)
+    preflight(config, strategy)
     for impl in impls:  # refuse bad input before anything starts
-        if unavailable_reason(impl, machine) is None:
-            check_replicas(impl, machine, config.parallel.replicas, config.parallel.oversubscribe)
+        if unavailable_reason(impl, machine, run_devices(impl, config)) is None:
+            check_devices(impl, machine, run_devices(impl, config), config.parallel.oversubscribe)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {
         "xfw_summary_version": 1,

@@ -20,7 +20,14 @@ FRAMEWORK_NAMES = {"tf": "TensorFlow", "torch": "PyTorch"}
 STRATEGIES = {
     "single": "one device, no parallelism: the reference every parallel run is diffed against",
     "mirrored": "synchronous data parallelism: every replica holds the whole model, gradients are averaged each step",
+    "model-parallel": "the layers split into stages on different devices; activations and gradients cross between them",
+    "pipeline": "model-parallel stages fed with micro-batches, so stages work at the same time (GPipe, 1F1B)",
+    "hybrid": "data x model parallelism: R replicas of an S-stage split, gradients averaged across each stage's replicas",
 }
+
+# How many devices (and, for multi-process launchers, processes) a strategy's run occupies.
+DATA_PARALLEL = ("mirrored", "hybrid")
+STAGED = ("model-parallel", "pipeline", "hybrid")
 
 LAUNCHERS = {
     "process": "one plain Python process",
@@ -39,7 +46,7 @@ class Implementation:
     function: str
     launcher: str
     description: str
-    min_gpus: int = 0  # how many GPUs it needs to run at all
+    gpu_only: bool = False  # needs one GPU per device of the run
     horovod: bool = False
 
     @property
@@ -71,10 +78,30 @@ REGISTRY: tuple[Implementation, ...] = (
     _impl("torch", "mirrored", "allreduce", "mirrored", "run_allreduce", "torchrun",
           "explicit torch.distributed.all_reduce of every gradient, launched by torchrun"),
     _impl("torch", "mirrored", "data-parallel", "mirrored", "run_data_parallel", "process",
-          "nn.DataParallel, one process scattering each batch over the GPUs", min_gpus=2),
+          "nn.DataParallel, one process scattering each batch over the GPUs", gpu_only=True),
     _impl("torch", "mirrored", "horovod", "horovod", "run_horovod", "horovodrun",
           "horovod.torch DistributedOptimizer, launched by horovodrun", horovod=True),
+    _impl("tf", "model-parallel", "placed-stages", "model_parallel", "run_placed", "process",
+          "one tf.device per stage in one process (GPUs, or logical CPU devices)"),
+    _impl("torch", "model-parallel", "placed-stages", "model_parallel", "run_placed_stages", "process",
+          "stages on different GPUs in one process, tensors moved with .to(device)", gpu_only=True),
+    _impl("torch", "model-parallel", "send-recv", "model_parallel", "run_send_recv", "torchrun",
+          "one process per stage, activations and gradients exchanged with dist.send/recv"),
+    _impl("tf", "pipeline", "gpipe", "model_parallel", "run_placed", "process",
+          "micro-batches through tf.device-placed stages, all forwards then all backwards, one process"),
+    _impl("torch", "pipeline", "gpipe", "model_parallel", "run_gpipe", "torchrun",
+          "torch.distributed.pipelining ScheduleGPipe, one process per stage"),
+    _impl("torch", "pipeline", "1f1b", "model_parallel", "run_1f1b", "torchrun",
+          "torch.distributed.pipelining Schedule1F1B, one process per stage"),
+    _impl("tf", "hybrid", "hybrid", "model_parallel", "run_placed", "process",
+          "R replicas of tf.device-placed stages, gradients averaged across replicas, one process"),
+    _impl("torch", "hybrid", "hybrid", "model_parallel", "run_hybrid", "torchrun",
+          "R x S processes: a GPipe pipeline per replica, gradients all-reduced in a process group per stage"),
 )
+
+
+def devices_needed(strategy: str, replicas: int, stages: int) -> int:
+    return (replicas if strategy in DATA_PARALLEL else 1) * (stages if strategy in STAGED else 1)
 
 
 def find(framework: str, implementation: str) -> Implementation:
@@ -143,23 +170,25 @@ def this_machine() -> Machine:
     return Machine(len(os.sched_getaffinity(0)), _count_gpus(), frozenset(frameworks), _horovod_frameworks())
 
 
-def unavailable_reason(impl: Implementation, machine: Machine, replicas: int | None = None) -> str | None:
-    """None when `impl` can run here; otherwise why not, in words a user can act on."""
+def unavailable_reason(impl: Implementation, machine: Machine, devices: int = 2) -> str | None:
+    """None when `impl` can run here (with `devices` devices for its run); otherwise why not, in words a
+    user can act on."""
     if impl.framework not in machine.frameworks:
         return f"{FRAMEWORK_NAMES[impl.framework]} is not installed (run `make setup`)"
     if impl.horovod and impl.framework not in machine.horovod_frameworks:
         return f"Horovod is not installed with {FRAMEWORK_NAMES[impl.framework]} support (run `make setup`)"
-    if machine.gpus < impl.min_gpus:
-        return f"needs at least {impl.min_gpus} GPUs, this machine has {machine.gpus}"
+    if impl.gpu_only and machine.gpus < max(devices, 2):
+        return f"needs {max(devices, 2)} GPUs, this machine has {machine.gpus}"
     return None
 
 
-def check_replicas(impl: Implementation, machine: Machine, replicas: int, oversubscribe: bool) -> None:
-    if impl.strategy == "single" or oversubscribe:
+def check_devices(impl: Implementation, machine: Machine, devices: int, oversubscribe: bool) -> None:
+    if devices <= 1 or oversubscribe:
         return
-    if replicas > machine.devices:
+    if devices > machine.devices:
         kind = "GPUs" if machine.gpus else "CPU cores"
+        what = {"mirrored": "replicas", "model-parallel": "stages", "pipeline": "stages"}.get(impl.strategy, "devices (replicas x stages)")
         raise UserError(
-            f"{replicas} replicas but this machine has {machine.devices} {kind} "
+            f"{devices} {what} but this machine has {machine.devices} {kind} "
             "(set parallel.oversubscribe: true to run anyway; timings are then meaningless)"
         )

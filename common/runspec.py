@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from xfw.common.config import Config, config_from_dict
+from xfw.common.registry import DATA_PARALLEL, STAGED, devices_needed
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,22 @@ class RunSpec:
 
     @property
     def replicas(self) -> int:
-        return 1 if self.strategy == "single" else self.config.parallel.replicas
+        """Data-parallel replicas."""
+        return self.config.parallel.replicas if self.strategy in DATA_PARALLEL else 1
+
+    @property
+    def stages(self) -> int:
+        """Model-parallel stages."""
+        return self.config.model_parallel.stages if self.strategy in STAGED else 1
+
+    @property
+    def micro_batches(self) -> int:
+        return self.config.model_parallel.micro_batches if self.strategy in ("pipeline", "hybrid") else 1
+
+    @property
+    def devices(self) -> int:
+        """Devices the run occupies; multi-process launchers start one process per device."""
+        return devices_needed(self.strategy, self.replicas, self.stages)
 
     def to_json(self) -> str:
         data = asdict(self) | {"config": self.config.model_dump(mode="json")}

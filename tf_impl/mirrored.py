@@ -15,14 +15,6 @@ from xfw.tf_impl import training
 from xfw.tf_impl.models import build_model, flat_weights
 
 
-def _strategy_devices(tf, replicas: int) -> list[str]:
-    gpus = tf.config.list_logical_devices("GPU")
-    devices = gpus or tf.config.list_logical_devices("CPU")
-    if len(devices) < replicas:
-        raise RuntimeError(f"{replicas} replicas but TensorFlow sees {len(devices)} devices: {[d.name for d in devices]}")
-    return [d.name for d in devices[:replicas]]
-
-
 def _run_strategy(run: RunSpec, launcher: str, s, strategy, rank: int, world_size: int, gather, devices) -> None:
     """The training loop shared by MirroredStrategy and MultiWorkerMirroredStrategy: they differ only in
     how the strategy is built and how results are gathered across processes."""
@@ -70,7 +62,7 @@ def _run_strategy(run: RunSpec, launcher: str, s, strategy, rank: int, world_siz
 
 def run_mirrored_strategy(run: RunSpec, launcher: str) -> None:
     s = training.setup(run, logical_cpus=run.replicas)
-    devices = _strategy_devices(s.tf, run.replicas)
+    devices = training.logical_devices(s.tf, run.replicas)
     strategy = s.tf.distribute.MirroredStrategy(devices=devices)  # tf.distribute: one process, N devices
     _run_strategy(run, launcher, s, strategy, rank=0, world_size=1, gather=lambda v: v[None], devices=devices)
 
@@ -98,7 +90,7 @@ def run_manual_placement(run: RunSpec, launcher: str) -> None:
     s = training.setup(run, logical_cpus=run.replicas)
     tf = s.tf
     cfg = run.config
-    devices = _strategy_devices(tf, run.replicas)
+    devices = training.logical_devices(tf, run.replicas)
     global_batch, replicas = cfg.training.global_batch, run.replicas
     model = build_model(cfg.model, s.weights)  # one copy of the weights, on the default device
     optimizer = training.make_optimizer(run)

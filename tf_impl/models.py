@@ -9,8 +9,17 @@ from xfw.common.models import Conv, Dense, Flatten, MaxPool, input_shape, layers
 
 
 def build_model(spec, weights: dict[str, np.ndarray]) -> keras.Model:
-    layers = [keras.Input(shape=input_shape(spec))]
-    for layer in layers_of(spec):
+    return build_layers(layers_of(spec), input_shape(spec), weights)
+
+
+def build_stage(stage, weights: dict[str, np.ndarray]) -> keras.Model:
+    """One model-parallel stage (common.partition.Stage) as its own Keras model."""
+    return build_layers(stage.layers, stage.input_shape, weights)
+
+
+def build_layers(spec_layers, sample_shape, weights: dict[str, np.ndarray]) -> keras.Model:
+    layers = [keras.Input(shape=sample_shape)]
+    for layer in spec_layers:
         if isinstance(layer, Dense):
             layers.append(keras.layers.Dense(layer.units_out, activation=layer.activation, name=layer.name))
         elif isinstance(layer, Conv):
@@ -20,7 +29,7 @@ def build_model(spec, weights: dict[str, np.ndarray]) -> keras.Model:
         elif isinstance(layer, Flatten):
             layers.append(keras.layers.Flatten(name=layer.name))  # NHWC: flattens in (h, w, c) order
     model = keras.Sequential(layers)
-    for layer in layers_of(spec):
+    for layer in spec_layers:
         if isinstance(layer, (Dense, Conv)):  # canonical layout is Keras's own: no conversion
             model.get_layer(layer.name).set_weights([weights[f"{layer.name}/kernel"], weights[f"{layer.name}/bias"]])
     return model

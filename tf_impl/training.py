@@ -65,6 +65,15 @@ def setup(run: RunSpec, logical_cpus: int = 1) -> Setup:
     return Setup(tf, keras, data, order, initial_weights(cfg.model, cfg.seed), x, y)
 
 
+def logical_devices(tf, count: int) -> list[str]:
+    """The first `count` GPUs, or logical CPU devices where there is no GPU (see setup)."""
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = gpus or tf.config.list_logical_devices("CPU")
+    if len(devices) < count:
+        raise RuntimeError(f"the run needs {count} devices but TensorFlow sees {len(devices)}: {[d.name for d in devices]}")
+    return [d.name for d in devices[:count]]
+
+
 def make_optimizer(run: RunSpec):
     import keras
 
@@ -116,8 +125,39 @@ def matmul_peak_flops(n: int = 1024, repeats: int = 5) -> float:
     return 2 * n**3 / best
 
 
+def stage_seconds(run: RunSpec, model, stage, batch: int, last: bool, device: str, count: int = 1, repeats: int = 20) -> float:
+    """Median time of `count` forward+backward passes of one stage on `batch` samples, alone on its device,
+    in one call (so that one call's dispatch cost is paid once per step, as in training)."""
+    import tensorflow as tf
+
+    loss_fn = per_example_loss(run)
+    with tf.device(device):
+        x = tf.random.normal((batch, *stage.input_shape))
+        y = tf.zeros(batch, tf.int64) if run.config.loss == "cross_entropy" else tf.zeros((batch, *stage.output_shape))
+        out_grad = tf.ones((batch, *stage.output_shape))
+
+    @tf.function
+    def forward_backward(x):
+        total = tf.constant(0.0)
+        for _ in tf.range(count):  # a while loop: the passes run one after another, as a stage does
+            with tf.device(device), tf.GradientTape() as tape:
+                tape.watch(x)
+                out = model(x, training=True)
+                objective = tf.reduce_mean(loss_fn(y, out)) if last else tf.reduce_sum(out * out_grad)
+            total += tf.reduce_sum(tape.gradient(objective, x))
+        return total
+
+    forward_backward(x).numpy()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        forward_backward(x).numpy()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
 def report(run: RunSpec, s: Setup, model, losses: np.ndarray, timing, weight_copies: list, gather, rank: int,
-           launcher: str, world_size: int, devices: list[str]) -> None:
+           launcher: str, world_size: int, devices: list[str], stage: int = 0, stage_busy_s: dict | None = None) -> None:
     def rank0_extras() -> dict:
         import keras
         import tensorflow as tf
@@ -132,8 +172,8 @@ def report(run: RunSpec, s: Setup, model, losses: np.ndarray, timing, weight_cop
             import horovod
 
             env["framework_versions"]["horovod"] = horovod.__version__
-        # Peak of one replica's share of the machine, times the replicas: what the run could reach at most.
-        return {"eval": evaluate(run, s, model), "env": env, "peak_flops_per_s": matmul_peak_flops() * run.replicas}
+        # Peak of one device's share of the machine, times the devices: what the run could reach at most.
+        return {"eval": evaluate(run, s, model), "env": env, "peak_flops_per_s": matmul_peak_flops() * run.devices}
 
-    outcome = RankOutcome(losses, timing, weight_copies, peak_rss_bytes())
+    outcome = RankOutcome(losses, timing, weight_copies, peak_rss_bytes(), stage, stage_busy_s or {})
     finish_run(run, outcome, gather, rank, rank0_extras)

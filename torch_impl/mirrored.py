@@ -19,32 +19,9 @@ from xfw.torch_impl import training
 from xfw.torch_impl.models import build_model, flat_weights
 
 
-def _init_process_group(run: RunSpec) -> torch.device:
-    # torch.distributed: rank, world size and rendezvous come from torchrun's environment.
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if dist.get_world_size() != run.replicas:
-        raise RuntimeError(f"torchrun started {dist.get_world_size()} processes but the run asks for {run.replicas} replicas")
-    if torch.cuda.is_available():
-        local_rank = dist.get_rank() % torch.cuda.device_count()
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
-def _gather(device: torch.device):
-    def gather(vector: np.ndarray) -> np.ndarray:
-        # torch.distributed: one all-gather after training.
-        mine = torch.from_numpy(vector).to(device)
-        parts = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, mine)
-        return torch.stack(parts).cpu().numpy()
-
-    return gather
-
-
 def _run_process_group(run: RunSpec, launcher: str, wrap, average_gradients) -> None:
     """The loop shared by DDP and the explicit all_reduce: they differ only in how gradients get averaged."""
-    device = _init_process_group(run)
+    device = training.init_process_group(run)
     rank, world = dist.get_rank(), dist.get_world_size()
     s = training.setup(run, device)
     model = build_model(run.config.model, s.weights).to(device)
@@ -64,7 +41,7 @@ def _run_process_group(run: RunSpec, launcher: str, wrap, average_gradients) -> 
     block = replica_slice(run.config.training.global_batch, rank, world)  # this rank's block
     step_inputs = [torch.from_numpy(row[block]).to(device) for row in s.order]
     losses, timing = training.train(run, train_step, step_inputs, rank)
-    training.report(run, s, model, losses, timing, [flat_weights(model.parameters())], _gather(device), rank,
+    training.report(run, s, model, losses, timing, [flat_weights(model.parameters())], training.process_group_gather(device), rank,
                     launcher, world, [f"rank {rank}: {device}"])
     # torch.distributed: wait for rank 0 to finish writing before tearing down; a rank that destroys the
     # group while its peer is still busy aborts in gloo now and then ("terminate called ...").

@@ -10,14 +10,23 @@ from collections import OrderedDict
 from torch import nn
 
 from xfw.common.models import Conv, Dense, Flatten, MaxPool, layers_of
-from xfw.common.weights import conv_kernel_to_torch, dense_kernel_to_torch
+from xfw.common.weights import conv_kernel_from_torch, conv_kernel_to_torch, dense_kernel_from_torch, dense_kernel_to_torch
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
 def build_model(spec, weights: dict[str, np.ndarray]) -> nn.Sequential:
+    return build_layers(layers_of(spec), weights)
+
+
+def build_stage(stage, weights: dict[str, np.ndarray]) -> nn.Sequential:
+    """One model-parallel stage (common.partition.Stage) as its own module."""
+    return build_layers(stage.layers, weights)
+
+
+def build_layers(spec_layers, weights: dict[str, np.ndarray]) -> nn.Sequential:
     modules: OrderedDict[str, nn.Module] = OrderedDict()
-    for layer in layers_of(spec):
+    for layer in spec_layers:
         if isinstance(layer, Dense):
             modules[layer.name] = nn.Linear(layer.units_in, layer.units_out)
         elif isinstance(layer, Conv):
@@ -31,7 +40,7 @@ def build_model(spec, weights: dict[str, np.ndarray]) -> nn.Sequential:
             modules[f"{layer.name}_act"] = ACTIVATIONS[layer.activation]()
     model = nn.Sequential(modules)
     with torch.no_grad():
-        for layer in layers_of(spec):
+        for layer in spec_layers:
             if isinstance(layer, Dense):
                 kernel = dense_kernel_to_torch(weights[f"{layer.name}/kernel"], layer.flattened_from)
             elif isinstance(layer, Conv):
@@ -42,6 +51,25 @@ def build_model(spec, weights: dict[str, np.ndarray]) -> nn.Sequential:
             module.weight.copy_(torch.from_numpy(kernel))
             module.bias.copy_(torch.from_numpy(weights[f"{layer.name}/bias"]))
     return model
+
+
+def export_weights(module: nn.Sequential, spec_layers) -> dict[str, np.ndarray]:
+    """The module's current weights in the canonical (Keras) layout: the inverse of build_layers."""
+    weights = {}
+    for layer in spec_layers:
+        if not isinstance(layer, (Dense, Conv)):
+            continue
+        sub = getattr(module, layer.name)
+        w = sub.weight.detach().cpu().numpy()
+        kernel = dense_kernel_from_torch(w, layer.flattened_from) if isinstance(layer, Dense) else conv_kernel_from_torch(w)
+        weights[f"{layer.name}/kernel"] = kernel
+        weights[f"{layer.name}/bias"] = sub.bias.detach().cpu().numpy()
+    return weights
+
+
+def torch_sample_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A canonical (h, w, c) sample shape in torch's (c, h, w); flat shapes unchanged."""
+    return (shape[2], shape[0], shape[1]) if len(shape) == 3 else tuple(shape)
 
 
 def to_torch_layout(x: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from xfw.common.data import Dataset, load_dataset, sample_order
@@ -40,6 +41,29 @@ def setup(run: RunSpec, device: torch.device | None = None) -> Setup:
     x = torch.from_numpy(to_torch_layout(data.x_train)).to(device)
     y = torch.from_numpy(data.y_train).to(device)
     return Setup(device, data, order, initial_weights(cfg.model, cfg.seed), x, y)
+
+
+def init_process_group(run: RunSpec) -> torch.device:
+    # torch.distributed: rank, world size and rendezvous come from torchrun's environment.
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.get_world_size() != run.devices:
+        raise RuntimeError(f"torchrun started {dist.get_world_size()} processes but the run needs {run.devices}")
+    if torch.cuda.is_available():
+        local_rank = dist.get_rank() % torch.cuda.device_count()
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def process_group_gather(device: torch.device):
+    def gather(vector: np.ndarray) -> np.ndarray:
+        # torch.distributed: one all-gather after training.
+        mine = torch.from_numpy(vector).to(device)
+        parts = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, mine)
+        return torch.stack(parts).cpu().numpy()
+
+    return gather
 
 
 def make_optimizer(run: RunSpec, parameters):
@@ -99,8 +123,36 @@ def matmul_peak_flops(n: int = 1024, repeats: int = 5) -> float:
     return 2 * n**3 / best
 
 
+def stage_seconds(run: RunSpec, model, stage, batch: int, last: bool, device: torch.device, count: int = 1, repeats: int = 20) -> float:
+    """Median time of `count` forward+backward passes of one stage on `batch` samples, alone on its device."""
+    from xfw.torch_impl.models import torch_sample_shape
+
+    x = torch.randn(batch, *torch_sample_shape(stage.input_shape), device=device, requires_grad=True)
+    out_shape = (batch, *torch_sample_shape(stage.output_shape))
+    y = torch.zeros(batch, dtype=torch.int64, device=device) if run.config.loss == "cross_entropy" else torch.zeros(out_shape, device=device)
+    out_grad = torch.ones(out_shape, device=device)
+
+    def forward_backward():
+        for _ in range(count):  # the passes run one after another, as a stage does
+            out = model(x)
+            if last:
+                mean_loss(run)(out, y).backward()
+            else:
+                out.backward(out_grad)
+        x.grad[(0,) * x.dim()].item()  # waits for the device
+
+    forward_backward()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        forward_backward()
+        times.append(time.perf_counter() - start)
+    model.zero_grad(set_to_none=True)
+    return float(np.median(times))
+
+
 def report(run: RunSpec, s: Setup, model, losses: np.ndarray, timing, weight_copies: list, gather, rank: int,
-           launcher: str, world_size: int, devices: list[str]) -> None:
+           launcher: str, world_size: int, devices: list[str], stage: int = 0, stage_busy_s: dict | None = None) -> None:
     def rank0_extras() -> dict:
         env = common_env(run, launcher, world_size) | {
             "framework_versions": {"torch": torch.__version__},
@@ -112,8 +164,8 @@ def report(run: RunSpec, s: Setup, model, losses: np.ndarray, timing, weight_cop
             import horovod
 
             env["framework_versions"]["horovod"] = horovod.__version__
-        # Peak of one replica's share of the machine, times the replicas: what the run could reach at most.
-        return {"eval": evaluate(run, s, model), "env": env, "peak_flops_per_s": matmul_peak_flops() * run.replicas}
+        # Peak of one device's share of the machine, times the devices: what the run could reach at most.
+        return {"eval": evaluate(run, s, model), "env": env, "peak_flops_per_s": matmul_peak_flops() * run.devices}
 
-    outcome = RankOutcome(losses, timing, weight_copies, peak_rss_bytes())
+    outcome = RankOutcome(losses, timing, weight_copies, peak_rss_bytes(), stage, stage_busy_s or {})
     finish_run(run, outcome, gather, rank, rank0_extras)
