@@ -52,11 +52,13 @@ def cli() -> None:
 def list_cmd() -> None:
     """Every (framework, strategy, implementation), and whether it can run on this machine."""
     machine = registry.this_machine()
+    defaults = load_config()
     table = Table(title=f"xfw implementations on this machine ({machine.cpu_cores} CPU cores, {machine.gpus} GPUs)", title_justify="left")
     for h in ("framework", "strategy", "implementation", "launcher", "runs here", "what it is"):
         table.add_column(h, overflow="fold")
     for impl in registry.REGISTRY:
-        reason = registry.unavailable_reason(impl, machine, registry.devices_needed(impl.strategy, 2, 2))
+        devices = registry.devices_needed(impl.strategy, defaults.parallel.replicas, defaults.model_parallel.stages)
+        reason = registry.unavailable_reason(impl, machine, devices)
         table.add_row(impl.framework, impl.strategy, impl.name, impl.launcher, "yes" if reason is None else f"no: {reason}", impl.description)
     table_console().print(table)
 

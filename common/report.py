@@ -63,6 +63,22 @@ def comparison_rows(summary: dict) -> list[list[str]]:
     return rows
 
 
+STAGE_HEADERS = ["run", "stage", "layers", "params", "micro-batches", "busy ms/step", "idle", "boundary KiB/step"]
+
+
+def stage_rows(summary: dict) -> list[list[str]]:
+    rows = []
+    for r in summary["runs"]:
+        mp = r.get("model_parallel") if r["status"] == "ok" else None
+        if not mp:
+            continue
+        for st in mp["per_stage"]:
+            idle = f"{st['idle_fraction']:.0%}" + (" (busy > step)" if st.get("busy_exceeds_step") else "")
+            rows.append([r["id"], str(st["stage"]), ",".join(st["layers"]), f"{st['parameters']:,}", str(mp["micro_batches"]),
+                         f"{st['busy_s_per_step'] * 1e3:.3f}", idle, f"{mp['boundary_bytes_per_step'] / 1024:,.1f}"])
+    return rows
+
+
 def print_tables(summary: dict, console: Console | None = None) -> None:
     console = console or Console()
     runs = Table(title=f"xfw compare --strategy {summary['strategy']}: runs", title_justify="left")
@@ -78,6 +94,14 @@ def print_tables(summary: dict, console: Console | None = None) -> None:
     for row in comparison_rows(summary):
         cmp.add_row(*row, style={"PASS": None, "FAIL": "red"}.get(row[4], "dim"))
     console.print(cmp)
+    rows = stage_rows(summary)
+    if rows:
+        stages = Table(title="stages (busy: each stage's passes for one step timed alone; idle = 1 - busy / step time)", title_justify="left")
+        for h in STAGE_HEADERS:
+            stages.add_column(h, overflow="fold")
+        for row in rows:
+            stages.add_row(*row)
+        console.print(stages)
 
 
 def _markdown_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -159,6 +183,11 @@ def write_report(summary: dict, out_dir: Path) -> Path:
         "Throughput ratio a/b is the ratio of medians, with the range its interquartile ranges allow. Scaling efficiency is "
         "throughput(parallel) / (replicas x throughput(single)).",
         _markdown_table(CMP_HEADERS, comparison_rows(summary)),
+        *(["## Stages",
+           "Busy time: after training, each stage's forward and backward passes for one step (one per micro-batch) are "
+           "timed alone on its device; idle = 1 - busy / measured step time. Boundary bytes: activations sent forward "
+           "plus their gradients sent back across every stage boundary per step (fp32).",
+           _markdown_table(STAGE_HEADERS, stage_rows(summary))] if stage_rows(summary) else []),
         *[f"![{p}]({p})" for p in plots],
         "## Where the frameworks differ by design",
         *[f"- **{k}**: {v}" for k, v in semantic.items()],

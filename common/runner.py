@@ -56,7 +56,7 @@ def _describe_exit(code: int | None) -> str:
 
 
 # The last line of a Python traceback ("RuntimeError: ..."), possibly behind a launcher's "[1]<stderr>:".
-EXCEPTION_LINE = re.compile(r"^(?:\[\d+\]<std\w+>:)?\s*[\w.]*(?:Error|Exception|Exit)\b: ")
+EXCEPTION_LINE = re.compile(r"^(?:\[\d+\]<std\w+>:|\[rank\d+\]:)?\s*[\w.]*(?:Error|Exception|Exit)\b: ")
 
 
 def log_tail(logs: list[Path], returncodes: list[int | None]) -> str:

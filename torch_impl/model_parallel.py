@@ -125,6 +125,8 @@ def _run_pipelining(run: RunSpec, launcher: str, schedule_class) -> None:
     stage = plan_stages(run.config)[stage_index]
     module = build_stage(stage, s.weights).to(device)
     optimizer = training.make_optimizer(run, module.parameters())
+    block = replica_slice(run.config.training.global_batch, replica, replicas)  # hybrid: this replica's block
+    micro = (block.stop - block.start) // micro_batches
     # pipelining: the stage talks to its neighbours inside this replica's group; the schedule cuts each batch
     # into micro-batches, averages their losses and scales the gradients by 1 / micro_batches.
     pipe_stage = PipelineStage(module, stage_index, n_stages, device, group=pipeline_groups[replica])
@@ -147,10 +149,8 @@ def _run_pipelining(run: RunSpec, launcher: str, schedule_class) -> None:
         optimizer.step()
         return torch.stack(micro_losses).mean().detach() if last else NO_LOSS
 
-    block = replica_slice(run.config.training.global_batch, replica, replicas)  # hybrid: this replica's block
     step_inputs = [torch.from_numpy(row[block]).to(device) for row in s.order]
     losses, timing = training.train(run, train_step, step_inputs, rank)
-    micro = (block.stop - block.start) // micro_batches
     _finish(run, launcher, s, stage, module, losses, timing, rank, device, busy_batch=micro)
 
 

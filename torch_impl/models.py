@@ -19,9 +19,33 @@ def build_model(spec, weights: dict[str, np.ndarray]) -> nn.Sequential:
     return build_layers(layers_of(spec), weights)
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
+class ContiguousBoundary(nn.Module):
+    """Identity that makes what crosses a stage boundary contiguous, both ways: gloo sends and receives only
+    contiguous tensors, and CPU convolutions may return channels-last strides."""
+
+    def __init__(self, side: str):
+        super().__init__()
+        self.side = side
+
+    def forward(self, x):
+        return _ContiguousGrad.apply(x) if self.side == "entry" else x.contiguous()
+
+
 def build_stage(stage, weights: dict[str, np.ndarray]) -> nn.Sequential:
     """One model-parallel stage (common.partition.Stage) as its own module."""
-    return build_layers(stage.layers, weights)
+    layers = build_layers(stage.layers, weights)
+    return nn.Sequential(OrderedDict([("entry", ContiguousBoundary("entry")), *layers.named_children(),
+                                      ("exit", ContiguousBoundary("exit"))]))
 
 
 def build_layers(spec_layers, weights: dict[str, np.ndarray]) -> nn.Sequential:
