@@ -3,7 +3,7 @@ VENV ?= .venv
 OUT ?= runs/compare
 STRATEGY ?= mirrored
 
-.PHONY: setup compare test bench clean
+.PHONY: setup compare test bench bench-pipeline clean
 
 setup:
 	@bash scripts/setup.sh
@@ -19,3 +19,6 @@ bench: setup
 
 clean:
 	rm -rf runs .pytest_cache
+
+bench-pipeline: setup
+	$(VENV)/bin/python benchmarks/pipeline_microbatches.py

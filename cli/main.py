@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from xfw.common import registry
@@ -89,7 +90,7 @@ def run(framework, implementation, config_path, overrides, replicas, timeout_s, 
         run_worker(spec, launcher)
         return
     machine = registry.this_machine()
-    reason = registry.unavailable_reason(impl, machine, spec.devices)
+    reason = registry.unavailable_reason(impl, machine, spec.devices, config)
     if reason:
         raise UserError(f"{impl.id} cannot run here: {reason}")
     registry.check_devices(impl, machine, spec.devices, config.parallel.oversubscribe)
@@ -98,7 +99,7 @@ def run(framework, implementation, config_path, overrides, replicas, timeout_s, 
         progress.start(impl.id, config.training.steps)
         result = execute_run(impl, spec, timeout_s or config.runtime.timeout_s, machine, progress)
     if result["status"] != "ok":
-        console.print(f"[red]{impl.id} failed[/]: {result['error']}", highlight=False)
+        console.print(f"[red]{impl.id} failed[/]: {escape(result['error'])}", highlight=False)
         sys.exit(1)
     click.echo(f"{impl.id}: final loss {result['loss'][-1]:.6g}, eval {result['eval']}; result: {out / 'result.json'}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 MARKS = {"ok": "[green]ok[/]", "failed": "[red]FAILED[/]", "skipped": "[dim]skipped[/]"}
@@ -37,4 +38,4 @@ class RichProgress:
 
     def finish(self, label: str, status: str, detail: str) -> None:
         took = f" in {time.monotonic() - self.started:.1f} s" if status != "skipped" else ""
-        self.console.print(f"{MARKS[status]} {label}{took}: {detail}", highlight=False, markup=True)
+        self.console.print(f"{MARKS[status]} {escape(label)}{took}: {escape(detail)}", highlight=False, markup=True)

@@ -93,7 +93,7 @@ def base_entry(impl: Implementation) -> dict:
 def run_implementation(impl: Implementation, config: Config, out_dir: Path, repeats: int, timeout_s: float,
                        machine: Machine, progress: Progress) -> dict:
     base = base_entry(impl)
-    reason = unavailable_reason(impl, machine, run_devices(impl, config))
+    reason = unavailable_reason(impl, machine, run_devices(impl, config), config)
     if reason:
         progress.finish(impl.id, "skipped", reason)
         return base | {"status": "skipped", "reason": reason}
@@ -131,7 +131,7 @@ def compare_strategy(strategy: str, config: Config, out_dir: Path, repeats: int,
     impls = implementations_for(strategy, only)
     preflight(config, strategy)
     for impl in impls:  # refuse bad input before anything starts
-        if unavailable_reason(impl, machine, run_devices(impl, config)) is None:
+        if unavailable_reason(impl, machine, run_devices(impl, config), config) is None:
             check_devices(impl, machine, run_devices(impl, config), config.parallel.oversubscribe)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {

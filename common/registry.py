@@ -48,6 +48,7 @@ class Implementation:
     description: str
     gpu_only: bool = False  # needs one GPU per device of the run
     horovod: bool = False
+    micro_batches_at_least_stages: bool = False  # a schedule that fills the pipeline before it drains
 
     @property
     def id(self) -> str:
@@ -92,7 +93,7 @@ REGISTRY: tuple[Implementation, ...] = (
     _impl("torch", "pipeline", "gpipe", "model_parallel", "run_gpipe", "torchrun",
           "torch.distributed.pipelining ScheduleGPipe, one process per stage"),
     _impl("torch", "pipeline", "1f1b", "model_parallel", "run_1f1b", "torchrun",
-          "torch.distributed.pipelining Schedule1F1B, one process per stage"),
+          "torch.distributed.pipelining Schedule1F1B, one process per stage", micro_batches_at_least_stages=True),
     _impl("tf", "hybrid", "hybrid", "model_parallel", "run_placed", "process",
           "R replicas of tf.device-placed stages, gradients averaged across replicas, one process"),
     _impl("torch", "hybrid", "hybrid", "model_parallel", "run_hybrid", "torchrun",
@@ -170,9 +171,12 @@ def this_machine() -> Machine:
     return Machine(len(os.sched_getaffinity(0)), _count_gpus(), frozenset(frameworks), _horovod_frameworks())
 
 
-def unavailable_reason(impl: Implementation, machine: Machine, devices: int = 2) -> str | None:
-    """None when `impl` can run here (with `devices` devices for its run); otherwise why not, in words a
-    user can act on."""
+def unavailable_reason(impl: Implementation, machine: Machine, devices: int = 2, config=None) -> str | None:
+    """None when `impl` can run here (with `devices` devices for its run, and `config` where given);
+    otherwise why not, in words a user can act on."""
+    mp = config.model_parallel if config is not None else None
+    if impl.micro_batches_at_least_stages and mp is not None and mp.micro_batches < mp.stages:
+        return f"needs model_parallel.micro_batches >= stages (it is {mp.micro_batches} < {mp.stages})"
     if impl.framework not in machine.frameworks:
         return f"{FRAMEWORK_NAMES[impl.framework]} is not installed (run `make setup`)"
     if impl.horovod and impl.framework not in machine.horovod_frameworks:

@@ -56,6 +56,7 @@ def _describe_exit(code: int | None) -> str:
 
 
 # The last line of a Python traceback ("RuntimeError: ..."), possibly behind a launcher's "[1]<stderr>:".
+LAUNCHER_PREFIX = re.compile(r"^(?:\[\d+\]<std\w+>:|\[rank\d+\]:)")
 EXCEPTION_LINE = re.compile(r"^(?:\[\d+\]<std\w+>:|\[rank\d+\]:)?\s*[\w.]*(?:Error|Exception|Exit)\b: ")
 
 
@@ -69,7 +70,7 @@ def log_tail(logs: list[Path], returncodes: list[int | None]) -> str:
             texts[i] = logs[i].read_text(errors="replace").splitlines()
         except OSError:
             texts[i] = []
-    first_error = next((line.strip() for i in order for line in texts[i] if EXCEPTION_LINE.match(line)), None)
+    first_error = next((LAUNCHER_PREFIX.sub("", line).strip() for i in order for line in texts[i] if EXCEPTION_LINE.match(line)), None)
     parts = [f"first error: {first_error}"] if first_error else []
     for i in order:
         if texts[i]:
