@@ -6,7 +6,6 @@ can only differ by the framework and the strategy, never by a default that one s
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -237,10 +236,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), repli
     if replicas is not None:
         raw.setdefault("parallel", {})["replicas"] = replicas
     return build_config(raw)
-
-
-def config_to_json(config: Config) -> str:
-    return json.dumps(config.model_dump(mode="json"), indent=2)
 
 
 def config_from_dict(data: dict) -> Config:

@@ -8,7 +8,7 @@ import os
 import shutil
 import socket
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from xfw.common.errors import UserError
@@ -25,7 +25,6 @@ TOKEN_VAR = "XFW_RUN_TOKEN"
 class LaunchPlan:
     commands: list[list[str]]  # one entry per process the parent starts
     envs: list[dict[str, str]]  # added to the parent's environment, one per command
-    descriptions: list[str] = field(default_factory=list)
 
 
 def base_env(run: RunSpec, token: str) -> dict[str, str]:
@@ -69,15 +68,15 @@ def plan(impl: Implementation, run: RunSpec, run_json: Path, machine: Machine, t
     env = base_env(run, token)
     n = run.devices
     if impl.launcher == "process":
-        return LaunchPlan([worker], [env], ["1 process"])
+        return LaunchPlan([worker], [env])
     if impl.launcher == "torchrun":
         # --standalone: a local rendezvous on a free port; --max-restarts 0: a failure fails the run.
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", "--max-restarts=0",
                "-m", WORKER_MODULE, str(run_json)]
-        return LaunchPlan([cmd], [env | {"MASTER_ADDR": "127.0.0.1"}], [f"torchrun, {n} processes"])
+        return LaunchPlan([cmd], [env | {"MASTER_ADDR": "127.0.0.1"}])
     if impl.launcher == "horovodrun":
         cmd = [horovodrun_executable(), "-np", str(n), "-H", f"localhost:{n}", "--gloo", *worker]
-        return LaunchPlan([cmd], [env], [f"horovodrun --gloo, {n} processes"])
+        return LaunchPlan([cmd], [env])
     if impl.launcher == "tf_config":
         ports = ports or free_ports(n)
         cluster = {"worker": [f"localhost:{p}" for p in ports]}
@@ -87,7 +86,7 @@ def plan(impl: Implementation, run: RunSpec, run_json: Path, machine: Machine, t
             if machine.gpus:
                 worker_env["CUDA_VISIBLE_DEVICES"] = str(index % machine.gpus)
             envs.append(worker_env)
-        return LaunchPlan([worker] * n, envs, [f"TF_CONFIG worker {i}" for i in range(n)])
+        return LaunchPlan([worker] * n, envs)
     raise ValueError(f"unknown launcher {impl.launcher}")
 
 

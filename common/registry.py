@@ -29,13 +29,6 @@ STRATEGIES = {
 DATA_PARALLEL = ("mirrored", "hybrid")
 STAGED = ("model-parallel", "pipeline", "hybrid")
 
-LAUNCHERS = {
-    "process": "one plain Python process",
-    "torchrun": "torchrun (torch.distributed.run), one process per replica",
-    "horovodrun": "horovodrun with Gloo, one process per replica",
-    "tf_config": "one process per worker, each with its TF_CONFIG",
-}
-
 
 @dataclass(frozen=True)
 class Implementation:
@@ -53,10 +46,6 @@ class Implementation:
     @property
     def id(self) -> str:
         return f"{self.framework}-{self.name}"
-
-    @property
-    def multi_process(self) -> bool:
-        return self.launcher != "process"
 
 
 def _impl(framework, strategy, name, module, function, launcher, description, **kw) -> Implementation:

@@ -117,10 +117,6 @@ def _token_holders(token: str) -> list[psutil.Process]:
     return found
 
 
-def leftover_processes(token: str) -> list[int]:
-    return [p.pid for p in _token_holders(token)]
-
-
 def execute(
     plan: LaunchPlan,
     run_dir: Path,

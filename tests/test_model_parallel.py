@@ -1,7 +1,6 @@
 """Model parallelism, pipelining and hybrid data x model parallelism: the split (no framework), bad input
 through the CLI, and parity of every implementation through `xfw compare`."""
 
-import numpy as np
 import pytest
 
 from xfw.common.config import load_config

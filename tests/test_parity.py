@@ -2,8 +2,6 @@
 run, and TensorFlow against PyTorch. Losses are re-diffed here from the raw per-step lists, so the test
 does not trust xfw's own comparison code."""
 
-import json
-
 import numpy as np
 import pytest
 

@@ -8,7 +8,6 @@ only because of parallelism are tagged `# DDP:`, `# torch.distributed:` or `# Da
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel

@@ -8,7 +8,6 @@ Lines that exist for the split are tagged `# placement:`, `# send/recv:`, `# pip
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe

@@ -74,13 +74,6 @@ def make_optimizer(run: RunSpec, parameters):
     return cls(parameters, **params)
 
 
-def per_example_loss(run: RunSpec):
-    """Unreduced loss: each strategy decides how to average."""
-    if run.config.loss == "mse":
-        return lambda out, y: F.mse_loss(out, y, reduction="none").mean(dim=1)
-    return lambda out, y: F.cross_entropy(out, y, reduction="none")
-
-
 def mean_loss(run: RunSpec):
     """The batch-mean loss, through torch's own reduction."""
     if run.config.loss == "mse":
