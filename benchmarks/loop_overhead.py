@@ -47,7 +47,7 @@ def hand_written_torch(run: RunSpec) -> float:
     from torch import nn
 
     cfg = run.config
-    data, w = load_dataset(cfg), initial_weights(cfg.model, cfg.seed)
+    data, w = load_dataset(cfg), initial_weights(cfg.model, cfg.weights_seed)
     sizes = cfg.model.layers  # the benchmark's hand-written models are MLPs
     layers = []
     for i in range(len(sizes) - 1):
@@ -83,7 +83,7 @@ def hand_written_tf(run: RunSpec) -> float:
     import tensorflow as tf
 
     cfg = run.config
-    data, w = load_dataset(cfg), initial_weights(cfg.model, cfg.seed)
+    data, w = load_dataset(cfg), initial_weights(cfg.model, cfg.weights_seed)
     sizes = cfg.model.layers
     model = keras.Sequential([keras.Input((sizes[0],))] + [
         keras.layers.Dense(n, activation="relu" if i < len(sizes) - 2 else None) for i, n in enumerate(sizes[1:])

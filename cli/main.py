@@ -58,7 +58,7 @@ def list_cmd() -> None:
     for h in ("framework", "strategy", "implementation", "launcher", "runs here", "what it is"):
         table.add_column(h, overflow="fold")
     for impl in registry.REGISTRY:
-        devices = registry.devices_needed(impl.strategy, defaults.parallel.replicas, defaults.model_parallel.stages)
+        devices = registry.run_devices(impl, defaults)
         reason = registry.unavailable_reason(impl, machine, devices)
         table.add_row(impl.framework, impl.strategy, impl.name, impl.launcher, "yes" if reason is None else f"no: {reason}", impl.description)
     table_console().print(table)
@@ -101,6 +101,12 @@ def run(framework, implementation, config_path, overrides, replicas, timeout_s, 
     if result["status"] != "ok":
         console.print(f"[red]{impl.id} failed[/]: {escape(result['error'])}", highlight=False)
         sys.exit(1)
+    if "networks" in result:
+        for net in result["networks"]:
+            final = "-" if net["loss"] is None else f"{net['loss'][-1]:.6g}"
+            click.echo(f"{impl.id} {net['name']}: final loss {final}, eval {net['eval']}")
+        click.echo(f"{impl.id}: result: {out / 'result.json'}")
+        return
     click.echo(f"{impl.id}: final loss {result['loss'][-1]:.6g}, eval {result['eval']}; result: {out / 'result.json'}")
 
 

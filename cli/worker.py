@@ -13,7 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from xfw.common.launch import TOKEN_VAR, base_env, under_engine_launcher
+from xfw.common.launch import TOKEN_VAR, base_env, device_cores, under_engine_launcher
+from xfw.common.registry import this_machine
 from xfw.common.registry import find
 from xfw.common.runspec import RunSpec
 
@@ -50,6 +51,9 @@ def run_worker(run: RunSpec, launcher: str) -> None:
     for key, value in base_env(run, token="").items():
         if key != TOKEN_VAR:
             os.environ.setdefault(key, value)
+    cores = None if this_machine().gpus else device_cores(run, _rank(), sorted(os.sched_getaffinity(0)))
+    if cores:
+        os.sched_setaffinity(0, cores)  # before the framework starts its thread pools, which inherit it
     _maybe_inject_fault(run)
     train = getattr(importlib.import_module(impl.module), impl.function)
     train(run, launcher)

@@ -139,8 +139,45 @@ class ParityConfig(_Strict):
     cross_framework: Annotated[float, Field(gt=0)] = 1e-5
 
 
+class NetworkSpec(_Strict):
+    """One of several networks (independent, collaborative, shared-device): the top-level model, data, loss
+    and optimizer unless given here. Training (batch, steps) is shared, so networks step in lockstep."""
+
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    # Seed of the initial weights; default: the top-level one + the network's index, so networks start
+    # apart. Data and sample order come from the top-level seed: every network sees the same batches.
+    init_seed: int | None = None
+    model: ModelSpec | None = None
+    data: DataConfig | None = None
+    loss: Literal["mse", "cross_entropy"] | None = None
+    optimizer: OptimizerConfig | None = None
+
+
+class CollaborativeConfig(_Strict):
+    # Mutual learning: each network's loss is its task loss + mutual_weight x the divergence of its
+    # predictions from its partner's (KL for classification, mean squared difference for regression).
+    mutual_weight: Annotated[float, Field(ge=0)] = 1.0
+    # Chain: the top-level model cut into an encoder and a head network at this layer (see `xfw layers`);
+    # unset: the split that balances parameters. The head may use its own optimizer.
+    chain_split: str | None = None
+    head_optimizer: OptimizerConfig | None = None
+
+
+class SharedDeviceConfig(_Strict):
+    # Size sweep: every MLP network gets two hidden layers of this width, one sweep point per width.
+    # Empty: the networks as configured, one point.
+    hidden_widths: list[Annotated[int, Field(gt=0)]] = []
+    # Concurrency "helps" or "hurts" only when combined throughput differs from sequential by more than this.
+    verdict_band: Annotated[float, Field(ge=0, lt=1)] = 0.05
+
+
+def _default_networks() -> list[NetworkSpec]:
+    return [NetworkSpec(name="net-a"), NetworkSpec(name="net-b")]
+
+
 class Config(_Strict):
-    seed: int = 0
+    seed: int = 0  # data (synthetic sets), train/test split, sample order and, unless init_seed is set, weights
+    init_seed: int | None = None
     model: ModelSpec = MLPSpec()
     data: DataConfig = DataConfig()
     loss: Literal["mse", "cross_entropy"] = "mse"
@@ -150,6 +187,20 @@ class Config(_Strict):
     model_parallel: ModelParallelConfig = ModelParallelConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     parity: ParityConfig = ParityConfig()
+    networks: list[NetworkSpec] = Field(default_factory=_default_networks, min_length=1)
+    collaborative: CollaborativeConfig = CollaborativeConfig()
+    shared_device: SharedDeviceConfig = SharedDeviceConfig()
+
+    @property
+    def weights_seed(self) -> int:
+        return self.seed if self.init_seed is None else self.init_seed
+
+    @model_validator(mode="after")
+    def _check_networks(self) -> "Config":
+        names = [n.name for n in self.networks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"networks: names must be unique, got {names}")
+        return self
 
     @model_validator(mode="after")
     def _check_consistency(self) -> "Config":
@@ -240,3 +291,41 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), repli
 
 def config_from_dict(data: dict) -> Config:
     return Config.model_validate(data)
+
+
+def network_config(config: Config, index: int) -> Config:
+    """Network `index` of config.networks as a whole Config: exactly what `xfw run --impl single` would be
+    given to train that network alone (its solo run)."""
+    net = config.networks[index]
+    raw = config.model_dump(mode="json", exclude={"networks"})
+    raw["init_seed"] = config.weights_seed + index if net.init_seed is None else net.init_seed
+    for key in ("model", "data", "loss", "optimizer"):
+        value = getattr(net, key)
+        if value is not None:
+            raw[key] = value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+    raw["networks"] = [{"name": net.name}]
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(f"config: networks[{index}] ({net.name}): {_format_validation_error(err)}") from None
+
+
+def network_configs(config: Config) -> list[Config]:
+    return [network_config(config, i) for i in range(len(config.networks))]
+
+
+def with_hidden_width(config: Config, width: int) -> Config:
+    """The config with every MLP network's hidden layers replaced by two of `width` units (the shared-device
+    size sweep); the networks' own model entries are resized the same way."""
+    def resized(model) -> dict:
+        if model.kind != "mlp":
+            raise UserError(f"shared_device.hidden_widths resizes mlp networks only (found a {model.kind})")
+        return model.model_copy(update={"layers": [model.layers[0], width, width, model.layers[-1]]}).model_dump(mode="json")
+
+    raw = config.model_dump(mode="json")
+    raw["model"] = resized(config.model)
+    for i, net in enumerate(config.networks):
+        if net.model is not None:
+            raw["networks"][i]["model"] = resized(net.model)
+    raw["shared_device"]["hidden_widths"] = []
+    return build_config(raw)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xfw.common.errors import UserError
-from xfw.common.registry import Implementation, Machine
+from xfw.common.registry import MULTI_NETWORK, Implementation, Machine
 from xfw.common.runspec import RunSpec
 
 WORKER_MODULE = "xfw.cli.worker"
@@ -66,7 +66,7 @@ def horovodrun_executable() -> str:
 def plan(impl: Implementation, run: RunSpec, run_json: Path, machine: Machine, token: str, ports: list[int] | None = None) -> LaunchPlan:
     worker = [sys.executable, "-m", WORKER_MODULE, str(run_json)]
     env = base_env(run, token)
-    n = run.devices
+    n = run.processes
     if impl.launcher == "process":
         return LaunchPlan([worker], [env])
     if impl.launcher == "torchrun":
@@ -84,10 +84,22 @@ def plan(impl: Implementation, run: RunSpec, run_json: Path, machine: Machine, t
         for index in range(n):
             worker_env = env | {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
             if machine.gpus:
-                worker_env["CUDA_VISIBLE_DEVICES"] = str(index % machine.gpus)
+                # One GPU per worker, or all on the first where the networks share one device.
+                worker_env["CUDA_VISIBLE_DEVICES"] = str(index % min(machine.gpus, run.devices))
             envs.append(worker_env)
         return LaunchPlan([worker] * n, envs)
     raise ValueError(f"unknown launcher {impl.launcher}")
+
+
+def device_cores(run: RunSpec, rank: int, available: list[int]) -> list[int] | None:
+    """CPU cores this process may use, for the multi-network strategies on a machine without GPUs: a CPU
+    "device" is threads_per_replica cores, device d the d-th such group. Networks that share a device are
+    pinned to the same cores, so sharing is real, not two cores pretending to be one. None: no pinning."""
+    if run.strategy not in MULTI_NETWORK:
+        return None
+    per = run.config.parallel.threads_per_replica
+    devices = [rank] if run.processes > 1 and run.devices > 1 else range(run.devices)
+    return sorted({available[(d * per + t) % len(available)] for d in devices for t in range(per)})
 
 
 def under_engine_launcher() -> str | None:

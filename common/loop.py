@@ -31,6 +31,11 @@ class LoopTiming:
     warmup_steps: int
     warmup_s: float
     windows: list[tuple[int, float]]  # (steps, seconds) of each timed window
+    # Wall-clock (time.time()) of the first step, of the first timed step and after the last step: runs
+    # that train several networks at once line these up to measure how long they overlapped.
+    started_at: float = 0.0
+    timed_started_at: float = 0.0
+    ended_at: float = 0.0
 
 
 def timed_loop(
@@ -40,17 +45,24 @@ def timed_loop(
     warmup_steps: int,
     windows: int,
     on_progress: Callable[[int], None],
+    after_warmup: Callable[[], None] | None = None,
 ) -> tuple[list[Any], LoopTiming]:
-    """Calls `step` on each precomputed input in order and keeps what it returns (the step's loss)."""
+    """Calls `step` on each precomputed input in order and keeps what it returns (the step's loss).
+    `after_warmup` runs between warm-up and the timed steps (a barrier, so that networks trained at the
+    same time are timed over the same stretch)."""
     steps = len(step_inputs)
     losses: list[Any] = []
     record = losses.append
+    started_at = time.time()
     start = time.perf_counter()
     for item in step_inputs[:warmup_steps]:
         record(step(item))
     sync(losses[-1])
     warmup_s = time.perf_counter() - start
     on_progress(warmup_steps)
+    if after_warmup is not None:
+        after_warmup()
+    timed_started_at = time.time()
     bounds = np.linspace(warmup_steps, steps, windows + 1).round().astype(int)
     timed: list[tuple[int, float]] = []
     for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
@@ -61,7 +73,7 @@ def timed_loop(
         sync(losses[-1])
         timed.append((hi - lo, time.perf_counter() - start))
         on_progress(hi)  # outside the timed window
-    return losses, LoopTiming(warmup_steps, warmup_s, timed)
+    return losses, LoopTiming(warmup_steps, warmup_s, timed, started_at, timed_started_at, time.time())
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -188,6 +200,7 @@ def common_env(run: RunSpec, launcher: str, world_size: int) -> dict:
         "world_size": world_size,
         "replicas": run.replicas,
         "threads_per_replica": cfg.parallel.threads_per_replica,
+        "cpu_affinity": sorted(os.sched_getaffinity(0)),  # the cores this process may run on
         "precision": cfg.runtime.precision,
         "determinism": cfg.runtime.determinism,
         "env_vars": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "TF_ENABLE_ONEDNN_OPTS", "CUDA_VISIBLE_DEVICES") if k in os.environ},

@@ -19,7 +19,7 @@ from xfw.common.data import load_dataset
 from xfw.common.errors import UserError
 from xfw.common.loop import write_json_atomic
 from xfw.common.partition import check_micro_batches, plan_stages
-from xfw.common.registry import (REGISTRY, STAGED, Implementation, Machine, check_devices, devices_needed, for_strategy,
+from xfw.common.registry import (REGISTRY, STAGED, Implementation, Machine, check_devices, for_strategy, run_devices,
                                   unavailable_reason)
 from xfw.common.runspec import RunSpec
 
@@ -57,10 +57,6 @@ def preflight(config: Config, strategy: str) -> None:
         check_micro_batches(batch, micro, "training.global_batch")
     if strategy == "hybrid":
         check_micro_batches(batch // config.parallel.replicas, micro, "each replica's batch (global_batch / replicas)")
-
-
-def run_devices(impl: Implementation, config: Config) -> int:
-    return devices_needed(impl.strategy, config.parallel.replicas, config.model_parallel.stages)
 
 
 def execute_run(impl: Implementation, run: RunSpec, timeout_s: float, machine: Machine, progress: Progress) -> dict:

@@ -23,11 +23,19 @@ STRATEGIES = {
     "model-parallel": "the layers split into stages on different devices; activations and gradients cross between them",
     "pipeline": "model-parallel stages fed with micro-batches, so stages work at the same time (GPipe, 1F1B)",
     "hybrid": "data x model parallelism: R replicas of an S-stage split, gradients averaged across each stage's replicas",
+    "independent": "K separate networks (config `networks`) trained at the same time, each on its own device or process, "
+                   "against the same K one after another; ensemble evaluation at the end",
+    "collaborative": "networks on different devices that exchange intermediate results every step: mutual learning "
+                     "(predictions) and an encoder -> head chain (activations and their gradients)",
+    "shared-device": "two (or more) networks on ONE device: one after another, in threads, in processes "
+                     "(CUDA streams on a GPU); does concurrency help or hurt, over a sweep of model sizes",
 }
 
 # How many devices (and, for multi-process launchers, processes) a strategy's run occupies.
 DATA_PARALLEL = ("mirrored", "hybrid")
 STAGED = ("model-parallel", "pipeline", "hybrid")
+# Strategies that train several networks; their results list one loss curve per network.
+MULTI_NETWORK = ("independent", "collaborative", "shared-device")
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,12 @@ class Implementation:
     gpu_only: bool = False  # needs one GPU per device of the run
     horovod: bool = False
     micro_batches_at_least_stages: bool = False  # a schedule that fills the pipeline before it drains
+    # Multi-network strategies: "one" device for every network, or one device "each" (per network, or per
+    # part of a chain); "strategy": the data/model-parallel rule (replicas x stages).
+    devices: str = "strategy"
+    chain: bool = False  # an encoder -> head chain: two parts, whatever config.networks holds
+    reference: str = "single"  # the same framework's implementation this one is diffed against
+    twin: str | None = None  # the other framework's implementation to diff against (default: same name)
 
     @property
     def id(self) -> str:
@@ -87,11 +101,90 @@ REGISTRY: tuple[Implementation, ...] = (
           "R replicas of tf.device-placed stages, gradients averaged across replicas, one process"),
     _impl("torch", "hybrid", "hybrid", "model_parallel", "run_hybrid", "torchrun",
           "R x S processes: a GPipe pipeline per replica, gradients all-reduced in a process group per stage"),
+    # ---- several networks: independent ------------------------------------------------------------
+    _impl("tf", "independent", "sequential", "networks", "run_sequential", "process",
+          "the K networks one after another in one process, on one device: each network's solo run",
+          devices="one", reference="sequential"),
+    _impl("tf", "independent", "placed", "networks", "run_placed", "process",
+          "one tf.function steps all K networks, each under its own tf.device; the executor runs them at once",
+          devices="each", reference="sequential", twin="processes"),
+    _impl("tf", "independent", "processes", "networks", "run_processes", "tf_config",
+          "one process per network (TF_CONFIG), MultiWorkerMirroredStrategy collectives for the start barrier and "
+          "the ensemble all-gather", devices="each", reference="sequential"),
+    _impl("torch", "independent", "sequential", "networks", "run_sequential", "process",
+          "the K networks one after another in one process, on one device: each network's solo run",
+          devices="one", reference="sequential"),
+    _impl("torch", "independent", "processes", "networks", "run_processes", "torchrun",
+          "one process per network (torchrun), gloo/nccl for the start barrier and the ensemble all_gather",
+          devices="each", reference="sequential"),
+    # ---- several networks: collaborative -----------------------------------------------------------
+    _impl("tf", "collaborative", "mutual", "collaborative", "run_mutual", "process",
+          "mutual learning, all networks on one device: the reference", devices="one", reference="mutual"),
+    _impl("tf", "collaborative", "mutual-placed", "collaborative", "run_mutual", "process",
+          "mutual learning, each network under its own tf.device, predictions cross devices every step",
+          devices="each", reference="mutual", twin="mutual-distributed"),
+    _impl("tf", "collaborative", "chain", "collaborative", "run_chain", "process",
+          "encoder -> head, both networks on one device: the reference", devices="one", chain=True, reference="chain"),
+    _impl("tf", "collaborative", "chain-placed", "collaborative", "run_chain", "process",
+          "encoder and head under their own tf.device: activations forward, gradients back every step",
+          devices="each", chain=True, reference="chain", twin="chain-send-recv"),
+    _impl("torch", "collaborative", "mutual", "collaborative", "run_mutual", "process",
+          "mutual learning, all networks on one device: the reference", devices="one", reference="mutual"),
+    _impl("torch", "collaborative", "mutual-distributed", "collaborative", "run_mutual_distributed", "torchrun",
+          "mutual learning, one process per network, predictions exchanged with dist.all_gather every step",
+          devices="each", reference="mutual"),
+    _impl("torch", "collaborative", "chain", "collaborative", "run_chain", "process",
+          "encoder -> head, both networks on one device: the reference", devices="one", chain=True, reference="chain"),
+    _impl("torch", "collaborative", "chain-send-recv", "collaborative", "run_chain_send_recv", "torchrun",
+          "encoder and head in two processes: activations forward, gradients back with dist.send/recv",
+          devices="each", chain=True, reference="chain"),
+    # ---- several networks: sharing one device ------------------------------------------------------
+    _impl("tf", "shared-device", "shared-sequential", "networks", "run_sequential", "process",
+          "the networks one after another on the device: each alone", devices="one", reference="shared-sequential"),
+    _impl("tf", "shared-device", "shared-threads", "networks", "run_threads", "process",
+          "one Python thread per network in one process, both on the device at once", devices="one", reference="shared-sequential"),
+    _impl("tf", "shared-device", "shared-processes", "networks", "run_processes", "tf_config",
+          "one process per network (TF_CONFIG), all on the same device", devices="one", reference="shared-sequential"),
+    _impl("torch", "shared-device", "shared-sequential", "networks", "run_sequential", "process",
+          "the networks one after another on the device: each alone", devices="one", reference="shared-sequential"),
+    _impl("torch", "shared-device", "shared-threads", "networks", "run_threads", "process",
+          "one Python thread per network in one process, both on the device at once", devices="one", reference="shared-sequential"),
+    _impl("torch", "shared-device", "shared-processes", "networks", "run_processes", "torchrun",
+          "one process per network (torchrun), all on the same device", devices="one", reference="shared-sequential"),
+    _impl("torch", "shared-device", "shared-cuda-streams", "networks", "run_cuda_streams", "process",
+          "one thread per network, each issuing its kernels on its own CUDA stream of the one GPU", devices="one",
+          reference="shared-sequential", gpu_only=True),
 )
 
 
 def devices_needed(strategy: str, replicas: int, stages: int) -> int:
     return (replicas if strategy in DATA_PARALLEL else 1) * (stages if strategy in STAGED else 1)
+
+
+def network_count(impl: Implementation, config) -> int:
+    """Networks (or chain parts) one run of `impl` trains."""
+    if impl.strategy not in MULTI_NETWORK:
+        return 1
+    return 2 if impl.chain else len(config.networks)
+
+
+def run_devices(impl: Implementation, config) -> int:
+    """Devices one run of `impl` occupies under `config`."""
+    if impl.devices == "one":
+        return 1
+    if impl.devices == "each":
+        return network_count(impl, config)
+    return devices_needed(impl.strategy, config.parallel.replicas, config.model_parallel.stages)
+
+
+def run_processes(impl: Implementation, config) -> int:
+    """Processes a run starts: one for the "process" launcher, else one per device, or per network where
+    several networks share a device."""
+    if impl.launcher == "process":
+        return 1
+    if impl.strategy in MULTI_NETWORK:
+        return network_count(impl, config)
+    return run_devices(impl, config)
 
 
 def find(framework: str, implementation: str) -> Implementation:
@@ -170,7 +263,9 @@ def unavailable_reason(impl: Implementation, machine: Machine, devices: int = 2,
         return f"{FRAMEWORK_NAMES[impl.framework]} is not installed (run `make setup`)"
     if impl.horovod and impl.framework not in machine.horovod_frameworks:
         return f"Horovod is not installed with {FRAMEWORK_NAMES[impl.framework]} support (run `make setup`)"
-    if impl.gpu_only and machine.gpus < max(devices, 2):
+    if impl.gpu_only and impl.strategy == "shared-device" and machine.gpus < 1:
+        return "needs a GPU, this machine has none"
+    if impl.gpu_only and impl.strategy != "shared-device" and machine.gpus < max(devices, 2):
         return f"needs {max(devices, 2)} GPUs, this machine has {machine.gpus}"
     return None
 
@@ -180,7 +275,8 @@ def check_devices(impl: Implementation, machine: Machine, devices: int, oversubs
         return
     if devices > machine.devices:
         kind = "GPUs" if machine.gpus else "CPU cores"
-        what = {"mirrored": "replicas", "model-parallel": "stages", "pipeline": "stages"}.get(impl.strategy, "devices (replicas x stages)")
+        what = {"mirrored": "replicas", "model-parallel": "stages", "pipeline": "stages", "independent": "networks, one device each,",
+                "collaborative": "networks, one device each,"}.get(impl.strategy, "devices (replicas x stages)")
         raise UserError(
             f"{devices} {what} but this machine has {machine.devices} {kind} "
             "(set parallel.oversubscribe: true to run anyway; timings are then meaningless)"

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from xfw.common.config import Config, config_from_dict
-from xfw.common.registry import DATA_PARALLEL, STAGED, devices_needed
+from xfw.common.registry import DATA_PARALLEL, STAGED, find, network_count, run_devices, run_processes
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,17 @@ class RunSpec:
     @property
     def devices(self) -> int:
         """Devices the run occupies; multi-process launchers start one process per device."""
-        return devices_needed(self.strategy, self.replicas, self.stages)
+        return run_devices(find(self.framework, self.implementation), self.config)
+
+    @property
+    def processes(self) -> int:
+        """Processes the launcher starts (one per device, or per network where networks share a device)."""
+        return run_processes(find(self.framework, self.implementation), self.config)
+
+    @property
+    def networks(self) -> int:
+        """Networks (or chain parts) the run trains; 1 outside the multi-network strategies."""
+        return network_count(find(self.framework, self.implementation), self.config)
 
     def to_json(self) -> str:
         data = asdict(self) | {"config": self.config.model_dump(mode="json")}

@@ -7,14 +7,13 @@ from xfw.tf_impl import training
 from xfw.tf_impl.models import build_model, flat_weights
 
 
-def run_single(run: RunSpec, launcher: str) -> None:
-    s = training.setup(run)
+def step_body(run: RunSpec, s, model):
+    """One training step on a batch of sample indices (not yet a tf.function, so that several networks'
+    steps can be composed into one graph). Every strategy that trains whole networks alone uses this."""
     tf = s.tf
-    model = build_model(run.config.model, s.weights)
     optimizer = training.make_optimizer(run)
     loss_fn = training.per_example_loss(run)
 
-    @tf.function
     def train_step(idx):
         x, y = tf.gather(s.x, idx), tf.gather(s.y, idx)
         with tf.GradientTape() as tape:
@@ -23,6 +22,14 @@ def run_single(run: RunSpec, launcher: str) -> None:
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
+    return train_step
+
+
+def run_single(run: RunSpec, launcher: str) -> None:
+    s = training.setup(run)
+    tf = s.tf
+    model = build_model(run.config.model, s.weights)
+    train_step = tf.function(step_body(run, s, model))
     step_inputs = [tf.constant(row) for row in s.order]
     losses, timing = training.train(run, train_step, step_inputs)
     device = tf.config.list_logical_devices("GPU")[:1] or tf.config.list_logical_devices("CPU")[:1]

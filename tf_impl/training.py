@@ -29,7 +29,7 @@ class Setup:
 _configured = False
 
 
-def configure(run: RunSpec, logical_cpus: int = 1):
+def configure(run: RunSpec, logical_cpus: int = 1, inter_op_threads: int | None = None):
     """Threads, determinism and logical devices: must happen before TensorFlow initialises its runtime
     (MultiWorkerMirroredStrategy does that when it is created, so it calls this first). Idempotent."""
     global _configured
@@ -40,7 +40,8 @@ def configure(run: RunSpec, logical_cpus: int = 1):
     cfg = run.config
     tf.config.threading.set_intra_op_parallelism_threads(cfg.parallel.threads_per_replica)
     # One inter-op thread per replica, so replicas placed in one process can run at the same time.
-    tf.config.threading.set_inter_op_parallelism_threads(max(1, logical_cpus))
+    # (Networks trained in threads of one process: one per network.)
+    tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads or max(1, logical_cpus))
     if cfg.runtime.determinism:
         tf.config.experimental.enable_op_determinism()
     if logical_cpus > 1 and not tf.config.list_physical_devices("GPU"):
@@ -51,9 +52,9 @@ def configure(run: RunSpec, logical_cpus: int = 1):
     return tf
 
 
-def setup(run: RunSpec, logical_cpus: int = 1) -> Setup:
+def setup(run: RunSpec, logical_cpus: int = 1, inter_op_threads: int | None = None) -> Setup:
     """Configure TensorFlow (if not yet done), then load data and initial weights."""
-    tf = configure(run, logical_cpus)
+    tf = configure(run, logical_cpus, inter_op_threads)
     import keras
 
     cfg = run.config
@@ -62,7 +63,7 @@ def setup(run: RunSpec, logical_cpus: int = 1) -> Setup:
     order = sample_order(data.train_size, cfg.training.global_batch, cfg.training.steps, cfg.seed)
     with tf.device("/cpu:0"):
         x, y = tf.constant(data.x_train), tf.constant(data.y_train)
-    return Setup(tf, keras, data, order, initial_weights(cfg.model, cfg.seed), x, y)
+    return Setup(tf, keras, data, order, initial_weights(cfg.model, cfg.weights_seed), x, y)
 
 
 def logical_devices(tf, count: int) -> list[str]:
@@ -91,15 +92,16 @@ def per_example_loss(run: RunSpec):
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
 
 
-def train(run: RunSpec, step, step_inputs: list, rank: int = 0) -> tuple[np.ndarray, object]:
-    """Runs the shared timed loop over precomputed per-step inputs; returns per-step losses as numpy."""
+def train(run: RunSpec, step, step_inputs: list, rank: int = 0, after_warmup=None) -> tuple[np.ndarray, object]:
+    """Runs the shared timed loop over precomputed per-step inputs; returns per-step losses as numpy
+    (shape (steps,), or (steps, networks) where one step trains several networks)."""
     t = run.config.training
     losses, timing = timed_loop(
         step, step_inputs,
         lambda loss: loss.numpy(),  # forces the pending step to finish before the clock is read
-        t.warmup_steps, t.timing_windows, progress_writer(run, rank),
+        t.warmup_steps, t.timing_windows, progress_writer(run, rank), after_warmup,
     )
-    return np.array([float(v) for v in losses]), timing
+    return np.array([np.asarray(v, dtype=np.float64) for v in losses]), timing
 
 
 def evaluate(run: RunSpec, s: Setup, model) -> dict:
@@ -156,22 +158,28 @@ def stage_seconds(run: RunSpec, model, stage, batch: int, last: bool, device: st
     return float(np.median(times))
 
 
+def environment(run: RunSpec, launcher: str, world_size: int, devices: list[str]) -> dict:
+    """What result.json records about the software and the process that produced it."""
+    import keras
+    import tensorflow as tf
+
+    env = common_env(run, launcher, world_size) | {
+        "framework_versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        "devices": devices,
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+    }
+    if launcher == "horovodrun":
+        import horovod
+
+        env["framework_versions"]["horovod"] = horovod.__version__
+    return env
+
+
 def report(run: RunSpec, s: Setup, model, losses: np.ndarray, timing, weight_copies: list, gather, rank: int,
            launcher: str, world_size: int, devices: list[str], stage: int = 0, stage_busy_s: dict | None = None) -> None:
     def rank0_extras() -> dict:
-        import keras
-        import tensorflow as tf
-
-        env = common_env(run, launcher, world_size) | {
-            "framework_versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
-            "devices": devices,
-            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-        }
-        if launcher == "horovodrun":
-            import horovod
-
-            env["framework_versions"]["horovod"] = horovod.__version__
+        env = environment(run, launcher, world_size, devices)
         # Peak of one device's share of the machine, times the devices: what the run could reach at most.
         return {"eval": evaluate(run, s, model), "env": env, "peak_flops_per_s": matmul_peak_flops() * run.devices}
 

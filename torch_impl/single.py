@@ -9,9 +9,9 @@ from xfw.torch_impl import training
 from xfw.torch_impl.models import build_model, flat_weights
 
 
-def run_single(run: RunSpec, launcher: str) -> None:
-    s = training.setup(run)
-    model = build_model(run.config.model, s.weights).to(s.device)
+def step_body(run: RunSpec, s, model):
+    """One training step on a batch of sample indices. Every strategy that trains whole networks alone
+    uses this."""
     optimizer = training.make_optimizer(run, model.parameters())
     loss_fn = training.mean_loss(run)
 
@@ -23,6 +23,13 @@ def run_single(run: RunSpec, launcher: str) -> None:
         optimizer.step()
         return loss.detach()
 
+    return train_step
+
+
+def run_single(run: RunSpec, launcher: str) -> None:
+    s = training.setup(run)
+    model = build_model(run.config.model, s.weights).to(s.device)
+    train_step = step_body(run, s, model)
     step_inputs = [torch.from_numpy(row).to(s.device) for row in s.order]
     losses, timing = training.train(run, train_step, step_inputs)
     training.report(run, s, model, losses, timing, [flat_weights(model.parameters())],

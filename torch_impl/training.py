@@ -40,16 +40,17 @@ def setup(run: RunSpec, device: torch.device | None = None) -> Setup:
     order = sample_order(data.train_size, cfg.training.global_batch, cfg.training.steps, cfg.seed)
     x = torch.from_numpy(to_torch_layout(data.x_train)).to(device)
     y = torch.from_numpy(data.y_train).to(device)
-    return Setup(device, data, order, initial_weights(cfg.model, cfg.seed), x, y)
+    return Setup(device, data, order, initial_weights(cfg.model, cfg.weights_seed), x, y)
 
 
 def init_process_group(run: RunSpec) -> torch.device:
     # torch.distributed: rank, world size and rendezvous come from torchrun's environment.
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if dist.get_world_size() != run.devices:
-        raise RuntimeError(f"torchrun started {dist.get_world_size()} processes but the run needs {run.devices}")
+    if dist.get_world_size() != run.processes:
+        raise RuntimeError(f"torchrun started {dist.get_world_size()} processes but the run needs {run.processes}")
     if torch.cuda.is_available():
-        local_rank = dist.get_rank() % torch.cuda.device_count()
+        # One GPU per rank, or all on the first where the run's networks share one device.
+        local_rank = dist.get_rank() % min(torch.cuda.device_count(), run.devices)
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
@@ -81,13 +82,14 @@ def mean_loss(run: RunSpec):
     return F.cross_entropy
 
 
-def train(run: RunSpec, step, step_inputs: list, rank: int = 0) -> tuple[np.ndarray, object]:
-    """Runs the shared timed loop over precomputed per-step inputs; returns per-step losses as numpy."""
+def train(run: RunSpec, step, step_inputs: list, rank: int = 0, after_warmup=None) -> tuple[np.ndarray, object]:
+    """Runs the shared timed loop over precomputed per-step inputs; returns per-step losses as numpy
+    (shape (steps,), or (steps, networks) where one step trains several networks)."""
     t = run.config.training
     losses, timing = timed_loop(
         step, step_inputs,
         lambda loss: loss.item(),  # forces the pending step to finish before the clock is read
-        t.warmup_steps, t.timing_windows, progress_writer(run, rank),
+        t.warmup_steps, t.timing_windows, progress_writer(run, rank), after_warmup,
     )
     return torch.stack(losses).double().cpu().numpy(), timing
 
@@ -144,19 +146,25 @@ def stage_seconds(run: RunSpec, model, stage, batch: int, last: bool, device: to
     return float(np.median(times))
 
 
+def environment(run: RunSpec, launcher: str, world_size: int, devices: list[str]) -> dict:
+    """What result.json records about the software and the process that produced it."""
+    env = common_env(run, launcher, world_size) | {
+        "framework_versions": {"torch": torch.__version__},
+        "devices": devices,
+        "intra_op_threads": torch.get_num_threads(),
+        "inter_op_threads": torch.get_num_interop_threads(),
+    }
+    if launcher == "horovodrun":
+        import horovod
+
+        env["framework_versions"]["horovod"] = horovod.__version__
+    return env
+
+
 def report(run: RunSpec, s: Setup, model, losses: np.ndarray, timing, weight_copies: list, gather, rank: int,
            launcher: str, world_size: int, devices: list[str], stage: int = 0, stage_busy_s: dict | None = None) -> None:
     def rank0_extras() -> dict:
-        env = common_env(run, launcher, world_size) | {
-            "framework_versions": {"torch": torch.__version__},
-            "devices": devices,
-            "intra_op_threads": torch.get_num_threads(),
-            "inter_op_threads": torch.get_num_interop_threads(),
-        }
-        if launcher == "horovodrun":
-            import horovod
-
-            env["framework_versions"]["horovod"] = horovod.__version__
+        env = environment(run, launcher, world_size, devices)
         # Peak of one device's share of the machine, times the devices: what the run could reach at most.
         return {"eval": evaluate(run, s, model), "env": env, "peak_flops_per_s": matmul_peak_flops() * run.devices}
 

@@ -1,0 +1,180 @@
+"""The rank-side end of a run that trains several networks (independent, collaborative, shared-device):
+what each process knows about its networks is all-gathered through the engine's own collective, and
+rank 0 writes result.json with one entry per network, the overlap of their training in time, and (for
+independent networks) the ensemble of their test-set predictions.
+
+Framework-free: the framework side hands over numpy arrays and a `gather` function (one all-gather of a
+float vector across the run's processes, rows in rank order)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from xfw.common.config import Config, network_config
+from xfw.common.data import load_dataset
+from xfw.common.loop import LoopTiming, peak_rss_bytes, write_json_atomic
+from xfw.common.models import output_width, parameter_count, training_flops_per_sample
+from xfw.common.runspec import RunSpec
+
+Gather = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class NetworkOutcome:
+    """What one process knows about one network it trained."""
+
+    index: int  # position in the run's network list (the chain: 0 encoder, 1 head)
+    name: str
+    losses: np.ndarray | None  # per step; None for a chain's encoder, whose loss is the head's
+    timing: LoopTiming
+    eval: dict
+    device: str
+    predictions: np.ndarray | None = None  # test-set probabilities (classification) or outputs, for the ensemble
+    busy_s_per_step: float | None = None  # collaborative: this network's own forward+backward, timed alone
+
+
+def gather_json(obj, gather: Gather) -> list:
+    """Every process's `obj` (JSON-able), in rank order, through two all-gathers of float vectors (the
+    lengths, then the padded bytes): the collectives every engine has, whatever it offers for objects."""
+    data = np.frombuffer(json.dumps(obj).encode(), dtype=np.uint8).astype(np.float64)
+    lengths = gather(np.array([data.size], dtype=np.float64))[:, 0].astype(int)
+    padded = np.zeros(int(lengths.max()))
+    padded[: data.size] = data
+    table = gather(padded)
+    return [json.loads(bytes(row[:n].astype(np.uint8))) for row, n in zip(table, lengths)]
+
+
+def _interval_union(intervals: list[tuple[float, float]]) -> float:
+    """Total length covered by the intervals: the time during which at least one network trained."""
+    total, end = 0.0, float("-inf")
+    for lo, hi in sorted(intervals):
+        if hi > end:
+            total += hi - max(lo, end)
+            end = hi
+    return total
+
+
+def ensemble_members(config: Config) -> list[int]:
+    """Networks whose predictions can be averaged with network 0's: same data, loss and output width."""
+    first = network_config(config, 0)
+    key = (first.data, first.loss, output_width(first.model))
+    members = []
+    for i in range(len(config.networks)):
+        cfg = network_config(config, i)
+        if (cfg.data, cfg.loss, output_width(cfg.model)) == key:
+            members.append(i)
+    return members
+
+
+def ensemble_predictions(config: Config, outcomes: list[NetworkOutcome], gather: Gather) -> np.ndarray | None:
+    """All-gather of the ensemble members' test-set predictions, (members, test samples, outputs). Each
+    process fills the rows of the networks it trained and NaN elsewhere; every row has one owner."""
+    members = ensemble_members(config)
+    if len(members) < 2:
+        return None
+    first = network_config(config, 0)
+    n_test, width = len(load_dataset(first).y_test), output_width(first.model)
+    mine = np.full((len(members), n_test, width), np.nan)
+    for o in outcomes:
+        if o.index in members and o.predictions is not None:
+            mine[members.index(o.index)] = o.predictions.reshape(n_test, width)
+    table = gather(mine.ravel()).reshape(-1, len(members), n_test, width)
+    return np.nansum(table, axis=0)  # each row was filled by exactly one process
+
+
+def ensemble_report(config: Config, predictions: np.ndarray, evals: dict[str, dict]) -> dict:
+    first = network_config(config, 0)
+    members = ensemble_members(config)
+    names = [config.networks[i].name for i in members]
+    y = load_dataset(first).y_test
+    mean = predictions.mean(axis=0)  # averaged probabilities (classification) or outputs (regression)
+    if first.loss == "cross_entropy":
+        metrics = {"test_loss": float(-np.mean(np.log(np.maximum(mean[np.arange(len(y)), y], 1e-12)))),
+                   "test_accuracy": float(np.mean(mean.argmax(axis=1) == y))}
+        key, better = "test_accuracy", max
+    else:
+        metrics = {"test_loss": float(np.mean((mean - y) ** 2))}
+        key, better = "test_loss", min
+    best = better(names, key=lambda n: evals[n][key])
+    return {
+        "members": names,
+        "method": "mean of the members' softmax probabilities" if first.loss == "cross_entropy" else "mean of the members' outputs",
+        **metrics,
+        "best_member": best,
+        "best_member_metric": {key: evals[best][key]},
+        "gain_over_best_member": metrics[key] - evals[best][key] if key == "test_accuracy" else evals[best][key] - metrics[key],
+        "gain_metric": key,
+    }
+
+
+def finish_networks(run: RunSpec, outcomes: list[NetworkOutcome], gather: Gather, rank: int,
+                    rank0_extras: Callable[[], dict], ensemble: bool = False) -> None:
+    """Gather every process's networks (losses, timings, evaluation, memory) and, for `ensemble`, the test
+    predictions; rank 0 writes result.json."""
+    cfg = run.config
+    mine = {
+        "rank": rank,
+        "peak_memory_bytes": peak_rss_bytes(),
+        "networks": [{
+            "index": o.index, "name": o.name, "device": o.device, "eval": o.eval,
+            "loss": None if o.losses is None else [float(v) for v in o.losses],
+            "warmup_steps": o.timing.warmup_steps, "warmup_s": o.timing.warmup_s,
+            "windows": [{"steps": n, "seconds": s} for n, s in o.timing.windows],
+            "started_at": o.timing.started_at, "timed_started_at": o.timing.timed_started_at, "ended_at": o.timing.ended_at,
+            "busy_s_per_step": o.busy_s_per_step,
+        } for o in outcomes],
+    }
+    processes = gather_json(mine, gather)
+    predictions = ensemble_predictions(cfg, outcomes, gather) if ensemble else None
+    if rank != 0:
+        return
+    batch = cfg.training.global_batch
+    networks = sorted((n for p in processes for n in p["networks"]), key=lambda n: n["index"])
+    for n in networks:
+        timed_steps = sum(w["steps"] for w in n["windows"])
+        timed_s = n["ended_at"] - n["timed_started_at"]
+        rates = [batch * w["steps"] / w["seconds"] for w in n["windows"]]
+        n["throughput_samples_per_s"] = float(np.median(rates))
+        n["throughput_spread"] = {"p25": float(np.percentile(rates, 25)), "p75": float(np.percentile(rates, 75))}
+        n["step_time_s"] = sum(w["seconds"] for w in n["windows"]) / timed_steps
+        n["timed_s"] = timed_s
+        if n["busy_s_per_step"] is not None:
+            n["wait_s_per_step"] = max(0.0, n["step_time_s"] - n["busy_s_per_step"])
+        if run.strategy != "collaborative":
+            net_cfg = network_config(cfg, n["index"])
+            n["parameters"] = parameter_count(net_cfg.model)
+            n["training_flops_per_sample"] = training_flops_per_sample(net_cfg.model)
+    timed = [(n["timed_started_at"], n["ended_at"]) for n in networks]
+    timed_union = _interval_union(timed)
+    # Samples every network processed in its timed steps, over the time during which any of them trained.
+    combined = sum(batch * sum(w["steps"] for w in n["windows"]) for n in networks) / timed_union
+    evals = {n["name"]: n["eval"] for n in networks}
+    peaks = [p["peak_memory_bytes"] for p in sorted(processes, key=lambda p: p["rank"])]
+    result = {
+        "id": run.id,
+        "framework": run.framework,
+        "strategy": run.strategy,
+        "implementation": run.implementation,
+        "status": "ok",
+        "networks": networks,
+        "devices": run.devices,
+        "processes": len(processes),
+        "wall_s": max(n["ended_at"] for n in networks) - min(n["started_at"] for n in networks),
+        "timed_wall_s": timed_union,
+        # How much of the timed stretch the networks spent training at the same time (1: all of it).
+        "overlap": (sum(hi - lo for lo, hi in timed) - timed_union) / (timed_union * (len(timed) - 1)) if len(timed) > 1 else 0.0,
+        "combined_throughput_samples_per_s": combined,
+        "peak_memory_bytes": int(sum(peaks)),
+        "peak_memory_per_process": peaks,
+        "peak_memory_kind": "sum over the run's processes of each one's peak resident set size",
+        "global_batch": batch,
+        "steps": cfg.training.steps,
+    }
+    if predictions is not None:
+        result["ensemble"] = ensemble_report(cfg, predictions, evals)
+    write_json_atomic(Path(run.out_dir) / "result.json", result | rank0_extras())
