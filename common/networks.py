@@ -178,3 +178,31 @@ def finish_networks(run: RunSpec, outcomes: list[NetworkOutcome], gather: Gather
     if predictions is not None:
         result["ensemble"] = ensemble_report(cfg, predictions, evals)
     write_json_atomic(Path(run.out_dir) / "result.json", result | rank0_extras())
+
+
+def check_networks(config: Config, strategy: str) -> None:
+    """What config validation alone cannot see for the multi-network strategies; a UserError names it."""
+    from xfw.common.config import network_configs
+    from xfw.common.errors import UserError
+    from xfw.common.models import input_shape
+    from xfw.common.partition import chain_parts
+
+    configs = network_configs(config)
+    for cfg in configs:
+        load_dataset(cfg)  # each network's data exists and fits its model
+    if strategy in ("collaborative", "shared-device") and len(configs) < 2:
+        raise UserError(f"strategy {strategy} needs at least 2 networks in `networks` (found {len(configs)})")
+    if strategy == "collaborative":
+        first = configs[0]
+        key = (first.data, first.loss, input_shape(first.model), output_width(first.model))
+        for net, cfg in zip(config.networks[1:], configs[1:]):
+            if (cfg.data, cfg.loss, input_shape(cfg.model), output_width(cfg.model)) != key:
+                raise UserError(f"networks: {net.name} differs from {config.networks[0].name} in data, loss or input/output "
+                                "shape; mutual learning compares their predictions on the same samples")
+        chain_parts(config)
+
+
+def mutual_exchange_bytes(config: Config, bytes_per_value: int = 4) -> int:
+    """Predictions every network sends to every other one per step (fp32)."""
+    k = len(config.networks)
+    return k * (k - 1) * config.training.global_batch * output_width(network_config(config, 0).model) * bytes_per_value

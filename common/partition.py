@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from xfw.common.config import Config
+from xfw.common.config import Config, ModelParallelConfig
 from xfw.common.errors import UserError
 from xfw.common.models import Conv, Dense, Flatten, Layer, MaxPool, input_shape, layers_of, parameter_shapes
 
@@ -106,3 +106,24 @@ def check_micro_batches(batch: int, micro_batches: int, what: str) -> int:
     if batch % micro_batches:
         raise UserError(f"model_parallel.micro_batches {micro_batches} does not divide {what} {batch}")
     return batch // micro_batches
+
+
+def whole_model(config: Config) -> Stage:
+    """The whole model as one stage (for timing a network's own passes alone)."""
+    layers, shape = layers_of(config.model), input_shape(config.model)
+    first = shape
+    for layer in layers:
+        shape = output_shape(layer, shape)
+    return Stage(0, layers, first, shape, sum(_layer_parameters(config).values()))
+
+
+def chain_parts(config: Config) -> list[Stage]:
+    """The collaborative chain: the model cut into an encoder and a head at collaborative.chain_split
+    (unset: the split that balances parameters)."""
+    split = config.collaborative.chain_split
+    two = config.model_copy(update={"model_parallel": ModelParallelConfig(stages=2, split_points=[split] if split else [])})
+    try:
+        return plan_stages(two)
+    except UserError as err:
+        raise UserError(str(err).replace("model_parallel.split_points", "collaborative.chain_split")
+                        .replace("model_parallel.stages 2", "a chain of 2 networks")) from None

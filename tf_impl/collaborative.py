@@ -1,0 +1,145 @@
+"""TensorFlow, collaborating networks that exchange intermediate results every step: mutual learning
+(each network also learns from the others' predictions) and an encoder -> head chain (activations
+forward, gradients back). Both on one device (the reference) or one tf.device per network, where the
+exchange is TensorFlow's copy between devices. torch_impl/collaborative.py is the PyTorch side.
+
+Lines that exist for the exchange are tagged `# exchange:`; for placement `# placement:`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from xfw.common.config import network_config
+from xfw.common.networks import NetworkOutcome, finish_networks, mutual_exchange_bytes
+from xfw.common.partition import boundary_bytes_per_step, chain_parts, whole_model
+from xfw.common.runspec import RunSpec
+from xfw.tf_impl import training
+from xfw.tf_impl.models import build_model, build_stage
+
+
+@dataclass
+class Member:
+    index: int
+    name: str
+    run: RunSpec  # the network's own config (weights seed, model, optimizer)
+    model: object
+    optimizer: object
+    device: str
+
+
+def divergence(run: RunSpec, partner, mine):
+    """How far `mine` is from the partner's (constant) predictions: KL(partner || mine) averaged over the
+    batch for classification, the mean squared difference for regression."""
+    import tensorflow as tf
+
+    if run.config.loss == "cross_entropy":
+        p_log = tf.nn.log_softmax(partner)
+        return tf.reduce_mean(tf.reduce_sum(tf.exp(p_log) * (p_log - tf.nn.log_softmax(mine)), axis=1))
+    return tf.reduce_mean(tf.square(mine - partner))
+
+
+def mutual_loss(run: RunSpec, k: int, outputs: list, y, loss_fn):
+    """Network k's loss: its task loss plus mutual_weight x its mean divergence from the others."""
+    import tensorflow as tf
+
+    task = tf.reduce_mean(loss_fn(y, outputs[k]))
+    others = [divergence(run, tf.stop_gradient(outputs[j]), outputs[k]) for j in range(len(outputs)) if j != k]
+    return task + run.config.collaborative.mutual_weight * (tf.add_n(others) / len(others))
+
+
+def _devices(run: RunSpec, tf) -> list[str]:
+    devices = training.logical_devices(tf, run.devices)
+    return [devices[i % len(devices)] for i in range(run.networks)]
+
+
+def run_mutual(run: RunSpec, launcher: str) -> None:
+    tf = training.configure(run, logical_cpus=run.devices)
+    devices = _devices(run, tf)
+    members = []
+    for i, device in enumerate(devices):
+        net_run = dataclasses.replace(run, config=network_config(run.config, i))
+        s = training.setup(net_run)  # same data and sample order for every network; own weights
+        with tf.device(device):  # placement: network i's weights live on its device
+            members.append(Member(i, run.config.networks[i].name, net_run, build_model(net_run.config.model, s.weights),
+                                  training.make_optimizer(net_run), device))
+    loss_fn = training.per_example_loss(run)
+
+    @tf.function
+    def train_step(idx):
+        x, y = tf.gather(s.x, idx), tf.gather(s.y, idx)
+        with tf.GradientTape(persistent=True) as tape:
+            outputs = []
+            for m in members:
+                with tf.device(m.device):  # placement
+                    outputs.append(m.model(x, training=True))
+            losses = []
+            for m in members:
+                with tf.device(m.device):  # exchange: the others' predictions are copied to this device
+                    losses.append(mutual_loss(run, m.index, outputs, y, loss_fn))
+        for m, loss in zip(members, losses):
+            m.optimizer.apply_gradients(zip(tape.gradient(loss, m.model.trainable_variables), m.model.trainable_variables))
+        return tf.stack(losses)
+
+    losses, timing = training.train(run, train_step, [tf.constant(row) for row in s.order])
+    stage = whole_model(network_config(run.config, 0))
+    outcomes = [
+        NetworkOutcome(m.index, m.name, losses[:, m.index], timing, training.evaluate(m.run, s, m.model), m.device,
+                       busy_s_per_step=training.stage_seconds(m.run, m.model, stage, run.config.training.global_batch, True, m.device))
+        for m in members
+    ]
+    _finish(run, launcher, outcomes, {"what": "predictions (logits or outputs), every network to every other",
+                                       "bytes_per_step": mutual_exchange_bytes(run.config)})
+
+
+def run_chain(run: RunSpec, launcher: str) -> None:
+    tf = training.configure(run, logical_cpus=run.devices)
+    devices = _devices(run, tf)
+    s = training.setup(run)
+    parts = chain_parts(run.config)
+    head_run = _head_run(run)
+    with tf.device(devices[0]):  # placement
+        encoder = build_stage(parts[0], s.weights)
+        encoder_optimizer = training.make_optimizer(run)
+    with tf.device(devices[1]):  # placement
+        head = build_stage(parts[1], s.weights)
+        head_optimizer = training.make_optimizer(head_run)
+    loss_fn = training.per_example_loss(run)
+
+    @tf.function
+    def train_step(idx):
+        x, y = tf.gather(s.x, idx), tf.gather(s.y, idx)
+        with tf.GradientTape(persistent=True) as tape:
+            with tf.device(devices[0]):
+                h = encoder(x, training=True)
+            with tf.device(devices[1]):  # exchange: the encoder's output is copied to the head's device
+                loss = tf.reduce_mean(loss_fn(y, head(h, training=True)))
+        # exchange: the gradient of h flows back to the encoder's device inside tape.gradient
+        head_optimizer.apply_gradients(zip(tape.gradient(loss, head.trainable_variables), head.trainable_variables))
+        encoder_optimizer.apply_gradients(zip(tape.gradient(loss, encoder.trainable_variables), encoder.trainable_variables))
+        return loss
+
+    losses, timing = training.train(run, train_step, [tf.constant(row) for row in s.order])
+    batch = run.config.training.global_batch
+    chain = s.keras.Sequential([encoder, head])
+    outcomes = [
+        NetworkOutcome(0, "encoder", None, timing, {}, devices[0],
+                       busy_s_per_step=training.stage_seconds(run, encoder, parts[0], batch, False, devices[0])),
+        NetworkOutcome(1, "head", losses, timing, training.evaluate(run, s, chain), devices[1],
+                       busy_s_per_step=training.stage_seconds(run, head, parts[1], batch, True, devices[1])),
+    ]
+    _finish(run, launcher, outcomes, {"what": "encoder output forward, its gradient back",
+                                       "bytes_per_step": boundary_bytes_per_step(parts, batch),
+                                       "split": [p.names for p in parts]})
+
+
+def _head_run(run: RunSpec) -> RunSpec:
+    """The run as the head's optimizer sees it: collaborative.head_optimizer, or the top-level one."""
+    head_optimizer = run.config.collaborative.head_optimizer or run.config.optimizer
+    return dataclasses.replace(run, config=run.config.model_copy(update={"optimizer": head_optimizer}))
+
+
+def _finish(run: RunSpec, launcher: str, outcomes, exchange: dict) -> None:
+    finish_networks(run, outcomes, lambda v: v[None], 0, lambda: {
+        "exchange": exchange, "env": training.environment(run, launcher, 1, sorted({o.device for o in outcomes}))})
