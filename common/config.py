@@ -114,7 +114,7 @@ class ParallelConfig(_Strict):
 class ModelParallelConfig(_Strict):
     # Stages the model's layers are split into (model-parallel, pipeline, hybrid).
     stages: Annotated[int, Field(gt=0)] = 2
-    # Names of the layers that begin stages 2..S (see `xfw layers`); empty: an even split by parameter count.
+    # Names of the layers that begin stages 2..S (dense0, dense1, ... for an MLP; conv0, pool0, flatten, dense0, ... for a CNN); empty: an even split by parameter count.
     split_points: list[str] = []
     # Pipeline: the global batch (hybrid: each replica's share) is cut into this many micro-batches.
     micro_batches: Annotated[int, Field(gt=0)] = 4
@@ -157,7 +157,7 @@ class CollaborativeConfig(_Strict):
     # Mutual learning: each network's loss is its task loss + mutual_weight x the divergence of its
     # predictions from its partner's (KL for classification, mean squared difference for regression).
     mutual_weight: Annotated[float, Field(ge=0)] = 1.0
-    # Chain: the top-level model cut into an encoder and a head network at this layer (see `xfw layers`);
+    # Chain: the top-level model cut into an encoder and a head network at this layer (a name as in model_parallel.split_points);
     # unset: the split that balances parameters. The head may use its own optimizer.
     chain_split: str | None = None
     head_optimizer: OptimizerConfig | None = None

@@ -152,7 +152,8 @@ def finish_networks(run: RunSpec, outcomes: list[NetworkOutcome], gather: Gather
     timed = [(n["timed_started_at"], n["ended_at"]) for n in networks]
     timed_union = _interval_union(timed)
     # Samples every network processed in its timed steps, over the time during which any of them trained.
-    combined = sum(batch * sum(w["steps"] for w in n["windows"]) for n in networks) / timed_union
+    # A chain's encoder is not counted: its samples are the head's (one model in two parts).
+    combined = sum(batch * sum(w["steps"] for w in n["windows"]) for n in networks if n["loss"] is not None) / timed_union
     evals = {n["name"]: n["eval"] for n in networks}
     peaks = [p["peak_memory_bytes"] for p in sorted(processes, key=lambda p: p["rank"])]
     result = {

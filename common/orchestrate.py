@@ -14,12 +14,14 @@ from typing import Protocol
 
 from xfw.common import launch, runner
 from xfw.common.compare import comparisons, run_entry
-from xfw.common.config import Config
+from xfw.common.compare_networks import network_comparisons, network_run_entry, sweep
+from xfw.common.config import Config, with_hidden_width
 from xfw.common.data import load_dataset
 from xfw.common.errors import UserError
 from xfw.common.loop import write_json_atomic
+from xfw.common.networks import check_networks
 from xfw.common.partition import check_micro_batches, plan_stages
-from xfw.common.registry import (REGISTRY, STAGED, Implementation, Machine, check_devices, for_strategy, run_devices,
+from xfw.common.registry import (MULTI_NETWORK, REGISTRY, STAGED, Implementation, Machine, check_devices, for_strategy, run_devices,
                                   unavailable_reason)
 from xfw.common.runspec import RunSpec
 
@@ -48,6 +50,11 @@ def preflight(config: Config, strategy: str) -> None:
     exists, micro-batches divide the batch. In the parent, so that bad input is a one-line error here
     rather than a crash in every worker."""
     load_dataset(config)
+    if strategy in MULTI_NETWORK:
+        check_networks(config, strategy)
+    if strategy == "shared-device":
+        for width in config.shared_device.hidden_widths:
+            check_networks(with_hidden_width(config, width), strategy)
     if strategy in STAGED:
         if config.model_parallel.stages < 2:
             raise UserError(f"strategy {strategy} needs model_parallel.stages of at least 2")
@@ -87,37 +94,43 @@ def base_entry(impl: Implementation) -> dict:
 
 
 def run_implementation(impl: Implementation, config: Config, out_dir: Path, repeats: int, timeout_s: float,
-                       machine: Machine, progress: Progress) -> dict:
+                       machine: Machine, progress: Progress, width: int | None = None) -> dict:
+    """All repeats of one implementation; `width`: the shared-device sweep point (config already resized)."""
     base = base_entry(impl)
+    if width is not None:
+        base |= {"id": f"{impl.id}@h{width}", "size": {"hidden_width": width}}
+    label = base["id"]
     reason = unavailable_reason(impl, machine, run_devices(impl, config), config)
     if reason:
-        progress.finish(impl.id, "skipped", reason)
+        progress.finish(label, "skipped", reason)
         return base | {"status": "skipped", "reason": reason}
     results, files = [], []
     for k in range(repeats):
-        run = RunSpec(config, impl.framework, impl.strategy, impl.name, str(out_dir / "runs" / impl.id / f"repeat-{k}"))
-        progress.start(f"{impl.id}" + (f" (repeat {k + 1}/{repeats})" if repeats > 1 else ""), config.training.steps)
+        run = RunSpec(config, impl.framework, impl.strategy, impl.name, str(out_dir / "runs" / label / f"repeat-{k}"))
+        progress.start(label + (f" (repeat {k + 1}/{repeats})" if repeats > 1 else ""), config.training.steps)
         result = execute_run(impl, run, timeout_s, machine, progress)
         if result["status"] != "ok":
-            progress.finish(impl.id, "failed", result["error"].splitlines()[0])
+            progress.finish(label, "failed", result["error"].splitlines()[0])
             return base | {"status": "failed", "error": result["error"], "run_dir": run.out_dir}
         results.append(result)
         files.append(str(Path(run.out_dir) / "result.json"))
-    entry = run_entry(base, results) | {"result_files": files}
-    progress.finish(impl.id, "ok", f"{entry['throughput_samples_per_s']:,.0f} samples/s")
+    merge = network_run_entry if impl.strategy in MULTI_NETWORK else run_entry
+    entry = merge(base, results) | {"result_files": files}
+    progress.finish(label, "ok", f"{entry['throughput_samples_per_s']:,.0f} samples/s" + (" combined" if "networks" in entry else ""))
     return entry
 
 
 def implementations_for(strategy: str, only: list[str] = ()) -> list[Implementation]:
-    """The strategy's implementations (or those of them named in `only`) plus each framework's
-    single-device reference, TF first."""
+    """The strategy's implementations (or those of them named in `only`) plus, for the one-network
+    strategies, each framework's single-device reference; TF first. (A multi-network strategy's
+    references are among its own implementations.)"""
     wanted = for_strategy(strategy)
     if only:
         unknown = sorted(set(only) - {i.id for i in wanted})
         if unknown:
             raise UserError(f"--only {', '.join(unknown)}: not an implementation of {strategy} (expected: {', '.join(i.id for i in wanted)})")
         wanted = [i for i in wanted if i.id in only]
-    singles = [i for i in REGISTRY if i.strategy == "single" and i not in wanted]
+    singles = [] if strategy in MULTI_NETWORK else [i for i in REGISTRY if i.strategy == "single" and i not in wanted]
     return sorted(singles + wanted, key=lambda i: (i.strategy != "single", i.framework != "tf"))
 
 
@@ -126,6 +139,9 @@ def compare_strategy(strategy: str, config: Config, out_dir: Path, repeats: int,
     progress = progress or NoProgress()
     impls = implementations_for(strategy, only)
     preflight(config, strategy)
+    # The shared-device size sweep: every implementation at every width (None: the config as it is).
+    widths = (config.shared_device.hidden_widths if strategy == "shared-device" else []) or [None]
+    sized = [(w, config if w is None else with_hidden_width(config, w)) for w in widths]
     for impl in impls:  # refuse bad input before anything starts
         if unavailable_reason(impl, machine, run_devices(impl, config), config) is None:
             check_devices(impl, machine, run_devices(impl, config), config.parallel.oversubscribe)
@@ -141,8 +157,13 @@ def compare_strategy(strategy: str, config: Config, out_dir: Path, repeats: int,
         "runs": [],
         "comparisons": [],
     }
-    for impl in impls:
-        summary["runs"].append(run_implementation(impl, config, out_dir, repeats, timeout_s, machine, progress))
-        summary["comparisons"] = comparisons(summary["runs"], config)
-        write_json_atomic(out_dir / "summary.json", summary)
+    for width, cfg in sized:
+        for impl in impls:
+            summary["runs"].append(run_implementation(impl, cfg, out_dir, repeats, timeout_s, machine, progress, width))
+            if strategy in MULTI_NETWORK:
+                summary["comparisons"] = network_comparisons(summary["runs"], config)
+                summary["sweep"] = sweep(summary["comparisons"])
+            else:
+                summary["comparisons"] = comparisons(summary["runs"], config)
+            write_json_atomic(out_dir / "summary.json", summary)
     return summary

@@ -129,15 +129,18 @@ def run_chain(run: RunSpec, launcher: str) -> None:
         NetworkOutcome(1, "head", losses, timing, training.evaluate(run, s, chain), devices[1],
                        busy_s_per_step=training.stage_seconds(run, head, parts[1], batch, True, devices[1])),
     ]
-    _finish(run, launcher, outcomes, {"what": "encoder output forward, its gradient back",
-                                       "bytes_per_step": boundary_bytes_per_step(parts, batch),
-                                       "split": [p.names for p in parts]})
+    _finish(run, launcher, outcomes, _chain_exchange(parts, batch))
 
 
 def _head_run(run: RunSpec) -> RunSpec:
     """The run as the head's optimizer sees it: collaborative.head_optimizer, or the top-level one."""
     head_optimizer = run.config.collaborative.head_optimizer or run.config.optimizer
     return dataclasses.replace(run, config=run.config.model_copy(update={"optimizer": head_optimizer}))
+
+
+def _chain_exchange(parts, batch: int) -> dict:
+    return {"what": "encoder output forward, its gradient back", "bytes_per_step": boundary_bytes_per_step(parts, batch),
+            "split": [p.names for p in parts]}
 
 
 def _finish(run: RunSpec, launcher: str, outcomes, exchange: dict) -> None:

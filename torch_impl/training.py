@@ -88,7 +88,7 @@ def train(run: RunSpec, step, step_inputs: list, rank: int = 0, after_warmup=Non
     t = run.config.training
     losses, timing = timed_loop(
         step, step_inputs,
-        lambda loss: loss.item(),  # forces the pending step to finish before the clock is read
+        lambda loss: loss.cpu(),  # forces the pending step to finish before the clock is read (any shape)
         t.warmup_steps, t.timing_windows, progress_writer(run, rank), after_warmup,
     )
     return torch.stack(losses).double().cpu().numpy(), timing

@@ -1,0 +1,220 @@
+"""PyTorch, collaborating networks that exchange intermediate results every step: mutual learning
+(each network also learns from the others' predictions) and an encoder -> head chain (activations
+forward, gradients back). Both on one device (the reference) or one process per network, where the
+exchange is torch.distributed's (all_gather of predictions; send/recv of activations and gradients).
+tf_impl/collaborative.py is the TensorFlow side.
+
+Lines that exist for the exchange are tagged `# exchange:`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from xfw.common.config import network_config
+from xfw.common.networks import NetworkOutcome, finish_networks, mutual_exchange_bytes
+from xfw.common.partition import boundary_bytes_per_step, chain_parts, whole_model
+from xfw.common.runspec import RunSpec
+from xfw.torch_impl import training
+from xfw.torch_impl.models import build_model, build_stage, export_weights, torch_sample_shape
+
+NO_LOSS = torch.tensor(float("nan"))  # the chain's encoder computes no loss
+
+
+@dataclass
+class Member:
+    index: int
+    name: str
+    run: RunSpec  # the network's own config (weights seed, model, optimizer)
+    model: torch.nn.Module
+    optimizer: object
+    device: torch.device
+
+
+def divergence(run: RunSpec, partner, mine):
+    """How far `mine` is from the partner's (constant) predictions: KL(partner || mine) averaged over the
+    batch for classification, the mean squared difference for regression."""
+    if run.config.loss == "cross_entropy":
+        p_log = F.log_softmax(partner, dim=1)
+        return torch.mean(torch.sum(torch.exp(p_log) * (p_log - F.log_softmax(mine, dim=1)), dim=1))
+    return torch.mean(torch.square(mine - partner))
+
+
+def mutual_loss(run: RunSpec, k: int, outputs: list, y, loss_fn):
+    """Network k's loss: its task loss plus mutual_weight x its mean divergence from the others."""
+    task = loss_fn(outputs[k], y)
+    others = [divergence(run, outputs[j].detach(), outputs[k]) for j in range(len(outputs)) if j != k]
+    return task + run.config.collaborative.mutual_weight * (sum(others) / len(others))
+
+
+def _member(run: RunSpec, i: int, device: torch.device) -> tuple[Member, training.Setup]:
+    net_run = dataclasses.replace(run, config=network_config(run.config, i))
+    s = training.setup(net_run, device)  # same data and sample order for every network; own weights
+    model = build_model(net_run.config.model, s.weights).to(device)
+    return Member(i, run.config.networks[i].name, net_run, model, training.make_optimizer(net_run, model.parameters()), device), s
+
+
+def _busy(m: Member) -> float:
+    """The network's own forward+backward on one batch, timed alone: what it does when it does not wait."""
+    return training.stage_seconds(m.run, m.model, whole_model(m.run.config), m.run.config.training.global_batch, True, m.device)
+
+
+def run_mutual(run: RunSpec, launcher: str) -> None:
+    device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    pairs = [_member(run, i, device) for i in range(run.networks)]
+    members, s = [m for m, _ in pairs], pairs[0][1]
+    loss_fn = training.mean_loss(run)
+
+    def train_step(idx):
+        x, y = s.x[idx], s.y[idx]
+        for m in members:
+            m.optimizer.zero_grad()  # set_to_none (the default)
+        outputs = [m.model(x) for m in members]
+        losses = [mutual_loss(run, m.index, outputs, y, loss_fn) for m in members]
+        # The others' predictions enter each loss detached, so one backward of the sum gives every
+        # network exactly the gradient of its own loss.
+        torch.stack(losses).sum().backward()
+        for m in members:
+            m.optimizer.step()
+        return torch.stack(losses).detach()
+
+    losses, timing = training.train(run, train_step, [torch.from_numpy(row).to(device) for row in s.order])
+    outcomes = [NetworkOutcome(m.index, m.name, losses[:, m.index], timing, training.evaluate(m.run, s, m.model), str(device),
+                               busy_s_per_step=_busy(m)) for m in members]
+    _finish(run, launcher, outcomes, lambda v: v[None], 0, 1, {
+        "what": "predictions (logits or outputs), every network to every other",
+        "bytes_per_step": mutual_exchange_bytes(run.config)})
+
+
+def run_mutual_distributed(run: RunSpec, launcher: str) -> None:
+    """One process per network; every step the processes all-gather their predictions on the batch."""
+    device = training.init_process_group(run)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    m, s = _member(run, rank, device)
+    loss_fn = training.mean_loss(run)
+
+    def train_step(idx):
+        x, y = s.x[idx], s.y[idx]
+        m.optimizer.zero_grad()  # set_to_none (the default)
+        mine = m.model(x)
+        outputs = [torch.empty_like(mine) for _ in range(world)]
+        dist.all_gather(outputs, mine.detach())  # exchange: every network's predictions to every process
+        outputs[rank] = mine  # our own keeps its graph
+        loss = mutual_loss(run, rank, outputs, y, loss_fn)
+        loss.backward()
+        m.optimizer.step()
+        return loss.detach()
+
+    losses, timing = training.train(run, train_step, [torch.from_numpy(row).to(device) for row in s.order], rank)
+    outcome = NetworkOutcome(m.index, m.name, losses, timing, training.evaluate(m.run, s, m.model), f"rank {rank}: {device}",
+                             busy_s_per_step=_busy(m))
+    _finish(run, launcher, [outcome], training.process_group_gather(device), rank, world, {
+        "what": "predictions (logits or outputs), every network to every other, by dist.all_gather",
+        "bytes_per_step": mutual_exchange_bytes(run.config)})
+    dist.barrier()  # rank 0 writes before anyone tears the group down
+    dist.destroy_process_group()
+
+
+def run_chain(run: RunSpec, launcher: str) -> None:
+    device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    s = training.setup(run, device)
+    parts = chain_parts(run.config)
+    encoder = build_stage(parts[0], s.weights).to(device)
+    head = build_stage(parts[1], s.weights).to(device)
+    encoder_optimizer = training.make_optimizer(run, encoder.parameters())
+    head_optimizer = training.make_optimizer(_head_run(run), head.parameters())
+    loss_fn = training.mean_loss(run)
+
+    def train_step(idx):
+        encoder_optimizer.zero_grad()  # set_to_none (the default)
+        head_optimizer.zero_grad()
+        loss = loss_fn(head(encoder(s.x[idx])), s.y[idx])
+        loss.backward()  # the gradient of the encoder's output flows back into the encoder
+        head_optimizer.step()
+        encoder_optimizer.step()
+        return loss.detach()
+
+    losses, timing = training.train(run, train_step, [torch.from_numpy(row).to(device) for row in s.order])
+    batch = run.config.training.global_batch
+    chain = torch.nn.Sequential(encoder, head)
+    outcomes = [
+        NetworkOutcome(0, "encoder", None, timing, {}, str(device),
+                       busy_s_per_step=training.stage_seconds(run, encoder, parts[0], batch, False, device)),
+        NetworkOutcome(1, "head", losses, timing, training.evaluate(run, s, chain), str(device),
+                       busy_s_per_step=training.stage_seconds(run, head, parts[1], batch, True, device)),
+    ]
+    _finish(run, launcher, outcomes, lambda v: v[None], 0, 1, _chain_exchange(parts, batch))
+
+
+def run_chain_send_recv(run: RunSpec, launcher: str) -> None:
+    """Rank 0 the encoder, rank 1 the head; the encoder's output goes forward and its gradient comes back
+    with point-to-point send/recv every step."""
+    device = training.init_process_group(run)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    s = training.setup(run, device)
+    parts = chain_parts(run.config)
+    part = parts[rank]
+    module = build_stage(part, s.weights).to(device)
+    optimizer = training.make_optimizer(run if rank == 0 else _head_run(run), module.parameters())
+    loss_fn = training.mean_loss(run)
+    batch = run.config.training.global_batch
+    between = (batch, *torch_sample_shape(parts[0].output_shape))
+
+    def encoder_step(idx):
+        optimizer.zero_grad()  # set_to_none (the default)
+        h = module(s.x[idx])
+        dist.send(h.detach(), dst=1)  # exchange: the encoder's output to the head
+        grad = torch.empty(between, device=device)
+        dist.recv(grad, src=1)  # exchange: the gradient of that output, back from the head
+        h.backward(grad)
+        optimizer.step()
+        return NO_LOSS
+
+    def head_step(idx):
+        optimizer.zero_grad()
+        h = torch.empty(between, device=device)
+        dist.recv(h, src=0)  # exchange: the encoder's output
+        h.requires_grad_()
+        loss = loss_fn(module(h), s.y[idx])
+        loss.backward()
+        dist.send(h.grad, dst=0)  # exchange: the gradient of the encoder's output
+        optimizer.step()
+        return loss.detach()
+
+    step_inputs = [torch.from_numpy(row).to(device) for row in s.order]
+    losses, timing = training.train(run, encoder_step if rank == 0 else head_step, step_inputs, rank)
+    busy = training.stage_seconds(run, module, part, batch, rank == 1, device)
+    # Both parts' weights to every rank, so that the head's process evaluates the whole chain.
+    weights = [None] * world
+    dist.all_gather_object(weights, export_weights(module, part.layers))
+    if rank == 0:
+        outcome = NetworkOutcome(0, "encoder", None, timing, {}, f"rank 0: {device}", busy_s_per_step=busy)
+    else:
+        chain = build_model(run.config.model, {k: v for w in weights for k, v in w.items()}).to(device)
+        outcome = NetworkOutcome(1, "head", losses, timing, training.evaluate(run, s, chain), f"rank 1: {device}",
+                                 busy_s_per_step=busy)
+    _finish(run, launcher, [outcome], training.process_group_gather(device), rank, world, _chain_exchange(parts, batch, "dist.send/recv"))
+    dist.barrier()  # rank 0 writes before anyone tears the group down
+    dist.destroy_process_group()
+
+
+def _head_run(run: RunSpec) -> RunSpec:
+    """The run as the head's optimizer sees it: collaborative.head_optimizer, or the top-level one."""
+    head_optimizer = run.config.collaborative.head_optimizer or run.config.optimizer
+    return dataclasses.replace(run, config=run.config.model_copy(update={"optimizer": head_optimizer}))
+
+
+def _chain_exchange(parts, batch: int, how: str | None = None) -> dict:
+    what = "encoder output forward, its gradient back"
+    return {"what": f"{what}, by {how}" if how else what, "bytes_per_step": boundary_bytes_per_step(parts, batch),
+            "split": [p.names for p in parts]}
+
+
+def _finish(run: RunSpec, launcher: str, outcomes, gather, rank: int, world: int, exchange: dict) -> None:
+    finish_networks(run, outcomes, gather, rank, lambda: {
+        "exchange": exchange, "env": training.environment(run, launcher, world, sorted({o.device for o in outcomes}))})
