@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from xfw.common.compare import loss_diff
+from xfw.common.registry import MULTI_NETWORK
 from xfw.common.semantics import NOTES
 
 
@@ -79,35 +81,158 @@ def stage_rows(summary: dict) -> list[list[str]]:
     return rows
 
 
+# ---- several networks (independent, collaborative, shared-device) ------------------------------------
+
+NET_HEADERS = ["run", "network", "final loss", "test", "samples/s [IQR]", "step ms", "own passes ms", "wait ms", "device"]
+NET_RUN_HEADERS = ["run", "status", "wall s", "timed s", "overlap", "combined samples/s", "peak MiB", "processes", "notes"]
+NET_CMP_HEADERS = ["a vs b", "kind", "max rel loss diff", "tolerance", "parity", "first step over", "combined a/b",
+                   "slowdown (alone/together)", "verdict"]
+SWEEP_HEADERS = ["run", "hidden width", "combined vs sequential", "slowdown (alone/together)", "verdict"]
+
+
+def _ms(value) -> str:
+    return _fmt(None if value is None else value * 1e3, ".3f")
+
+
+def network_rows(summary: dict) -> list[list[str]]:
+    rows = []
+    for r in summary["runs"]:
+        if r["status"] != "ok":
+            continue
+        for n in r["networks"]:
+            s = n["throughput_spread"]
+            rows.append([r["id"], n["name"], "-" if n["loss"] is None else f"{n['loss'][-1]:.5g}", _test_metric(n),
+                         f"{n['throughput_samples_per_s']:,.0f} [{s['p25']:,.0f}-{s['p75']:,.0f}]", _ms(n["step_time_s"]),
+                         _ms(n["busy_s_per_step"]), _ms(n["wait_s_per_step"]), n["device"]])
+    return rows
+
+
+def _run_notes(r: dict) -> str:
+    notes = []
+    if "ensemble" in r:
+        e = r["ensemble"]
+        metric = e["gain_metric"]
+        notes.append(f"ensemble {metric.removeprefix('test_')} {e[metric]:.4g} ({e['gain_over_best_member']:+.4g} vs best member {e['best_member']})")
+    if "exchange" in r:
+        notes.append(f"exchanged {r['exchange']['bytes_per_step'] / 1024:,.1f} KiB/step ({r['exchange']['what']})")
+    return "; ".join(notes)
+
+
+def network_run_rows(summary: dict) -> list[list[str]]:
+    rows = []
+    for r in summary["runs"]:
+        if r["status"] != "ok":
+            why = r.get("reason") or r.get("error", "").splitlines()[0]
+            rows.append([r["id"], r["status"], "-", "-", "-", "-", "-", "-", why])
+            continue
+        rows.append([r["id"], "ok", f"{r['wall_s']:.2f}", f"{r['timed_wall_s']:.2f}", f"{r['overlap']:.0%}",
+                     f"{r['combined_throughput_samples_per_s']:,.0f}", f"{r['peak_memory_bytes'] / 2**20:,.0f}",
+                     str(r["processes"]), _run_notes(r)])
+    return rows
+
+
+def _slowdowns(c: dict) -> str:
+    values = [f"{name} {v['slowdown']:.2f}" for name, v in c["networks"].items() if "slowdown" in v]
+    return ", ".join(values) or "-"
+
+
+def _verdict_text(c: dict) -> str:
+    if "verdict" not in c:
+        return "-"
+    return f"{c['verdict']} ({c['change']:+.0%}, band ±{c['verdict_band']:.0%})"
+
+
+def network_comparison_rows(summary: dict) -> list[list[str]]:
+    rows = []
+    for c in summary["comparisons"]:
+        pair, kind = f"{c['a']} vs {c['b']}", c["kind"].replace("_", " ")
+        tolerance = "0 (bit-identical)" if c["tolerance"] == 0 else f"{c['tolerance']:.0e}"
+        if c["status"] != "ok":
+            rows.append([pair, kind, "-", tolerance, "not compared", "-", "-", "-", c["reason"]])
+            continue
+        rows.append([pair, kind, f"{c['max_rel_loss_diff']:.2e}", tolerance, "PASS" if c["within_tolerance"] else "FAIL",
+                     _fmt(c["first_step_over_tolerance"], "d"), f"{c['throughput_ratio']:.2f}", _slowdowns(c), _verdict_text(c)])
+    return rows
+
+
+def sweep_rows(summary: dict) -> list[list[str]]:
+    rows = []
+    for line in summary.get("sweep", []):
+        for p in line["points"]:
+            slow = ", ".join(f"{k} {v:.2f}" for k, v in p["slowdown"].items())
+            rows.append([line["run"], str(p["hidden_width"]), f"{p['throughput_ratio']:.2f}", slow, p["verdict"]])
+    return rows
+
+
+def sweep_flips(summary: dict) -> list[str]:
+    lines = []
+    for line in summary.get("sweep", []):
+        if not line["flips"]:
+            verdicts = {p["verdict"] for p in line["points"]}
+            lines.append(f"{line['run']}: {' / '.join(sorted(verdicts))} at every width measured")
+        for f in line["flips"]:
+            lines.append(f"{line['run']}: {f['verdict_from']} at width {f['from']}, {f['verdict_to']} at width {f['to']}")
+    return lines
+
+
+def _sections(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, headers, rows) of every table, in order; the console and report.md print the same tables."""
+    if summary["strategy"] not in MULTI_NETWORK:
+        sections = [(f"xfw compare --strategy {summary['strategy']}: runs", RUN_HEADERS, run_rows(summary)),
+                    ("comparisons (loss per step, throughput)", CMP_HEADERS, comparison_rows(summary))]
+        if stage_rows(summary):
+            sections.append(("stages (busy: each stage's passes for one step timed alone; idle = 1 - busy / step time)",
+                             STAGE_HEADERS, stage_rows(summary)))
+        return sections
+    sections = [
+        (f"xfw compare --strategy {summary['strategy']}: runs", NET_RUN_HEADERS, network_run_rows(summary)),
+        ("networks (own passes: the network's forward+backward timed alone; wait = step - own passes)", NET_HEADERS,
+         network_rows(summary)),
+        ("comparisons (loss per step of each network, matched by name; combined throughput)", NET_CMP_HEADERS,
+         network_comparison_rows(summary)),
+    ]
+    if sweep_rows(summary):
+        sections.append(("size sweep: concurrent vs one after another on the same device", SWEEP_HEADERS, sweep_rows(summary)))
+    return sections
+
+
 def print_tables(summary: dict, console: Console | None = None) -> None:
     console = console or Console()
-    runs = Table(title=f"xfw compare --strategy {summary['strategy']}: runs", title_justify="left")
-    for h in RUN_HEADERS:
-        runs.add_column(h, overflow="fold")
-    for row in run_rows(summary):
-        style = {"ok": None, "skipped": "dim", "failed": "red"}[row[1]]
-        runs.add_row(*row, style=style)
-    console.print(runs)
-    cmp = Table(title="comparisons (loss per step, throughput)", title_justify="left")
-    for h in CMP_HEADERS:
-        cmp.add_column(h, overflow="fold")
-    for row in comparison_rows(summary):
-        cmp.add_row(*row, style={"PASS": None, "FAIL": "red"}.get(row[4], "dim"))
-    console.print(cmp)
-    rows = stage_rows(summary)
-    if rows:
-        stages = Table(title="stages (busy: each stage's passes for one step timed alone; idle = 1 - busy / step time)", title_justify="left")
-        for h in STAGE_HEADERS:
-            stages.add_column(h, overflow="fold")
+    for title, headers, rows in _sections(summary):
+        table = Table(title=title, title_justify="left")
+        for h in headers:
+            table.add_column(h, overflow="fold")
         for row in rows:
-            stages.add_row(*row)
-        console.print(stages)
+            style = None
+            if "status" in headers:
+                style = {"ok": None, "skipped": "dim", "failed": "red"}.get(row[headers.index("status")])
+            if "parity" in headers:
+                style = {"PASS": None, "FAIL": "red"}.get(row[headers.index("parity")], "dim")
+            table.add_row(*row, style=style)
+        console.print(table)
+    for line in sweep_flips(summary):
+        console.print(line, highlight=False)
 
 
 def _markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _curves(run: dict) -> dict[str, list[float]]:
+    """Label -> loss curve: the run's one curve, or one per network that has a loss."""
+    if "networks" not in run:
+        return {run["id"]: run["loss"]}
+    return {f"{run['id']} {n['name']}": n["loss"] for n in run["networks"] if n["loss"] is not None}
+
+
+def _diff_curves(c: dict, by_id: dict) -> dict[str, np.ndarray]:
+    a, b = _curves(by_id[c["a"]]), _curves(by_id[c["b"]])
+    pairs = zip(a.values(), b.values()) if "networks" not in by_id[c["a"]] else (
+        (a[f"{c['a']} {name}"], b[f"{c['b']} {name}"]) for name in c["networks"])
+    labels = [f"{c['a']} vs {c['b']}"] if "networks" not in by_id[c["a"]] else [f"{c['a']} vs {c['b']}: {n}" for n in c["networks"]]
+    return {label: loss_diff(x, y)[1] for label, (x, y) in zip(labels, pairs)}
 
 
 def write_plots(summary: dict, out_dir: Path) -> list[str]:
@@ -122,9 +247,10 @@ def write_plots(summary: dict, out_dir: Path) -> list[str]:
         return files
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for r in ok:
-        ax.plot(r["loss"], label=r["id"], linewidth=1)
+        for label, curve in _curves(r).items():
+            ax.plot(curve, label=label, linewidth=1)
     ax.set(xlabel="step", ylabel="training loss (global batch)", yscale="log", title="Loss curves, overlaid")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7 if len(ok) < 12 else 5)
     fig.tight_layout()
     fig.savefig(out_dir / "loss.png", dpi=110)
     plt.close(fig)
@@ -135,15 +261,15 @@ def write_plots(summary: dict, out_dir: Path) -> list[str]:
         by_id = {r["id"]: r for r in ok}
         fig, ax = plt.subplots(figsize=(8, 4.5))
         for c in compared:
-            _, rel = loss_diff(by_id[c["a"]]["loss"], by_id[c["b"]]["loss"])
-            # Running maximum: per-step values hop between 0 (identical) and rounding noise; the envelope
-            # shows what matters, whether the gap grows with training.
-            ax.plot(np.maximum(np.maximum.accumulate(rel), 1e-12), label=f"{c['a']} vs {c['b']}", linewidth=1.2)
-        for tol in sorted({c["tolerance"] for c in compared}):
+            for label, rel in _diff_curves(c, by_id).items():
+                # Running maximum: per-step values hop between 0 (identical) and rounding noise; the envelope
+                # shows what matters, whether the gap grows with training.
+                ax.plot(np.maximum(np.maximum.accumulate(rel), 1e-12), label=label, linewidth=1.2)
+        for tol in sorted({c["tolerance"] for c in compared if c["tolerance"] > 0}):
             ax.axhline(tol, color="black", linestyle="--", linewidth=0.8)
         ax.set(xlabel="step", ylabel="largest relative loss difference so far", yscale="log",
                title="Loss difference between runs (dashed: tolerance; 1e-12 = identical)")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7 if len(compared) < 8 else 5)
         fig.tight_layout()
         fig.savefig(out_dir / "loss_diff.png", dpi=110)
         plt.close(fig)
@@ -151,47 +277,89 @@ def write_plots(summary: dict, out_dir: Path) -> list[str]:
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     med = [r["throughput_samples_per_s"] for r in ok]
-    low = [m - r["throughput_spread"]["p25"] for m, r in zip(med, ok)]
-    high = [r["throughput_spread"]["p75"] - m for m, r in zip(med, ok)]
     colors = ["tab:orange" if r["framework"] == "tf" else "tab:blue" for r in ok]
-    ax.bar([r["id"] for r in ok], med, yerr=[low, high], color=colors, capsize=3)
-    ax.set(ylabel="samples/s (median, IQR)", title="Throughput (orange: TensorFlow, blue: PyTorch)")
-    ax.tick_params(axis="x", rotation=30, labelsize=8)
+    if all("throughput_spread" in r for r in ok):
+        low = [m - r["throughput_spread"]["p25"] for m, r in zip(med, ok)]
+        high = [r["throughput_spread"]["p75"] - m for m, r in zip(med, ok)]
+        ax.bar([r["id"] for r in ok], med, yerr=[low, high], color=colors, capsize=3)
+        ax.set(ylabel="samples/s (median, IQR)")
+    else:
+        ax.bar([r["id"] for r in ok], med, color=colors)
+        ax.set(ylabel="combined samples/s, all networks")
+    ax.set(title="Throughput (orange: TensorFlow, blue: PyTorch)")
+    ax.tick_params(axis="x", rotation=30, labelsize=7)
     fig.tight_layout()
     fig.savefig(out_dir / "throughput.png", dpi=110)
     plt.close(fig)
     files.append("throughput.png")
+
+    if summary.get("sweep"):
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for line in summary["sweep"]:
+            ax.plot([p["hidden_width"] for p in line["points"]], [p["throughput_ratio"] for p in line["points"]],
+                    marker="o", label=line["run"])
+        band = summary["config"]["shared_device"]["verdict_band"]
+        ax.axhspan(1 - band, 1 + band, color="grey", alpha=0.2)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set(xscale="log", xlabel="hidden width", ylabel="combined throughput / sequential",
+               title="Sharing one device: above the band concurrency helps, below it hurts")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out_dir / "sweep.png", dpi=110)
+        plt.close(fig)
+        files.append("sweep.png")
     return files
+
+
+EXPLAIN = {
+    "comparisons": (
+        "Relative loss difference per step is |a - b| / max(|a|, |b|); *parity* passes when every step is within the tolerance. "
+        "Throughput ratio a/b is the ratio of medians, with the range its interquartile ranges allow. Scaling efficiency is "
+        "throughput(parallel) / (replicas x throughput(single))."),
+    "stages": (
+        "Busy time: after training, each stage's forward and backward passes for one step (one per micro-batch) are "
+        "timed alone on its device; idle = 1 - busy / measured step time. Boundary bytes: activations sent forward "
+        "plus their gradients sent back across every stage boundary per step (fp32)."),
+    "networks": (
+        "Each network's curve is diffed against the same network (matched by name) in the other run. Independent and "
+        "shared-device runs must be bit-identical to their framework's sequential run (tolerance 0): training next to "
+        "another network may change how long a network takes, never what it computes. *Combined a/b*: all networks' "
+        "samples per second of the timed stretch, a over b (the same samples, so also b's timed wall time over a's). "
+        "*Slowdown*: a network's throughput alone (sequential run) over its throughput together with the others. "
+        "*Verdict*: concurrency helps (or hurts) when combined throughput beats (or trails) the reference by more than "
+        "the band (shared_device.verdict_band). *Own passes*: the network's forward and backward on one batch timed "
+        "alone after training; *wait* = step time - own passes: time spent on its partner and the exchange. "
+        "*Overlap*: share of the timed stretch during which the networks trained at the same time."),
+}
 
 
 def write_report(summary: dict, out_dir: Path) -> Path:
     plots = write_plots(summary, out_dir)
     cfg = summary["config"]
-    semantic = {**{k: NOTES[k] for k in ("data_parallel_loss",)}, cfg["optimizer"]["kind"]: NOTES[cfg["optimizer"]["kind"]],
-                cfg["loss"]: NOTES[cfg["loss"]]}
+    multi = summary["strategy"] in MULTI_NETWORK
+    semantic = {cfg["optimizer"]["kind"]: NOTES[cfg["optimizer"]["kind"]], cfg["loss"]: NOTES[cfg["loss"]]}
+    if not multi:
+        semantic = {"data_parallel_loss": NOTES["data_parallel_loss"]} | semantic
     failed = [r for r in summary["runs"] if r["status"] == "failed"]
+    shape = (f"networks {', '.join(n['name'] for n in cfg['networks'])} (see the config below for each one's model and optimizer)"
+             if multi else f"{cfg['parallel']['replicas']} replicas")
     parts = [
         f"# xfw comparison: strategy `{summary['strategy']}`",
         f"Created {summary['created']} on {summary['machine']['cpu_cores']} CPU cores, {summary['machine']['gpus']} GPUs; "
         f"model `{cfg['model']['kind']}`, data `{cfg['data']['kind']}`, loss `{cfg['loss']}`, optimizer `{cfg['optimizer']['kind']}`, "
-        f"global batch {cfg['training']['global_batch']}, {cfg['training']['steps']} steps, {cfg['parallel']['replicas']} replicas, "
-        f"{summary['repeats']} repeat(s).",
-        "## Runs",
-        _markdown_table(RUN_HEADERS, run_rows(summary)),
-        "## Comparisons",
-        "Relative loss difference per step is |a - b| / max(|a|, |b|); *parity* passes when every step is within the tolerance. "
-        "Throughput ratio a/b is the ratio of medians, with the range its interquartile ranges allow. Scaling efficiency is "
-        "throughput(parallel) / (replicas x throughput(single)).",
-        _markdown_table(CMP_HEADERS, comparison_rows(summary)),
-        *(["## Stages",
-           "Busy time: after training, each stage's forward and backward passes for one step (one per micro-batch) are "
-           "timed alone on its device; idle = 1 - busy / measured step time. Boundary bytes: activations sent forward "
-           "plus their gradients sent back across every stage boundary per step (fp32).",
-           _markdown_table(STAGE_HEADERS, stage_rows(summary))] if stage_rows(summary) else []),
-        *[f"![{p}]({p})" for p in plots],
-        "## Where the frameworks differ by design",
-        *[f"- **{k}**: {v}" for k, v in semantic.items()],
+        f"global batch {cfg['training']['global_batch']}, {cfg['training']['steps']} steps, {shape}, {summary['repeats']} repeat(s).",
     ]
+    for title, headers, rows in _sections(summary):
+        parts += [f"## {title[0].upper()}{title[1:]}", _markdown_table(headers, rows)]
+        if title.startswith("comparisons"):
+            parts.append(EXPLAIN["networks" if multi else "comparisons"])
+        if title.startswith("stages"):
+            parts.append(EXPLAIN["stages"])
+    parts += [f"- {line}" for line in sweep_flips(summary)]
+    parts += [f"![{p}]({p})" for p in plots]
+    parts += ["## Where the frameworks differ by design", *[f"- **{k}**: {v}" for k, v in semantic.items()]]
+    if multi:
+        parts += ["## Config", "```json\n" + json.dumps({k: cfg[k] for k in ("networks", "collaborative", "shared_device")}, indent=1) + "\n```"]
     if failed:
         parts += ["## Failures"] + [f"### {r['id']}\n```\n{r['error']}\n```" for r in failed]
     path = out_dir / "report.md"
