@@ -4,7 +4,7 @@ the networks by name, and the verdicts (does concurrency help; where does the si
 
 Which runs are diffed: every implementation against its framework's reference (registry `reference`: the
 networks one after another, or all on one device), the two frameworks' references against each other, and
-each TensorFlow implementation against its PyTorch twin. Networks trained alone must not change by being
+each collaborative TensorFlow implementation against its PyTorch twin. Networks trained alone must not change by being
 trained at the same time as others, so independent and shared-device runs are held to bit-identical
 loss curves against their reference (kind "identical", tolerance 0)."""
 
@@ -63,7 +63,8 @@ def network_run_entry(base: dict, results: list[dict]) -> dict:
 
 
 def _key(run: dict, implementation: str | None = None, framework: str | None = None) -> tuple:
-    return (framework or run["framework"], implementation or run["implementation"], run.get("size"))
+    size = run.get("size") or {}
+    return (framework or run["framework"], implementation or run["implementation"], size.get("hidden_width"))
 
 
 def network_pairs(runs: list[dict]) -> list[tuple[dict, dict, str]]:
@@ -75,7 +76,9 @@ def network_pairs(runs: list[dict]) -> list[tuple[dict, dict, str]]:
         if ref is not None and ref is not r:
             pairs.append((r, ref, "same_framework" if r["strategy"] == "collaborative" else "identical"))
     for r in runs:
-        if r["framework"] != "tf":
+        # Independent and shared-device runs are bit-identical to their reference, so their twins' diff is
+        # the references' diff: only collaborative runs (whose exchange differs per engine) pair as twins.
+        if r["framework"] != "tf" or (r["strategy"] != "collaborative" and r["implementation"] != find("tf", r["implementation"]).reference):
             continue
         impl = find("tf", r["implementation"])
         twin = by_key.get(_key(r, impl.twin or impl.name, "torch"))
