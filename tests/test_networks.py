@@ -210,7 +210,6 @@ def test_shared_device_runs_are_bit_identical_to_sequential(shared):
                 assert r["status"] == "ok", r.get("error")
                 assert curves(r) == curves(ref), r["id"]
                 assert r["overlap"] > 0.3, (r["id"], r["overlap"])
-                assert len({n["device"].split("/job")[0] for n in r["networks"]}) == 1 or r["processes"] == 2
         cuda = runs[f"torch-shared-cuda-streams@h{width}"]
         if this_machine().gpus == 0:
             assert cuda["status"] == "skipped" and cuda["reason"] == "needs a GPU, this machine has none"
@@ -248,7 +247,7 @@ def test_shared_device_sweep_resizes_the_networks(shared):
             width = r["size"]["hidden_width"]
             assert r["id"].endswith(f"@h{width}")
     assert (out / "sweep.png").stat().st_size > 0
-    assert "size sweep" in (out / "report.md").read_text()
+    assert "## Size sweep" in (out / "report.md").read_text()
 
 
 # ---- bad input ----------------------------------------------------------------------------------------

@@ -127,6 +127,7 @@ def run_processes(run: RunSpec, launcher: str) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     net = prepare(run, rank, device)
     result = train_alone(net, rank, after_warmup=dist.barrier)  # torch.distributed: start barrier
+    result = dataclasses.replace(result, device=f"rank {rank}: {device}")
     _finish(run, launcher, [result], training.process_group_gather(device), rank, world)
     dist.barrier()  # rank 0 writes before anyone tears the group down
     dist.destroy_process_group()
