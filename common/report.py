@@ -175,31 +175,33 @@ def sweep_flips(summary: dict) -> list[str]:
     return lines
 
 
-def _sections(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(title, headers, rows) of every table, in order; the console and report.md print the same tables."""
+def _sections(summary: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
+    """(heading, caption, headers, rows) of every table, in order: the console and report.md show the same."""
+    runs_caption = f"xfw compare --strategy {summary['strategy']}: runs"
     if summary["strategy"] not in MULTI_NETWORK:
-        sections = [(f"xfw compare --strategy {summary['strategy']}: runs", RUN_HEADERS, run_rows(summary)),
-                    ("comparisons (loss per step, throughput)", CMP_HEADERS, comparison_rows(summary))]
+        sections = [("Runs", runs_caption, RUN_HEADERS, run_rows(summary)),
+                    ("Comparisons", "comparisons (loss per step, throughput)", CMP_HEADERS, comparison_rows(summary))]
         if stage_rows(summary):
-            sections.append(("stages (busy: each stage's passes for one step timed alone; idle = 1 - busy / step time)",
+            sections.append(("Stages", "stages (busy: each stage's passes for one step timed alone; idle = 1 - busy / step time)",
                              STAGE_HEADERS, stage_rows(summary)))
         return sections
     sections = [
-        (f"xfw compare --strategy {summary['strategy']}: runs", NET_RUN_HEADERS, network_run_rows(summary)),
-        ("networks (own passes: the network's forward+backward timed alone; wait = step - own passes)", NET_HEADERS,
-         network_rows(summary)),
-        ("comparisons (loss per step of each network, matched by name; combined throughput)", NET_CMP_HEADERS,
-         network_comparison_rows(summary)),
+        ("Runs", runs_caption, NET_RUN_HEADERS, network_run_rows(summary)),
+        ("Networks", "networks (own passes: the network's forward+backward timed alone; wait = step - own passes)",
+         NET_HEADERS, network_rows(summary)),
+        ("Comparisons", "comparisons (loss per step of each network, matched by name; combined throughput)",
+         NET_CMP_HEADERS, network_comparison_rows(summary)),
     ]
     if sweep_rows(summary):
-        sections.append(("size sweep: concurrent vs one after another on the same device", SWEEP_HEADERS, sweep_rows(summary)))
+        sections.append(("Size sweep", "size sweep: concurrent vs one after another on the same device", SWEEP_HEADERS,
+                         sweep_rows(summary)))
     return sections
 
 
 def print_tables(summary: dict, console: Console | None = None) -> None:
     console = console or Console()
-    for title, headers, rows in _sections(summary):
-        table = Table(title=title, title_justify="left")
+    for _, caption, headers, rows in _sections(summary):
+        table = Table(title=caption, title_justify="left")
         for h in headers:
             table.add_column(h, overflow="fold")
         for row in rows:
@@ -337,7 +339,11 @@ def write_report(summary: dict, out_dir: Path) -> Path:
     plots = write_plots(summary, out_dir)
     cfg = summary["config"]
     multi = summary["strategy"] in MULTI_NETWORK
-    semantic = {cfg["optimizer"]["kind"]: NOTES[cfg["optimizer"]["kind"]], cfg["loss"]: NOTES[cfg["loss"]]}
+    optimizers = [cfg["optimizer"]]
+    if multi:  # every optimizer and loss any of the networks uses
+        optimizers += [n["optimizer"] for n in cfg["networks"] if n.get("optimizer")] + [cfg["collaborative"]["head_optimizer"] or cfg["optimizer"]]
+    losses = [cfg["loss"]] + ([n["loss"] for n in cfg["networks"] if n.get("loss")] if multi else [])
+    semantic = {o["kind"]: NOTES[o["kind"]] for o in optimizers} | {loss: NOTES[loss] for loss in losses}
     if not multi:
         semantic = {"data_parallel_loss": NOTES["data_parallel_loss"]} | semantic
     failed = [r for r in summary["runs"] if r["status"] == "failed"]
@@ -349,12 +355,14 @@ def write_report(summary: dict, out_dir: Path) -> Path:
         f"model `{cfg['model']['kind']}`, data `{cfg['data']['kind']}`, loss `{cfg['loss']}`, optimizer `{cfg['optimizer']['kind']}`, "
         f"global batch {cfg['training']['global_batch']}, {cfg['training']['steps']} steps, {shape}, {summary['repeats']} repeat(s).",
     ]
-    for title, headers, rows in _sections(summary):
-        parts += [f"## {title[0].upper()}{title[1:]}", _markdown_table(headers, rows)]
-        if title.startswith("comparisons"):
+    for heading, caption, headers, rows in _sections(summary):
+        parts += [f"## {heading}", _markdown_table(headers, rows)]
+        if heading == "Comparisons":
             parts.append(EXPLAIN["networks" if multi else "comparisons"])
-        if title.startswith("stages"):
+        if heading == "Stages":
             parts.append(EXPLAIN["stages"])
+        if heading == "Networks":
+            parts.append(caption[len("networks "):].strip("()").capitalize() + ".")
     parts += [f"- {line}" for line in sweep_flips(summary)]
     parts += [f"![{p}]({p})" for p in plots]
     parts += ["## Where the frameworks differ by design", *[f"- **{k}**: {v}" for k, v in semantic.items()]]
