@@ -49,6 +49,19 @@ def mutual_loss(run: RunSpec, k: int, outputs: list, y, loss_fn):
     return task + run.config.collaborative.mutual_weight * (tf.add_n(others) / len(others))
 
 
+def _member(run: RunSpec, i: int, device: str) -> tuple[Member, training.Setup]:
+    net_run = dataclasses.replace(run, config=network_config(run.config, i))
+    s = training.setup(net_run)  # same data and sample order for every network; own weights
+    with s.tf.device(device):  # placement: network i's weights live on its device
+        model = build_model(net_run.config.model, s.weights)
+    return Member(i, run.config.networks[i].name, net_run, model, training.make_optimizer(net_run), device), s
+
+
+def _busy(m: Member) -> float:
+    """The network's own forward+backward on one batch, timed alone: what it does when it does not wait."""
+    return training.stage_seconds(m.run, m.model, whole_model(m.run.config), m.run.config.training.global_batch, True, m.device)
+
+
 def _devices(run: RunSpec, tf) -> list[str]:
     devices = training.logical_devices(tf, run.devices)
     return [devices[i % len(devices)] for i in range(run.networks)]
@@ -56,14 +69,8 @@ def _devices(run: RunSpec, tf) -> list[str]:
 
 def run_mutual(run: RunSpec, launcher: str) -> None:
     tf = training.configure(run, logical_cpus=run.devices)
-    devices = _devices(run, tf)
-    members = []
-    for i, device in enumerate(devices):
-        net_run = dataclasses.replace(run, config=network_config(run.config, i))
-        s = training.setup(net_run)  # same data and sample order for every network; own weights
-        with tf.device(device):  # placement: network i's weights live on its device
-            members.append(Member(i, run.config.networks[i].name, net_run, build_model(net_run.config.model, s.weights),
-                                  training.make_optimizer(net_run), device))
+    pairs = [_member(run, i, device) for i, device in enumerate(_devices(run, tf))]
+    members, s = [m for m, _ in pairs], pairs[0][1]
     loss_fn = training.per_example_loss(run)
 
     @tf.function
@@ -83,12 +90,8 @@ def run_mutual(run: RunSpec, launcher: str) -> None:
         return tf.stack(losses)
 
     losses, timing = training.train(run, train_step, [tf.constant(row) for row in s.order])
-    stage = whole_model(network_config(run.config, 0))
-    outcomes = [
-        NetworkOutcome(m.index, m.name, losses[:, m.index], timing, training.evaluate(m.run, s, m.model), m.device,
-                       busy_s_per_step=training.stage_seconds(m.run, m.model, stage, run.config.training.global_batch, True, m.device))
-        for m in members
-    ]
+    outcomes = [NetworkOutcome(m.index, m.name, losses[:, m.index], timing, training.evaluate(m.run, s, m.model), m.device,
+                               busy_s_per_step=_busy(m)) for m in members]
     _finish(run, launcher, outcomes, {"what": "predictions (logits or outputs), every network to every other",
                                        "bytes_per_step": mutual_exchange_bytes(run.config)})
 
