@@ -145,10 +145,7 @@ def finish_run(
     windows = outcome.timing.windows
     step_s = sum(t for _, t in windows) / sum(n for n, _ in windows)
     result = {
-        "id": run.id,
-        "framework": run.framework,
-        "strategy": run.strategy,
-        "implementation": run.implementation,
+        **run.identity,
         "status": "ok",
         "loss": [float(v) for v in losses],
         "replicas": run.replicas,

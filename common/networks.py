@@ -157,10 +157,7 @@ def finish_networks(run: RunSpec, outcomes: list[NetworkOutcome], gather: Gather
     evals = {n["name"]: n["eval"] for n in networks}
     peaks = [p["peak_memory_bytes"] for p in sorted(processes, key=lambda p: p["rank"])]
     result = {
-        "id": run.id,
-        "framework": run.framework,
-        "strategy": run.strategy,
-        "implementation": run.implementation,
+        **run.identity,
         "status": "ok",
         "networks": networks,
         "devices": run.devices,

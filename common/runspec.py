@@ -23,6 +23,11 @@ class RunSpec:
         return f"{self.framework}-{self.implementation}"
 
     @property
+    def identity(self) -> dict:
+        """What names the run in result.json and summary.json."""
+        return {"id": self.id, "framework": self.framework, "strategy": self.strategy, "implementation": self.implementation}
+
+    @property
     def replicas(self) -> int:
         """Data-parallel replicas."""
         return self.config.parallel.replicas if self.strategy in DATA_PARALLEL else 1
