@@ -101,6 +101,9 @@ def run(framework, implementation, config_path, overrides, replicas, timeout_s, 
     if result["status"] != "ok":
         console.print(f"[red]{impl.id} failed[/]: {escape(result['error'])}", highlight=False)
         sys.exit(1)
+    if "teardown_error" in result:
+        console.print(f"[yellow]{impl.id}: a process failed after the result was written[/]: {escape(result['teardown_error'])}",
+                      highlight=False)
     if "networks" in result:
         for net in result["networks"]:
             final = "-" if net["loss"] is None else f"{net['loss'][-1]:.6g}"

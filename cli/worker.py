@@ -18,8 +18,9 @@ from xfw.common.registry import this_machine
 from xfw.common.registry import find
 from xfw.common.runspec import RunSpec
 
-# Test hook: XFW_INJECT_FAULT="<run-id>:crash|hang[:rank],..." makes that run's worker(s) fail on purpose, so
-# tests can show that a crashed or hung worker is contained. Unset in normal use.
+# Test hook: XFW_INJECT_FAULT="<run-id>:crash|hang|abort-at-exit[:rank],..." makes that run's worker(s) fail on
+# purpose (abort-at-exit: SIGABRT after training, as a crash in an engine's teardown would), so tests can show
+# that a crashed or hung worker is contained. Unset in normal use.
 FAULT_VAR = "XFW_INJECT_FAULT"
 
 
@@ -32,16 +33,18 @@ def _rank() -> int:
     return 0
 
 
-def _maybe_inject_fault(run: RunSpec) -> None:
+def _maybe_inject_fault(run: RunSpec, when: str) -> None:
     for spec in os.environ.get(FAULT_VAR, "").split(","):
         parts = spec.split(":")
         if len(parts) < 2 or parts[0] != run.id or (len(parts) == 3 and int(parts[2]) != _rank()):
             continue
-        if parts[1] == "crash":
+        if parts[1] == "crash" and when == "start":
             raise RuntimeError(f"fault injected by {FAULT_VAR}={spec}")
-        if parts[1] == "hang":
+        if parts[1] == "hang" and when == "start":
             while True:
                 time.sleep(1)
+        if parts[1] == "abort-at-exit" and when == "exit":
+            os.abort()
 
 
 def run_worker(run: RunSpec, launcher: str) -> None:
@@ -54,9 +57,10 @@ def run_worker(run: RunSpec, launcher: str) -> None:
     cores = None if this_machine().gpus else device_cores(run, _rank(), sorted(os.sched_getaffinity(0)))
     if cores:
         os.sched_setaffinity(0, cores)  # before the framework starts its thread pools, which inherit it
-    _maybe_inject_fault(run)
+    _maybe_inject_fault(run, "start")
     train = getattr(importlib.import_module(impl.module), impl.function)
     train(run, launcher)
+    _maybe_inject_fault(run, "exit")
 
 
 def main() -> None:

@@ -83,9 +83,14 @@ def execute_run(impl: Implementation, run: RunSpec, timeout_s: float, machine: M
 
     outcome = runner.execute(plan, run_dir, timeout_s, token, poll)
     result_file = run_dir / "result.json"
-    if outcome.ok and result_file.exists():
-        return json.loads(result_file.read_text())
-    return {"status": "failed", "error": outcome.error(timeout_s)}
+    if not result_file.exists():
+        return {"status": "failed", "error": outcome.error(timeout_s)}
+    result = json.loads(result_file.read_text())
+    if not outcome.ok:
+        # Rank 0 writes result.json only after gathering every rank's outcome, so the run's work is complete
+        # and kept; a process that then fails (seen: a rare SIGABRT in gloo's teardown) is recorded, not hidden.
+        result["teardown_error"] = outcome.error(timeout_s).splitlines()[0]
+    return result
 
 
 def base_entry(impl: Implementation) -> dict:
@@ -116,6 +121,9 @@ def run_implementation(impl: Implementation, config: Config, out_dir: Path, repe
         files.append(str(Path(run.out_dir) / "result.json"))
     merge = network_run_entry if impl.strategy in MULTI_NETWORK else run_entry
     entry = merge(base, results) | {"result_files": files}
+    teardown = [r["teardown_error"] for r in results if "teardown_error" in r]
+    if teardown:
+        entry["teardown_errors"] = teardown
     progress.finish(label, "ok", f"{entry['throughput_samples_per_s']:,.0f} samples/s" + (" combined" if "networks" in entry else ""))
     return entry
 

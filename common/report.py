@@ -39,7 +39,7 @@ def run_rows(summary: dict) -> list[list[str]]:
             f"{r['throughput_samples_per_s']:,.0f} [{s['p25']:,.0f}-{s['p75']:,.0f}]",
             f"{r['step_time_s'] * 1e3:.3f}", f"{r['warmup_s']:.2f}", f"{r['peak_memory_bytes'] / 2**20:,.0f}",
             f"{r['flops']['utilization'] * 100:.2f}%",
-            f"{r['processes']} proc, weights spread {r['replica_weight_max_abs_diff']:.1g}",
+            "; ".join([f"{r['processes']} proc, weights spread {r['replica_weight_max_abs_diff']:.1g}"] + _teardown_note(r)),
         ])
     return rows
 
@@ -115,7 +115,13 @@ def _run_notes(r: dict) -> str:
         notes.append(f"ensemble {metric.removeprefix('test_')} {e[metric]:.4g} ({e['gain_over_best_member']:+.4g} vs best member {e['best_member']})")
     if "exchange" in r:
         notes.append(f"exchanged {r['exchange']['bytes_per_step'] / 1024:,.1f} KiB/step ({r['exchange']['what']})")
-    return "; ".join(notes)
+    return "; ".join(notes + _teardown_note(r))
+
+
+def _teardown_note(r: dict) -> list[str]:
+    """A process that failed after rank 0 had written the complete result: kept, and said."""
+    errors = r.get("teardown_errors", [])
+    return [f"after the result was written: {errors[0]}" + (f" (+{len(errors) - 1} more repeats)" if len(errors) > 1 else "")] if errors else []
 
 
 def network_run_rows(summary: dict) -> list[list[str]]:

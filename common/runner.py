@@ -70,13 +70,28 @@ def log_tail(logs: list[Path], returncodes: list[int | None]) -> str:
             texts[i] = logs[i].read_text(errors="replace").splitlines()
         except OSError:
             texts[i] = []
-    first_error = next((LAUNCHER_PREFIX.sub("", line).strip() for i in order for line in texts[i] if EXCEPTION_LINE.match(line)), None)
+    first_error = next((LAUNCHER_PREFIX.sub("", line).strip() for i in order for line in texts[i]
+                        if EXCEPTION_LINE.match(line) and "ChildFailedError" not in line), None)
+    first_error = first_error or next((c for i in order if (c := _torchrun_root_cause(texts[i]))), None)
     parts = [f"first error: {first_error}"] if first_error else []
     for i in order:
         if texts[i]:
             parts.append(f"[{logs[i].name}, last lines]\n" + "\n".join(texts[i][-LOG_TAIL_LINES:]))
             break
     return "\n".join(parts) or "(the processes printed nothing)"
+
+
+def _torchrun_root_cause(lines: list[str]) -> str | None:
+    """torchrun's "Root Cause" block (a rank killed by a signal raises no Python exception), in one line."""
+    try:
+        block = lines[next(i for i, line in enumerate(lines) if line.startswith("Root Cause")):]
+    except StopIteration:
+        return None
+    fields = dict(line.split(":", 1) for line in block[1:8] if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    if "rank" not in fields or "exitcode" not in fields:
+        return None
+    return f"rank {fields['rank']} exitcode {fields['exitcode']}"
 
 
 def kill_run(procs: list[subprocess.Popen], token: str) -> None:

@@ -44,3 +44,16 @@ def test_crash_and_hang_are_contained(tmp_path):
     # Three healthy runs take ~15 s here; the hang may cost at most its deadline plus the kill.
     assert took < 60 + timeout_s + 30
     assert xfw_processes() == []
+
+
+def test_a_crash_after_the_result_is_written_keeps_the_result_and_says_so(tmp_path):
+    # Rank 0 writes result.json only after gathering every rank: a process dying after that (a rare SIGABRT
+    # in gloo's teardown was seen) must neither discard the complete result nor pass unnoticed.
+    proc = run_xfw("compare", "--strategy", "independent", "--only", "torch-processes", "--set", "training.steps=30",
+                   "--out", str(tmp_path), env={"XFW_INJECT_FAULT": "torch-processes:abort-at-exit:1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = load_summary(tmp_path)["runs"]
+    assert run["status"] == "ok" and len(run["networks"][1]["loss"]) == 30
+    assert "SIGABRT" in run["teardown_errors"][0]
+    assert "after the result was written: process 0 exited with status 1: rank 1" in (tmp_path / "report.md").read_text()
+    assert xfw_processes() == []
