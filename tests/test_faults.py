@@ -1,5 +1,6 @@
 """A crashed or hung worker: its run fails with its log's tail, the other runs are kept, the compare ends
-within its deadline, and no process is left behind."""
+within its deadline, and no process is left behind. A crash after the complete result is written keeps
+the result and records the crash."""
 
 import time
 
