@@ -87,12 +87,23 @@ def network_pairs(runs: list[dict]) -> list[tuple[dict, dict, str]]:
     return pairs
 
 
-def _verdict(ratio: float, band: float) -> str:
-    if ratio > 1 + band:
+def _verdict(ratio: float, spread: dict, band: float) -> str:
+    """helps / hurts only when the change is beyond the band AND the window-to-window spread of both runs
+    cannot turn it into no change: one noisy run gives no verdict."""
+    if ratio > 1 + band and spread["low"] > 1:
         return "helps"
-    if ratio < 1 - band:
+    if ratio < 1 - band and spread["high"] < 1:
         return "hurts"
     return "no clear difference"
+
+
+def _ratio_spread(a: dict, b: dict, ratio: float) -> dict:
+    """The combined-throughput ratio's plausible range: each run's networks' interquartile ranges, taken at
+    their most unfavourable (the lowest p25 / median and the highest p75 / median of its networks)."""
+    def scale(run: dict, key: str, pick) -> float:
+        return pick(n["throughput_spread"][key] / n["throughput_samples_per_s"] for n in run["networks"])
+
+    return {"low": ratio * scale(a, "p25", min) / scale(b, "p75", max), "high": ratio * scale(a, "p75", max) / scale(b, "p25", min)}
 
 
 def compare_networks_pair(a: dict, b: dict, kind: str, config: Config) -> dict:
@@ -130,10 +141,11 @@ def compare_networks_pair(a: dict, b: dict, kind: str, config: Config) -> dict:
         "within_tolerance": not firsts,
         # Both runs train the same samples, so this is also the ratio of their timed wall times, b / a.
         "throughput_ratio": ratio,
+        "throughput_ratio_spread": _ratio_spread(a, b, ratio),
     }
     if kind != "cross_framework":
         band = config.shared_device.verdict_band
-        entry |= {"verdict": _verdict(ratio, band), "verdict_band": band, "change": ratio - 1}
+        entry |= {"verdict": _verdict(ratio, entry["throughput_ratio_spread"], band), "verdict_band": band, "change": ratio - 1}
     return entry
 
 
@@ -149,7 +161,8 @@ def sweep(comparisons: list[dict]) -> list[dict]:
         if c["kind"] != "identical" or c.get("size") is None or c["status"] != "ok":
             continue
         lines.setdefault(c["a"].split("@")[0], []).append(
-            {"hidden_width": c["size"]["hidden_width"], "throughput_ratio": c["throughput_ratio"], "verdict": c["verdict"],
+            {"hidden_width": c["size"]["hidden_width"], "throughput_ratio": c["throughput_ratio"],
+             "throughput_ratio_spread": c["throughput_ratio_spread"], "verdict": c["verdict"],
              "slowdown": {k: v["slowdown"] for k, v in c["networks"].items()}})
     out = []
     for impl_id, points in lines.items():

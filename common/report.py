@@ -85,9 +85,9 @@ def stage_rows(summary: dict) -> list[list[str]]:
 
 NET_HEADERS = ["run", "network", "final loss", "test", "samples/s [IQR]", "step ms", "own passes ms", "wait ms", "device"]
 NET_RUN_HEADERS = ["run", "status", "wall s", "timed s", "overlap", "combined samples/s", "peak MiB", "processes", "notes"]
-NET_CMP_HEADERS = ["a vs b", "kind", "max rel loss diff", "tolerance", "parity", "first step over", "combined a/b",
+NET_CMP_HEADERS = ["a vs b", "kind", "max rel loss diff", "tolerance", "parity", "first step over", "combined a/b [range]",
                    "slowdown (alone/together)", "verdict"]
-SWEEP_HEADERS = ["run", "hidden width", "combined vs sequential", "slowdown (alone/together)", "verdict"]
+SWEEP_HEADERS = ["run", "hidden width", "combined vs sequential [range]", "slowdown (alone/together)", "verdict"]
 
 
 def _ms(value) -> str:
@@ -148,6 +148,11 @@ def _verdict_text(c: dict) -> str:
     return f"{c['verdict']} ({c['change']:+.0%}, band ±{c['verdict_band']:.0%})"
 
 
+def _ratio_text(c: dict) -> str:
+    s = c["throughput_ratio_spread"]
+    return f"{c['throughput_ratio']:.2f} [{s['low']:.2f}-{s['high']:.2f}]"
+
+
 def network_comparison_rows(summary: dict) -> list[list[str]]:
     rows = []
     for c in summary["comparisons"]:
@@ -157,7 +162,7 @@ def network_comparison_rows(summary: dict) -> list[list[str]]:
             rows.append([pair, kind, "-", tolerance, "not compared", "-", "-", "-", c["reason"]])
             continue
         rows.append([pair, kind, f"{c['max_rel_loss_diff']:.2e}", tolerance, "PASS" if c["within_tolerance"] else "FAIL",
-                     _fmt(c["first_step_over_tolerance"], "d"), f"{c['throughput_ratio']:.2f}", _slowdowns(c), _verdict_text(c)])
+                     _fmt(c["first_step_over_tolerance"], "d"), _ratio_text(c), _slowdowns(c), _verdict_text(c)])
     return rows
 
 
@@ -166,7 +171,7 @@ def sweep_rows(summary: dict) -> list[list[str]]:
     for line in summary.get("sweep", []):
         for p in line["points"]:
             slow = ", ".join(f"{k} {v:.2f}" for k, v in p["slowdown"].items())
-            rows.append([line["run"], str(p["hidden_width"]), f"{p['throughput_ratio']:.2f}", slow, p["verdict"]])
+            rows.append([line["run"], str(p["hidden_width"]), _ratio_text(p), slow, p["verdict"]])
     return rows
 
 
@@ -334,8 +339,9 @@ EXPLAIN = {
         "another network may change how long a network takes, never what it computes. *Combined a/b*: all networks' "
         "samples per second of the timed stretch, a over b (the same samples, so also b's timed wall time over a's). "
         "*Slowdown*: a network's throughput alone (sequential run) over its throughput together with the others. "
+        "*Range*: the ratio's plausible range from both runs' per-network interquartile ranges (window to window). "
         "*Verdict*: concurrency helps (or hurts) when combined throughput beats (or trails) the reference by more than "
-        "the band (shared_device.verdict_band). *Own passes*: the network's forward and backward on one batch timed "
+        "the band (shared_device.verdict_band) and the whole range is above (or below) 1; otherwise no clear difference. *Own passes*: the network's forward and backward on one batch timed "
         "alone after training; *wait* = step time - own passes: time spent on its partner and the exchange. "
         "*Overlap*: share of the timed stretch during which the networks trained at the same time."),
 }
