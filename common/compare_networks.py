@@ -28,11 +28,12 @@ def network_run_entry(base: dict, results: list[dict]) -> dict:
     networks = []
     for i, net in enumerate(first["networks"]):
         per = [r["networks"][i] for r in results]
-        p25, median, p75 = np.percentile(_rates(per, batch), [25, 50, 75])
+        rates = _rates(per, batch)
+        p25, median, p75 = np.percentile(rates, [25, 50, 75])
         busy = [n["busy_s_per_step"] for n in per if n.get("busy_s_per_step") is not None]
         entry = {k: net[k] for k in ("index", "name", "device", "loss", "eval")} | {
             "throughput_samples_per_s": float(median),
-            "throughput_spread": {"p25": float(p25), "p75": float(p75), "windows": int(_rates(per, batch).size)},
+            "throughput_spread": {"p25": float(p25), "p75": float(p75), "windows": int(rates.size)},
             "step_time_s": batch / float(median),
             "busy_s_per_step": float(np.median(busy)) if busy else None,
         }
@@ -75,12 +76,12 @@ def network_pairs(runs: list[dict]) -> list[tuple[dict, dict, str]]:
         ref = by_key.get(_key(r, impl.reference))
         if ref is not None and ref is not r:
             pairs.append((r, ref, "same_framework" if r["strategy"] == "collaborative" else "identical"))
-    for r in runs:
+    for r in (r for r in runs if r["framework"] == "tf"):
+        impl = find("tf", r["implementation"])
         # Independent and shared-device runs are bit-identical to their reference, so their twins' diff is
         # the references' diff: only collaborative runs (whose exchange differs per engine) pair as twins.
-        if r["framework"] != "tf" or (r["strategy"] != "collaborative" and r["implementation"] != find("tf", r["implementation"]).reference):
+        if r["strategy"] != "collaborative" and impl.name != impl.reference:
             continue
-        impl = find("tf", r["implementation"])
         twin = by_key.get(_key(r, impl.twin or impl.name, "torch"))
         if twin is not None:
             pairs.append((r, twin, "cross_framework"))

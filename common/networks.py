@@ -200,7 +200,26 @@ def check_networks(config: Config, strategy: str) -> None:
         chain_parts(config)
 
 
-def mutual_exchange_bytes(config: Config, bytes_per_value: int = 4) -> int:
-    """Predictions every network sends to every other one per step (fp32)."""
+def mutual_exchange(config: Config, how: str | None = None, bytes_per_value: int = 4) -> dict:
+    """What mutual learning exchanges per step: every network's predictions to every other one (fp32)."""
     k = len(config.networks)
-    return k * (k - 1) * config.training.global_batch * output_width(network_config(config, 0).model) * bytes_per_value
+    what = "predictions (logits or outputs), every network to every other"
+    return {"what": f"{what}, by {how}" if how else what,
+            "bytes_per_step": k * (k - 1) * config.training.global_batch * output_width(network_config(config, 0).model) * bytes_per_value}
+
+
+def chain_exchange(parts: list, batch: int, how: str | None = None) -> dict:
+    """What the encoder -> head chain exchanges per step: the encoder's output forward, its gradient back."""
+    from xfw.common.partition import boundary_bytes_per_step
+
+    what = "encoder output forward, its gradient back"
+    return {"what": f"{what}, by {how}" if how else what, "bytes_per_step": boundary_bytes_per_step(parts, batch),
+            "split": [p.names for p in parts]}
+
+
+def head_run(run: RunSpec) -> RunSpec:
+    """The chain's run as the head's optimizer sees it: collaborative.head_optimizer, or the top-level one."""
+    import dataclasses
+
+    head_optimizer = run.config.collaborative.head_optimizer or run.config.optimizer
+    return dataclasses.replace(run, config=run.config.model_copy(update={"optimizer": head_optimizer}))

@@ -12,8 +12,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from xfw.common.config import network_config
-from xfw.common.networks import NetworkOutcome, finish_networks, mutual_exchange_bytes
-from xfw.common.partition import boundary_bytes_per_step, chain_parts, whole_model
+from xfw.common.networks import NetworkOutcome, chain_exchange, finish_networks, head_run, mutual_exchange
+from xfw.common.partition import chain_parts, whole_model
 from xfw.common.runspec import RunSpec
 from xfw.tf_impl import training
 from xfw.tf_impl.models import build_model, build_stage
@@ -92,8 +92,7 @@ def run_mutual(run: RunSpec, launcher: str) -> None:
     losses, timing = training.train(run, train_step, [tf.constant(row) for row in s.order])
     outcomes = [NetworkOutcome(m.index, m.name, losses[:, m.index], timing, training.evaluate(m.run, s, m.model), m.device,
                                busy_s_per_step=_busy(m)) for m in members]
-    _finish(run, launcher, outcomes, {"what": "predictions (logits or outputs), every network to every other",
-                                       "bytes_per_step": mutual_exchange_bytes(run.config)})
+    _finish(run, launcher, outcomes, mutual_exchange(run.config))
 
 
 def run_chain(run: RunSpec, launcher: str) -> None:
@@ -101,13 +100,12 @@ def run_chain(run: RunSpec, launcher: str) -> None:
     devices = _devices(run, tf)
     s = training.setup(run)
     parts = chain_parts(run.config)
-    head_run = _head_run(run)
     with tf.device(devices[0]):  # placement
         encoder = build_stage(parts[0], s.weights)
         encoder_optimizer = training.make_optimizer(run)
     with tf.device(devices[1]):  # placement
         head = build_stage(parts[1], s.weights)
-        head_optimizer = training.make_optimizer(head_run)
+        head_optimizer = training.make_optimizer(head_run(run))
     loss_fn = training.per_example_loss(run)
 
     @tf.function
@@ -132,18 +130,7 @@ def run_chain(run: RunSpec, launcher: str) -> None:
         NetworkOutcome(1, "head", losses, timing, training.evaluate(run, s, chain), devices[1],
                        busy_s_per_step=training.stage_seconds(run, head, parts[1], batch, True, devices[1])),
     ]
-    _finish(run, launcher, outcomes, _chain_exchange(parts, batch))
-
-
-def _head_run(run: RunSpec) -> RunSpec:
-    """The run as the head's optimizer sees it: collaborative.head_optimizer, or the top-level one."""
-    head_optimizer = run.config.collaborative.head_optimizer or run.config.optimizer
-    return dataclasses.replace(run, config=run.config.model_copy(update={"optimizer": head_optimizer}))
-
-
-def _chain_exchange(parts, batch: int) -> dict:
-    return {"what": "encoder output forward, its gradient back", "bytes_per_step": boundary_bytes_per_step(parts, batch),
-            "split": [p.names for p in parts]}
+    _finish(run, launcher, outcomes, chain_exchange(parts, batch))
 
 
 def _finish(run: RunSpec, launcher: str, outcomes, exchange: dict) -> None:

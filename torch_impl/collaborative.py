@@ -17,11 +17,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from xfw.common.config import network_config
-from xfw.common.networks import NetworkOutcome, finish_networks, mutual_exchange_bytes
-from xfw.common.partition import boundary_bytes_per_step, chain_parts, whole_model
+from xfw.common.networks import NetworkOutcome, chain_exchange, finish_networks, head_run, mutual_exchange
+from xfw.common.partition import chain_parts, whole_model
 from xfw.common.runspec import RunSpec
 from xfw.torch_impl import training
 from xfw.torch_impl.models import build_model, build_stage, export_weights, torch_sample_shape
+from xfw.torch_impl.networks import default_device
 
 NO_LOSS = torch.tensor(float("nan"))  # the chain's encoder computes no loss
 
@@ -65,7 +66,7 @@ def _busy(m: Member) -> float:
 
 
 def run_mutual(run: RunSpec, launcher: str) -> None:
-    device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     pairs = [_member(run, i, device) for i in range(run.networks)]
     members, s = [m for m, _ in pairs], pairs[0][1]
     loss_fn = training.mean_loss(run)
@@ -78,17 +79,16 @@ def run_mutual(run: RunSpec, launcher: str) -> None:
         losses = [mutual_loss(run, m.index, outputs, y, loss_fn) for m in members]
         # The others' predictions enter each loss detached, so one backward of the sum gives every
         # network exactly the gradient of its own loss.
-        torch.stack(losses).sum().backward()
+        stacked = torch.stack(losses)
+        stacked.sum().backward()
         for m in members:
             m.optimizer.step()
-        return torch.stack(losses).detach()
+        return stacked.detach()
 
     losses, timing = training.train(run, train_step, [torch.from_numpy(row).to(device) for row in s.order])
     outcomes = [NetworkOutcome(m.index, m.name, losses[:, m.index], timing, training.evaluate(m.run, s, m.model), str(device),
                                busy_s_per_step=_busy(m)) for m in members]
-    _finish(run, launcher, outcomes, lambda v: v[None], 0, 1, {
-        "what": "predictions (logits or outputs), every network to every other",
-        "bytes_per_step": mutual_exchange_bytes(run.config)})
+    _finish(run, launcher, outcomes, lambda v: v[None], 0, 1, mutual_exchange(run.config))
 
 
 def run_mutual_distributed(run: RunSpec, launcher: str) -> None:
@@ -113,21 +113,20 @@ def run_mutual_distributed(run: RunSpec, launcher: str) -> None:
     losses, timing = training.train(run, train_step, [torch.from_numpy(row).to(device) for row in s.order], rank)
     outcome = NetworkOutcome(m.index, m.name, losses, timing, training.evaluate(m.run, s, m.model), f"rank {rank}: {device}",
                              busy_s_per_step=_busy(m))
-    _finish(run, launcher, [outcome], training.process_group_gather(device), rank, world, {
-        "what": "predictions (logits or outputs), every network to every other, by dist.all_gather",
-        "bytes_per_step": mutual_exchange_bytes(run.config)})
+    _finish(run, launcher, [outcome], training.process_group_gather(device), rank, world,
+            mutual_exchange(run.config, "dist.all_gather"))
     dist.barrier()  # rank 0 writes before anyone tears the group down
     dist.destroy_process_group()
 
 
 def run_chain(run: RunSpec, launcher: str) -> None:
-    device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     s = training.setup(run, device)
     parts = chain_parts(run.config)
     encoder = build_stage(parts[0], s.weights).to(device)
     head = build_stage(parts[1], s.weights).to(device)
     encoder_optimizer = training.make_optimizer(run, encoder.parameters())
-    head_optimizer = training.make_optimizer(_head_run(run), head.parameters())
+    head_optimizer = training.make_optimizer(head_run(run), head.parameters())
     loss_fn = training.mean_loss(run)
 
     def train_step(idx):
@@ -148,7 +147,7 @@ def run_chain(run: RunSpec, launcher: str) -> None:
         NetworkOutcome(1, "head", losses, timing, training.evaluate(run, s, chain), str(device),
                        busy_s_per_step=training.stage_seconds(run, head, parts[1], batch, True, device)),
     ]
-    _finish(run, launcher, outcomes, lambda v: v[None], 0, 1, _chain_exchange(parts, batch))
+    _finish(run, launcher, outcomes, lambda v: v[None], 0, 1, chain_exchange(parts, batch))
 
 
 def run_chain_send_recv(run: RunSpec, launcher: str) -> None:
@@ -160,7 +159,7 @@ def run_chain_send_recv(run: RunSpec, launcher: str) -> None:
     parts = chain_parts(run.config)
     part = parts[rank]
     module = build_stage(part, s.weights).to(device)
-    optimizer = training.make_optimizer(run if rank == 0 else _head_run(run), module.parameters())
+    optimizer = training.make_optimizer(run if rank == 0 else head_run(run), module.parameters())
     loss_fn = training.mean_loss(run)
     batch = run.config.training.global_batch
     between = (batch, *torch_sample_shape(parts[0].output_shape))
@@ -198,21 +197,9 @@ def run_chain_send_recv(run: RunSpec, launcher: str) -> None:
         chain = build_model(run.config.model, {k: v for w in weights for k, v in w.items()}).to(device)
         outcome = NetworkOutcome(1, "head", losses, timing, training.evaluate(run, s, chain), f"rank 1: {device}",
                                  busy_s_per_step=busy)
-    _finish(run, launcher, [outcome], training.process_group_gather(device), rank, world, _chain_exchange(parts, batch, "dist.send/recv"))
+    _finish(run, launcher, [outcome], training.process_group_gather(device), rank, world, chain_exchange(parts, batch, "dist.send/recv"))
     dist.barrier()  # rank 0 writes before anyone tears the group down
     dist.destroy_process_group()
-
-
-def _head_run(run: RunSpec) -> RunSpec:
-    """The run as the head's optimizer sees it: collaborative.head_optimizer, or the top-level one."""
-    head_optimizer = run.config.collaborative.head_optimizer or run.config.optimizer
-    return dataclasses.replace(run, config=run.config.model_copy(update={"optimizer": head_optimizer}))
-
-
-def _chain_exchange(parts, batch: int, how: str | None = None) -> dict:
-    what = "encoder output forward, its gradient back"
-    return {"what": f"{what}, by {how}" if how else what, "bytes_per_step": boundary_bytes_per_step(parts, batch),
-            "split": [p.names for p in parts]}
 
 
 def _finish(run: RunSpec, launcher: str, outcomes, gather, rank: int, world: int, exchange: dict) -> None:
