@@ -19,6 +19,7 @@ from xfw.common import registry
 from xfw.common.config import load_config
 from xfw.common.errors import UserError
 from xfw.common.launch import under_engine_launcher
+from xfw.common.records import NetworksResult
 from xfw.common.orchestrate import compare_strategy, execute_run, preflight
 from xfw.common.report import print_tables, write_report
 from xfw.common.runspec import RunSpec
@@ -74,9 +75,9 @@ def run(framework, implementation, config_path, overrides, replicas, timeout_s, 
     impl = registry.find(framework, implementation)
     launcher = under_engine_launcher()
     config = load_config(config_path, overrides, replicas)
-    if launcher and replicas is None and impl.strategy in registry.DATA_PARALLEL:
+    if launcher and replicas is None and impl.kind.data_parallel:
         # The launcher's world size decides the data-parallel replicas (hybrid: world = replicas x stages).
-        stages = config.model_parallel.stages if impl.strategy in registry.STAGED else 1
+        stages = config.model_parallel.stages if impl.kind.staged else 1
         config = load_config(config_path, overrides, _launcher_world_size(launcher) // stages)
     out = Path(out_dir or f"runs/{impl.id}").resolve()
     spec = RunSpec(config, impl.framework, impl.strategy, impl.name, str(out))
@@ -98,19 +99,19 @@ def run(framework, implementation, config_path, overrides, replicas, timeout_s, 
     with RichProgress(console) as progress:
         progress.start(impl.id, config.training.steps)
         result = execute_run(impl, spec, timeout_s or config.runtime.timeout_s, machine, progress)
-    if result["status"] != "ok":
+    if isinstance(result, dict):  # the run failed
         console.print(f"[red]{impl.id} failed[/]: {escape(result['error'])}", highlight=False)
         sys.exit(1)
-    if "teardown_error" in result:
-        console.print(f"[yellow]{impl.id}: a process failed after the result was written[/]: {escape(result['teardown_error'])}",
+    if result.teardown_error:
+        console.print(f"[yellow]{impl.id}: a process failed after the result was written[/]: {escape(result.teardown_error)}",
                       highlight=False)
-    if "networks" in result:
-        for net in result["networks"]:
-            final = "-" if net["loss"] is None else f"{net['loss'][-1]:.6g}"
-            click.echo(f"{impl.id} {net['name']}: final loss {final}, eval {net['eval']}")
+    if isinstance(result, NetworksResult):
+        for net in result.networks:
+            final = "-" if net.loss is None else f"{net.loss[-1]:.6g}"
+            click.echo(f"{impl.id} {net.name}: final loss {final}, eval {net.eval}")
         click.echo(f"{impl.id}: result: {out / 'result.json'}")
         return
-    click.echo(f"{impl.id}: final loss {result['loss'][-1]:.6g}, eval {result['eval']}; result: {out / 'result.json'}")
+    click.echo(f"{impl.id}: final loss {result.loss[-1]:.6g}, eval {result.eval}; result: {out / 'result.json'}")
 
 
 def _launcher_world_size(launcher: str) -> int:
@@ -141,8 +142,8 @@ def compare(strategy, config_path, overrides, replicas, timeout_s, repeats, only
     report = write_report(summary, out)
     print_tables(summary, table_console())
     click.echo(f"summary: {out / 'summary.json'}\nreport:  {report}")
-    failed_parity = [c for c in summary["comparisons"] if c["status"] == "ok" and not c["within_tolerance"]]
-    failed_runs = [r for r in summary["runs"] if r["status"] == "failed"]
+    failed_parity = [c for c in summary.comparisons if c.status == "ok" and c.within_tolerance is False]
+    failed_runs = [r for r in summary.runs if r.status == "failed"]
     if failed_runs or failed_parity:
         sys.exit(1)
 

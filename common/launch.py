@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xfw.common.errors import UserError
-from xfw.common.registry import MULTI_NETWORK, Implementation, Machine
+from xfw.common.registry import Implementation, Machine
 from xfw.common.runspec import RunSpec
 
 WORKER_MODULE = "xfw.cli.worker"
@@ -95,7 +95,7 @@ def device_cores(run: RunSpec, rank: int, available: list[int]) -> list[int] | N
     """CPU cores this process may use, for the multi-network strategies on a machine without GPUs: a CPU
     "device" is threads_per_replica cores, device d the d-th such group. Networks that share a device are
     pinned to the same cores, so sharing is real, not two cores pretending to be one. None: no pinning."""
-    if run.strategy not in MULTI_NETWORK:
+    if not run.kind.several_networks:
         return None
     per = run.config.parallel.threads_per_replica
     devices = [rank] if run.processes > 1 and run.devices > 1 else range(run.devices)

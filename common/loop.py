@@ -22,8 +22,11 @@ import numpy as np
 
 from xfw.common.models import parameter_count, training_flops_per_sample
 from xfw.common.partition import boundary_bytes_per_step, plan_stages
+from xfw.common.records import ModelInfo, RunResult, StageReport, StageTiming, Timing, Window
 from xfw.common.runspec import RunSpec
 from xfw.common.semantics import loss_function_name, notes_for, optimizer_hyperparameters
+
+Gather = Callable[[np.ndarray], np.ndarray]  # one all-gather of a float vector; rows in rank order
 
 
 @dataclass(frozen=True)
@@ -109,82 +112,96 @@ class RankOutcome:
     stage_busy_s: dict[int, float] = field(default_factory=dict)
 
 
+def gather_json(obj, gather: Gather) -> list:
+    """Every process's `obj` (JSON-able), in rank order, through two all-gathers of float vectors (the
+    lengths, then the padded bytes): the collectives every engine has, whatever it offers for objects.
+    Floats round-trip exactly (JSON writes the shortest repr), NaN included."""
+    data = np.frombuffer(json.dumps(obj).encode(), dtype=np.uint8).astype(np.float64)
+    lengths = gather(np.array([data.size], dtype=np.float64))[:, 0].astype(int)
+    padded = np.zeros(int(lengths.max()))
+    padded[: data.size] = data
+    table = gather(padded)
+    return [json.loads(bytes(row[:n].astype(np.uint8))) for row, n in zip(table, lengths)]
+
+
 def finish_run(
     run: RunSpec,
     outcome: RankOutcome,
-    gather: Callable[[np.ndarray], np.ndarray],
+    gather: Gather,
     rank: int,
     rank0_extras: Callable[[], dict],
 ) -> None:
     """Collect every rank's losses, memory, stage timings and weights through the engine's own collective
-    (one call after training, so the result does not depend on a shared file system), then rank 0 writes
-    result.json."""
-    steps, n_stages = run.config.training.steps, run.stages
-    width = parameter_count(run.config.model)  # no process holds more weights than the whole model
+    (after training, so the result does not depend on a shared file system), then rank 0 writes result.json.
+    What each rank reports is a named record (gather_json); the weights, the one large array, go as floats."""
     first = outcome.weight_copies[0].astype(np.float64)
-    local_div = max(float(np.abs(w.astype(np.float64) - first).max()) for w in outcome.weight_copies)
-    busy = np.full(n_stages, np.nan)
-    for stage, seconds in outcome.stage_busy_s.items():
-        busy[stage] = seconds
+    mine = {
+        "losses": outcome.local_losses.astype(np.float64).tolist(),
+        "peak_memory_bytes": outcome.peak_memory_bytes,
+        # Largest difference between the copies of the weights this process holds (replicas placed in it).
+        "local_weight_spread": max(float(np.abs(w.astype(np.float64) - first).max()) for w in outcome.weight_copies),
+        "stage": outcome.stage,
+        "stage_busy_s": {str(k): v for k, v in outcome.stage_busy_s.items()},
+    }
+    ranks = gather_json(mine, gather)
+    width = parameter_count(run.config.model)  # no process holds more weights than the whole model
     padded = np.full(width, np.nan)
     padded[: first.size] = first
-    head = [outcome.peak_memory_bytes, local_div, outcome.stage]
-    payload = np.concatenate([outcome.local_losses.astype(np.float64), head, busy, padded])
-    table = gather(payload)  # (processes, len(payload)), in rank order
+    weights = gather(padded)  # (processes, width), in rank order
     if rank != 0:
         return
-    losses = np.nanmean(table[:, :steps], axis=0)  # equal shards: the mean of the shard means is the batch mean
-    peaks, divs, stage_of = table[:, steps], table[:, steps + 1], table[:, steps + 2].astype(int)
-    busy_all = np.nanmax(table[:, steps + 3 : steps + 3 + n_stages], axis=0) if n_stages > 1 else []
-    weights = table[:, steps + 3 + n_stages :]
-    divergence = float(divs.max())
+    # Equal shards: the mean of the shard means is the batch mean (NaN: a rank that computes no loss).
+    losses = np.nanmean(np.array([r["losses"] for r in ranks], dtype=np.float64), axis=0)
+    stage_of = np.array([r["stage"] for r in ranks])
+    divergence = max(r["local_weight_spread"] for r in ranks)
     for stage in set(stage_of.tolist()):  # replicas of the same stage must hold the same weights
         rows = weights[stage_of == stage]
         divergence = max(divergence, float(np.nan_to_num(np.abs(rows - rows[0])).max()))
     cfg = run.config
     windows = outcome.timing.windows
-    step_s = sum(t for _, t in windows) / sum(n for n, _ in windows)
+    peaks = [int(r["peak_memory_bytes"]) for r in ranks]
     result = {
         **run.identity,
-        "status": "ok",
         "loss": [float(v) for v in losses],
         "replicas": run.replicas,
         "devices": run.devices,
-        "processes": int(table.shape[0]),
+        "processes": len(ranks),
         "replica_weight_max_abs_diff": divergence,
-        "peak_memory_bytes": int(peaks.max()),
-        "peak_memory_per_process": [int(p) for p in peaks],
+        "peak_memory_bytes": max(peaks),
+        "peak_memory_per_process": peaks,
         "peak_memory_kind": "largest peak resident set size of one process",
-        "timing": {
-            "global_batch": cfg.training.global_batch,
-            "warmup_steps": outcome.timing.warmup_steps,
-            "warmup_s": outcome.timing.warmup_s,
-            "windows": [{"steps": n, "seconds": s} for n, s in windows],
-        },
-        "model": {"parameters": parameter_count(cfg.model), "training_flops_per_sample": training_flops_per_sample(cfg.model)},
+        "timing": Timing(global_batch=cfg.training.global_batch, warmup_steps=outcome.timing.warmup_steps,
+                         warmup_s=outcome.timing.warmup_s, windows=[Window(steps=n, seconds=s) for n, s in windows]),
+        "model": ModelInfo(parameters=parameter_count(cfg.model),
+                           training_flops_per_sample=training_flops_per_sample(cfg.model)),
     }
-    if n_stages > 1:
-        result["model_parallel"] = stage_report(run, list(busy_all), step_s)
-    write_json_atomic(Path(run.out_dir) / "result.json", result | rank0_extras())
+    if run.stages > 1:
+        # Each stage's busy time as measured by the processes that run it (the slowest, where replicas do).
+        busy = [max((float(r["stage_busy_s"][str(st)]) for r in ranks if str(st) in r["stage_busy_s"]), default=np.nan)
+                for st in range(run.stages)]
+        step_s = sum(t for _, t in windows) / sum(n for n, _ in windows)
+        result["model_parallel"] = stage_report(run, busy, step_s)
+    record = RunResult.model_validate(result | rank0_extras())
+    write_json_atomic(Path(run.out_dir) / "result.json", record.to_json())
 
 
-def stage_report(run: RunSpec, busy_s: list[float], step_s: float) -> dict:
+def stage_report(run: RunSpec, busy_s: list[float], step_s: float) -> StageReport:
     stages = plan_stages(run.config)
-    return {
-        "stages": run.stages,
-        "devices": run.devices,
-        "micro_batches": run.micro_batches,
-        "boundary_bytes_per_step": boundary_bytes_per_step(stages, run.config.training.global_batch),
-        "per_stage": [
-            {"stage": st.index, "layers": st.names, "parameters": st.parameters, "busy_s_per_step": float(b),
-             "idle_fraction": float(max(0.0, 1.0 - b / step_s)), "busy_exceeds_step": bool(b > step_s)}
+    return StageReport(
+        stages=run.stages,
+        devices=run.devices,
+        micro_batches=run.micro_batches,
+        boundary_bytes_per_step=boundary_bytes_per_step(stages, run.config.training.global_batch),
+        per_stage=[
+            StageTiming(stage=st.index, layers=st.names, parameters=st.parameters, busy_s_per_step=float(b),
+                        idle_fraction=float(max(0.0, 1.0 - b / step_s)), busy_exceeds_step=bool(b > step_s))
             for st, b in zip(stages, busy_s)
         ],
-        "busy_method": "after training, each stage's forward+backward passes for one step (one per micro-batch) are "
+        busy_method= "after training, each stage's forward+backward passes for one step (one per micro-batch) are "
                        "timed alone on its device, median of 20; idle = 1 - busy / measured step time, floored at 0 "
                        "(busy_exceeds_step: the stage alone took longer than a whole training step, which happens "
                        "when per-call overhead dominates a tiny stage)",
-    }
+    )
 
 
 def common_env(run: RunSpec, launcher: str, world_size: int) -> dict:

@@ -8,7 +8,6 @@ float vector across the run's processes, rows in rank order)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +16,11 @@ import numpy as np
 
 from xfw.common.config import Config, network_config
 from xfw.common.data import load_dataset
-from xfw.common.loop import LoopTiming, peak_rss_bytes, write_json_atomic
+from xfw.common.loop import Gather, LoopTiming, gather_json, peak_rss_bytes, write_json_atomic
 from xfw.common.models import output_width, parameter_count, training_flops_per_sample
+from xfw.common.registry import STRATEGY
+from xfw.common.records import Ensemble, NetworksResult
 from xfw.common.runspec import RunSpec
-
-Gather = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -36,17 +35,6 @@ class NetworkOutcome:
     device: str
     predictions: np.ndarray | None = None  # test-set probabilities (classification) or outputs, for the ensemble
     busy_s_per_step: float | None = None  # collaborative: this network's own forward+backward, timed alone
-
-
-def gather_json(obj, gather: Gather) -> list:
-    """Every process's `obj` (JSON-able), in rank order, through two all-gathers of float vectors (the
-    lengths, then the padded bytes): the collectives every engine has, whatever it offers for objects."""
-    data = np.frombuffer(json.dumps(obj).encode(), dtype=np.uint8).astype(np.float64)
-    lengths = gather(np.array([data.size], dtype=np.float64))[:, 0].astype(int)
-    padded = np.zeros(int(lengths.max()))
-    padded[: data.size] = data
-    table = gather(padded)
-    return [json.loads(bytes(row[:n].astype(np.uint8))) for row, n in zip(table, lengths)]
 
 
 def _interval_union(intervals: list[tuple[float, float]]) -> float:
@@ -87,7 +75,7 @@ def ensemble_predictions(config: Config, outcomes: list[NetworkOutcome], gather:
     return np.nansum(table, axis=0)  # each row was filled by exactly one process
 
 
-def ensemble_report(config: Config, predictions: np.ndarray, evals: dict[str, dict]) -> dict:
+def ensemble_report(config: Config, predictions: np.ndarray, evals: dict[str, dict]) -> Ensemble:
     first = network_config(config, 0)
     members = ensemble_members(config)
     names = [config.networks[i].name for i in members]
@@ -101,15 +89,15 @@ def ensemble_report(config: Config, predictions: np.ndarray, evals: dict[str, di
         metrics = {"test_loss": float(np.mean((mean - y) ** 2))}
         key, better = "test_loss", min
     best = better(names, key=lambda n: evals[n][key])
-    return {
-        "members": names,
-        "method": "mean of the members' softmax probabilities" if first.loss == "cross_entropy" else "mean of the members' outputs",
+    return Ensemble(
+        members=names,
+        method="mean of the members' softmax probabilities" if first.loss == "cross_entropy" else "mean of the members' outputs",
         **metrics,
-        "best_member": best,
-        "best_member_metric": {key: evals[best][key]},
-        "gain_over_best_member": metrics[key] - evals[best][key] if key == "test_accuracy" else evals[best][key] - metrics[key],
-        "gain_metric": key,
-    }
+        best_member=best,
+        best_member_metric={key: evals[best][key]},
+        gain_over_best_member=metrics[key] - evals[best][key] if key == "test_accuracy" else evals[best][key] - metrics[key],
+        gain_metric=key,
+    )
 
 
 def finish_networks(run: RunSpec, outcomes: list[NetworkOutcome], gather: Gather, rank: int,
@@ -145,7 +133,7 @@ def finish_networks(run: RunSpec, outcomes: list[NetworkOutcome], gather: Gather
         n["timed_s"] = timed_s
         if n["busy_s_per_step"] is not None:
             n["wait_s_per_step"] = max(0.0, n["step_time_s"] - n["busy_s_per_step"])
-        if run.strategy != "collaborative":
+        if not run.kind.exchanges:  # networks[i] is config.networks[i] (not a chain's part)
             net_cfg = network_config(cfg, n["index"])
             n["parameters"] = parameter_count(net_cfg.model)
             n["training_flops_per_sample"] = training_flops_per_sample(net_cfg.model)
@@ -158,7 +146,6 @@ def finish_networks(run: RunSpec, outcomes: list[NetworkOutcome], gather: Gather
     peaks = [p["peak_memory_bytes"] for p in sorted(processes, key=lambda p: p["rank"])]
     result = {
         **run.identity,
-        "status": "ok",
         "networks": networks,
         "devices": run.devices,
         "processes": len(processes),
@@ -175,7 +162,8 @@ def finish_networks(run: RunSpec, outcomes: list[NetworkOutcome], gather: Gather
     }
     if predictions is not None:
         result["ensemble"] = ensemble_report(cfg, predictions, evals)
-    write_json_atomic(Path(run.out_dir) / "result.json", result | rank0_extras())
+    record = NetworksResult.model_validate(result | rank0_extras())
+    write_json_atomic(Path(run.out_dir) / "result.json", record.to_json())
 
 
 def check_networks(config: Config, strategy: str) -> None:
@@ -188,9 +176,10 @@ def check_networks(config: Config, strategy: str) -> None:
     configs = network_configs(config)
     for cfg in configs:
         load_dataset(cfg)  # each network's data exists and fits its model
-    if strategy in ("collaborative", "shared-device") and len(configs) < 2:
-        raise UserError(f"strategy {strategy} needs at least 2 networks in `networks` (found {len(configs)})")
-    if strategy == "collaborative":
+    kind = STRATEGY[strategy]
+    if len(configs) < kind.min_networks:
+        raise UserError(f"strategy {strategy} needs at least {kind.min_networks} networks in `networks` (found {len(configs)})")
+    if kind.exchanges:
         first = configs[0]
         key = (first.data, first.loss, input_shape(first.model), output_width(first.model))
         for net, cfg in zip(config.networks[1:], configs[1:]):

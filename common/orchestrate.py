@@ -14,15 +14,16 @@ from typing import Protocol
 
 from xfw.common import launch, runner
 from xfw.common.compare import comparisons, run_entry
-from xfw.common.compare_networks import network_comparisons, network_run_entry, sweep
+from xfw.common.compare_networks import network_run_entry, sweep
 from xfw.common.config import Config, with_hidden_width
 from xfw.common.data import load_dataset
 from xfw.common.errors import UserError
 from xfw.common.loop import write_json_atomic
 from xfw.common.networks import check_networks
 from xfw.common.partition import check_micro_batches, plan_stages
-from xfw.common.registry import (MULTI_NETWORK, REGISTRY, STAGED, Implementation, Machine, check_devices, for_strategy, run_devices,
-                                  unavailable_reason)
+from xfw.common.records import AnyRun, FailedRun, MachineInfo, RunBase, SkippedRun, Summary, read_result
+from xfw.common.registry import (REGISTRY, Implementation, Machine, check_devices, for_strategy, get_strategy, run_devices,
+                                 unavailable_reason)
 from xfw.common.runspec import RunSpec
 
 
@@ -50,24 +51,33 @@ def preflight(config: Config, strategy: str) -> None:
     exists, micro-batches divide the batch. In the parent, so that bad input is a one-line error here
     rather than a crash in every worker."""
     load_dataset(config)
-    if strategy in MULTI_NETWORK:
+    kind = get_strategy(strategy)
+    if kind.several_networks:
         check_networks(config, strategy)
-    if strategy == "shared-device":
-        for width in config.shared_device.hidden_widths:
-            check_networks(with_hidden_width(config, width), strategy)
-    if strategy in STAGED:
+        for cfg in sized_configs(config, strategy).values():
+            check_networks(cfg, strategy)
+    if kind.staged:
         if config.model_parallel.stages < 2:
             raise UserError(f"strategy {strategy} needs model_parallel.stages of at least 2")
         plan_stages(config)
     batch, micro = config.training.global_batch, config.model_parallel.micro_batches
-    if strategy == "pipeline":
-        check_micro_batches(batch, micro, "training.global_batch")
-    if strategy == "hybrid":
+    if kind.micro_batched and kind.data_parallel:
         check_micro_batches(batch // config.parallel.replicas, micro, "each replica's batch (global_batch / replicas)")
+    elif kind.micro_batched:
+        check_micro_batches(batch, micro, "training.global_batch")
 
 
-def execute_run(impl: Implementation, run: RunSpec, timeout_s: float, machine: Machine, progress: Progress) -> dict:
-    """One process tree for one run; returns the rank-0 result, or a failure with the log's tail."""
+def sized_configs(config: Config, strategy: str) -> dict[int | None, Config]:
+    """Sweep point -> config: the strategy's size sweep (shared_device.hidden_widths: every implementation at
+    every hidden width), or {None: the config as it is}."""
+    kind = get_strategy(strategy)
+    widths = config.shared_device.hidden_widths if kind.sweep == "shared_device.hidden_widths" else []
+    return {w: with_hidden_width(config, w) for w in widths} or {None: config}
+
+
+def execute_run(impl: Implementation, run: RunSpec, timeout_s: float, machine: Machine, progress: Progress):
+    """One process tree for one run; returns the rank-0 result (RunResult or NetworksResult), or a failure
+    as {"status": "failed", "error": the root cause and the log's tail}."""
     run_dir = Path(run.out_dir)
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a stale result.json must never pass for this run's
@@ -85,46 +95,45 @@ def execute_run(impl: Implementation, run: RunSpec, timeout_s: float, machine: M
     result_file = run_dir / "result.json"
     if not result_file.exists():
         return {"status": "failed", "error": outcome.error(timeout_s)}
-    result = json.loads(result_file.read_text())
+    result = read_result(json.loads(result_file.read_text()))
     if not outcome.ok:
         # Rank 0 writes result.json only after gathering every rank's outcome, so the run's work is complete
         # and kept; a process that then fails (seen: a rare SIGABRT in gloo's teardown) is recorded, not hidden.
-        result["teardown_error"] = outcome.error(timeout_s).splitlines()[0]
+        result.teardown_error = outcome.error(timeout_s).splitlines()[0]
     return result
 
 
-def base_entry(impl: Implementation) -> dict:
-    return {"id": impl.id, "framework": impl.framework, "strategy": impl.strategy, "implementation": impl.name,
-            "launcher": impl.launcher, "description": impl.description}
+def base_entry(impl: Implementation) -> RunBase:
+    return RunBase(id=impl.id, framework=impl.framework, strategy=impl.strategy, implementation=impl.name,
+                   launcher=impl.launcher, description=impl.description)
 
 
 def run_implementation(impl: Implementation, config: Config, out_dir: Path, repeats: int, timeout_s: float,
-                       machine: Machine, progress: Progress, width: int | None = None) -> dict:
+                       machine: Machine, progress: Progress, width: int | None = None) -> AnyRun:
     """All repeats of one implementation; `width`: the shared-device sweep point (config already resized)."""
     base = base_entry(impl)
     if width is not None:
-        base |= {"id": f"{impl.id}@h{width}", "size": {"hidden_width": width}}
-    label = base["id"]
+        base = base.model_copy(update={"id": f"{impl.id}@h{width}", "size": {"hidden_width": width}})
+    label = base.id
     reason = unavailable_reason(impl, machine, run_devices(impl, config), config)
     if reason:
         progress.finish(label, "skipped", reason)
-        return base | {"status": "skipped", "reason": reason}
+        return SkippedRun(**base.model_dump(), reason=reason)
     results, files = [], []
     for k in range(repeats):
         run = RunSpec(config, impl.framework, impl.strategy, impl.name, str(out_dir / "runs" / label / f"repeat-{k}"))
         progress.start(label + (f" (repeat {k + 1}/{repeats})" if repeats > 1 else ""), config.training.steps)
         result = execute_run(impl, run, timeout_s, machine, progress)
-        if result["status"] != "ok":
+        if isinstance(result, dict):
             progress.finish(label, "failed", result["error"].splitlines()[0])
-            return base | {"status": "failed", "error": result["error"], "run_dir": run.out_dir}
+            return FailedRun(**base.model_dump(), error=result["error"], run_dir=run.out_dir)
         results.append(result)
         files.append(str(Path(run.out_dir) / "result.json"))
-    merge = network_run_entry if impl.strategy in MULTI_NETWORK else run_entry
-    entry = merge(base, results) | {"result_files": files}
-    teardown = [r["teardown_error"] for r in results if "teardown_error" in r]
-    if teardown:
-        entry["teardown_errors"] = teardown
-    progress.finish(label, "ok", f"{entry['throughput_samples_per_s']:,.0f} samples/s" + (" combined" if "networks" in entry else ""))
+    merge = network_run_entry if impl.kind.several_networks else run_entry
+    entry = merge(base, results)
+    entry.result_files = files
+    combined = " combined" if impl.kind.several_networks else ""
+    progress.finish(label, "ok", f"{entry.throughput_samples_per_s:,.0f} samples/s{combined}")
     return entry
 
 
@@ -138,40 +147,34 @@ def implementations_for(strategy: str, only: list[str] = ()) -> list[Implementat
         if unknown:
             raise UserError(f"--only {', '.join(unknown)}: not an implementation of {strategy} (expected: {', '.join(i.id for i in wanted)})")
         wanted = [i for i in wanted if i.id in only]
-    singles = [] if strategy in MULTI_NETWORK else [i for i in REGISTRY if i.strategy == "single" and i not in wanted]
-    return sorted(singles + wanted, key=lambda i: (i.strategy != "single", i.framework != "tf"))
+    ref = get_strategy(strategy).reference_strategy
+    references = [i for i in REGISTRY if ref is not None and i.strategy == ref and i not in wanted]
+    return sorted(references + wanted, key=lambda i: (i.strategy != ref, i.framework != "tf"))
 
 
 def compare_strategy(strategy: str, config: Config, out_dir: Path, repeats: int, timeout_s: float,
-                     machine: Machine, progress: Progress | None = None, only: list[str] = ()) -> dict:
+                     machine: Machine, progress: Progress | None = None, only: list[str] = ()) -> Summary:
     progress = progress or NoProgress()
     impls = implementations_for(strategy, only)
     preflight(config, strategy)
-    # The shared-device size sweep: every implementation at every width (None: the config as it is).
-    widths = (config.shared_device.hidden_widths if strategy == "shared-device" else []) or [None]
-    sized = [(w, config if w is None else with_hidden_width(config, w)) for w in widths]
+    sized = sized_configs(config, strategy)
     for impl in impls:  # refuse bad input before anything starts
         if unavailable_reason(impl, machine, run_devices(impl, config), config) is None:
             check_devices(impl, machine, run_devices(impl, config), config.parallel.oversubscribe)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {
-        "xfw_summary_version": 1,
-        "strategy": strategy,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "repeats": repeats,
-        "timeout_s": timeout_s,
-        "machine": {"cpu_cores": machine.cpu_cores, "gpus": machine.gpus},
-        "config": config.model_dump(mode="json"),
-        "runs": [],
-        "comparisons": [],
-    }
-    for width, cfg in sized:
+    summary = Summary(
+        strategy=strategy,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        repeats=repeats,
+        timeout_s=timeout_s,
+        machine=MachineInfo(cpu_cores=machine.cpu_cores, gpus=machine.gpus),
+        config=config.model_dump(mode="json"),
+    )
+    for width, cfg in sized.items():
         for impl in impls:
-            summary["runs"].append(run_implementation(impl, cfg, out_dir, repeats, timeout_s, machine, progress, width))
-            if strategy in MULTI_NETWORK:
-                summary["comparisons"] = network_comparisons(summary["runs"], config)
-                summary["sweep"] = sweep(summary["comparisons"])
-            else:
-                summary["comparisons"] = comparisons(summary["runs"], config)
-            write_json_atomic(out_dir / "summary.json", summary)
+            summary.runs.append(run_implementation(impl, cfg, out_dir, repeats, timeout_s, machine, progress, width))
+            summary.comparisons = comparisons(summary.runs, config)
+            if get_strategy(strategy).sweep:
+                summary.sweep = sweep(summary.comparisons)
+            write_json_atomic(out_dir / "summary.json", summary.to_json())
     return summary

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from xfw.common.errors import UserError
@@ -16,26 +17,79 @@ from xfw.common.errors import UserError
 FRAMEWORKS = ("tf", "torch")
 FRAMEWORK_NAMES = {"tf": "TensorFlow", "torch": "PyTorch"}
 
-# Strategy families and what each means; every family has entries on both sides (tests/test_registry.py).
-STRATEGIES = {
-    "single": "one device, no parallelism: the reference every parallel run is diffed against",
-    "mirrored": "synchronous data parallelism: every replica holds the whole model, gradients are averaged each step",
-    "model-parallel": "the layers split into stages on different devices; activations and gradients cross between them",
-    "pipeline": "model-parallel stages fed with micro-batches, so stages work at the same time (GPipe, 1F1B)",
-    "hybrid": "data x model parallelism: R replicas of an S-stage split, gradients averaged across each stage's replicas",
-    "independent": "K separate networks (config `networks`) trained at the same time, each on its own device or process, "
-                   "against the same K one after another; ensemble evaluation at the end",
-    "collaborative": "networks on different devices that exchange intermediate results every step: mutual learning "
-                     "(predictions) and an encoder -> head chain (activations and their gradients)",
-    "shared-device": "two (or more) networks on ONE device: one after another, in threads, in processes "
-                     "(CUDA streams on a GPU); does concurrency help or hurt, over a sweep of model sizes",
-}
+class Parity(StrEnum):
+    """How an implementation's loss curve is held against its reference's."""
 
-# How many devices (and, for multi-process launchers, processes) a strategy's run occupies.
-DATA_PARALLEL = ("mirrored", "hybrid")
-STAGED = ("model-parallel", "pipeline", "hybrid")
-# Strategies that train several networks; their results list one loss curve per network.
-MULTI_NETWORK = ("independent", "collaborative", "shared-device")
+    SAME_FRAMEWORK = "same_framework"  # every step within parity.same_framework (reordered sums round differently)
+    IDENTICAL = "identical"  # bit-identical: the run computes exactly what the reference computes
+    CROSS_FRAMEWORK = "cross_framework"  # the other framework's twin, within parity.cross_framework
+    NOT_JUDGED = "not_judged"  # the curve is meant to differ (e.g. another algorithm): diffs shown, no pass/fail
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """What a strategy is, what its runs are compared against and which config sections it reads. The rest
+    of xfw asks this descriptor instead of naming strategies (README: "Adding a strategy")."""
+
+    name: str
+    description: str
+    data_parallel: bool = False  # parallel.replicas replicas of the model (or of each stage)
+    staged: bool = False  # the model split into model_parallel.stages stages
+    micro_batched: bool = False  # each batch cut into model_parallel.micro_batches micro-batches
+    several_networks: bool = False  # trains config.networks; results hold one curve per network
+    min_networks: int = 1
+    exchanges: bool = False  # the networks exchange intermediate results: same data, loss and shapes
+    # The strategy whose implementations are run beside this one's as references ("single": each framework's
+    # single-device run); None: the references are among this strategy's own implementations.
+    reference_strategy: str | None = "single"
+    parity: Parity = Parity.SAME_FRAMEWORK  # how each implementation is held against its reference
+    # Which TensorFlow runs are diffed against their PyTorch twin: "all", or "references" only (where every
+    # other run is identical to its reference, their twins' diff is the references' diff).
+    twins: str = "all"
+    sweep: str | None = None  # config key of a list of sizes: every implementation runs at each
+    device_unit: str = "devices (replicas x stages)"  # what the devices are, for the too-many-devices error
+    config_sections: tuple[str, ...] = ()  # sections beyond model/data/optimizer/training that apply
+
+    def devices(self, replicas: int, stages: int) -> int:
+        """Devices one run occupies under the data/model-parallel rule (replicas x stages)."""
+        return (replicas if self.data_parallel else 1) * (stages if self.staged else 1)
+
+
+_STRATEGY_LIST = (
+    Strategy("single", "one device, no parallelism: the reference every parallel run is diffed against",
+             reference_strategy=None, device_unit="devices"),
+    Strategy("mirrored", "synchronous data parallelism: every replica holds the whole model, gradients are averaged "
+             "each step", data_parallel=True, device_unit="replicas", config_sections=("parallel",)),
+    Strategy("model-parallel", "the layers split into stages on different devices; activations and gradients cross "
+             "between them", staged=True, device_unit="stages", config_sections=("model_parallel",)),
+    Strategy("pipeline", "model-parallel stages fed with micro-batches, so stages work at the same time (GPipe, 1F1B)",
+             staged=True, micro_batched=True, device_unit="stages", config_sections=("model_parallel",)),
+    Strategy("hybrid", "data x model parallelism: R replicas of an S-stage split, gradients averaged across each "
+             "stage's replicas", data_parallel=True, staged=True, micro_batched=True,
+             config_sections=("parallel", "model_parallel")),
+    Strategy("independent", "K separate networks (config `networks`) trained at the same time, each on its own device "
+             "or process, against the same K one after another; ensemble evaluation at the end",
+             several_networks=True, reference_strategy=None, parity=Parity.IDENTICAL, twins="references",
+             device_unit="networks, one device each,", config_sections=("networks",)),
+    Strategy("collaborative", "networks on different devices that exchange intermediate results every step: mutual "
+             "learning (predictions) and an encoder -> head chain (activations and their gradients)",
+             several_networks=True, min_networks=2, exchanges=True, reference_strategy=None,
+             device_unit="networks, one device each,", config_sections=("networks", "collaborative")),
+    Strategy("shared-device", "two (or more) networks on ONE device: one after another, in threads, in processes "
+             "(CUDA streams on a GPU); does concurrency help or hurt, over a sweep of model sizes",
+             several_networks=True, min_networks=2, reference_strategy=None, parity=Parity.IDENTICAL,
+             twins="references", sweep="shared_device.hidden_widths", config_sections=("networks", "shared_device")),
+)
+STRATEGY = {s.name: s for s in _STRATEGY_LIST}
+# Name -> description (`xfw compare --help`, README); every strategy has entries on both sides (tests/test_layout.py).
+STRATEGIES = {s.name: s.description for s in _STRATEGY_LIST}
+
+
+def get_strategy(name: str) -> Strategy:
+    try:
+        return STRATEGY[name]
+    except KeyError:
+        raise UserError(f"unknown strategy {name!r} (expected one of: {', '.join(STRATEGY)})") from None
 
 
 @dataclass(frozen=True)
@@ -60,6 +114,11 @@ class Implementation:
     @property
     def id(self) -> str:
         return f"{self.framework}-{self.name}"
+
+    @property
+    def kind(self) -> Strategy:
+        """The strategy's descriptor."""
+        return STRATEGY[self.strategy]
 
 
 def _impl(framework, strategy, name, module, function, launcher, description, **kw) -> Implementation:
@@ -157,13 +216,9 @@ REGISTRY: tuple[Implementation, ...] = (
 )
 
 
-def devices_needed(strategy: str, replicas: int, stages: int) -> int:
-    return (replicas if strategy in DATA_PARALLEL else 1) * (stages if strategy in STAGED else 1)
-
-
 def network_count(impl: Implementation, config) -> int:
     """Networks (or chain parts) one run of `impl` trains."""
-    if impl.strategy not in MULTI_NETWORK:
+    if not impl.kind.several_networks:
         return 1
     return 2 if impl.chain else len(config.networks)
 
@@ -174,7 +229,7 @@ def run_devices(impl: Implementation, config) -> int:
         return 1
     if impl.devices == "each":
         return network_count(impl, config)
-    return devices_needed(impl.strategy, config.parallel.replicas, config.model_parallel.stages)
+    return impl.kind.devices(config.parallel.replicas, config.model_parallel.stages)
 
 
 def run_processes(impl: Implementation, config) -> int:
@@ -182,7 +237,7 @@ def run_processes(impl: Implementation, config) -> int:
     several networks share a device."""
     if impl.launcher == "process":
         return 1
-    if impl.strategy in MULTI_NETWORK:
+    if impl.kind.several_networks:
         return network_count(impl, config)
     return run_devices(impl, config)
 
@@ -197,10 +252,9 @@ def find(framework: str, implementation: str) -> Implementation:
     raise UserError(f"unknown implementation {implementation!r} for {framework} (expected one of: {names})")
 
 
-def for_strategy(strategy: str) -> list[Implementation]:
-    if strategy not in STRATEGIES:
-        raise UserError(f"unknown strategy {strategy!r} (expected one of: {', '.join(STRATEGIES)})")
-    return [i for i in REGISTRY if i.strategy == strategy]
+def for_strategy(name: str) -> list[Implementation]:
+    get_strategy(name)  # unknown: a UserError naming the known ones
+    return [i for i in REGISTRY if i.strategy == name]
 
 
 # ---- what this machine can run ---------------------------------------------------------------------
@@ -263,9 +317,9 @@ def unavailable_reason(impl: Implementation, machine: Machine, devices: int = 2,
         return f"{FRAMEWORK_NAMES[impl.framework]} is not installed (run `make setup`)"
     if impl.horovod and impl.framework not in machine.horovod_frameworks:
         return f"Horovod is not installed with {FRAMEWORK_NAMES[impl.framework]} support (run `make setup`)"
-    if impl.gpu_only and impl.strategy == "shared-device" and machine.gpus < 1:
+    if impl.gpu_only and impl.devices == "one" and machine.gpus < 1:
         return "needs a GPU, this machine has none"
-    if impl.gpu_only and impl.strategy != "shared-device" and machine.gpus < max(devices, 2):
+    if impl.gpu_only and impl.devices != "one" and machine.gpus < max(devices, 2):
         return f"needs {max(devices, 2)} GPUs, this machine has {machine.gpus}"
     return None
 
@@ -275,9 +329,7 @@ def check_devices(impl: Implementation, machine: Machine, devices: int, oversubs
         return
     if devices > machine.devices:
         kind = "GPUs" if machine.gpus else "CPU cores"
-        what = {"mirrored": "replicas", "model-parallel": "stages", "pipeline": "stages", "independent": "networks, one device each,",
-                "collaborative": "networks, one device each,"}.get(impl.strategy, "devices (replicas x stages)")
         raise UserError(
-            f"{devices} {what} but this machine has {machine.devices} {kind} "
+            f"{devices} {impl.kind.device_unit} but this machine has {machine.devices} {kind} "
             "(set parallel.oversubscribe: true to run anyway; timings are then meaningless)"
         )

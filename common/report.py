@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from xfw.common.compare import loss_diff
-from xfw.common.registry import MULTI_NETWORK
+from xfw.common.records import Comparison, FailedRun, NetworksRunEntry, RunEntry, SkippedRun, Summary
+from xfw.common.registry import STRATEGY
 from xfw.common.semantics import NOTES
 
 
@@ -19,27 +20,26 @@ def _fmt(value, spec: str, missing: str = "-") -> str:
     return missing if value is None else format(value, spec)
 
 
-def _test_metric(run: dict) -> str:
-    ev = run.get("eval") or {}
+def _test_metric(run) -> str:
+    ev = run.eval or {}
     if "test_accuracy" in ev:
         return f"acc {ev['test_accuracy']:.3f}"
     return f"loss {ev['test_loss']:.4g}" if "test_loss" in ev else "-"
 
 
-def run_rows(summary: dict) -> list[list[str]]:
+def run_rows(summary: Summary) -> list[list[str]]:
     rows = []
-    for r in summary["runs"]:
-        if r["status"] != "ok":
-            why = r.get("reason") or r.get("error", "").splitlines()[0]
-            rows.append([r["id"], r["status"], "-", "-", "-", "-", "-", "-", "-", why])
+    for r in summary.runs:
+        if r.status != "ok":
+            rows.append([r.id, r.status, "-", "-", "-", "-", "-", "-", "-", _why(r)])
             continue
-        s = r["throughput_spread"]
+        s = r.throughput_spread
         rows.append([
-            r["id"], "ok", f"{r['loss'][-1]:.5g}", _test_metric(r),
-            f"{r['throughput_samples_per_s']:,.0f} [{s['p25']:,.0f}-{s['p75']:,.0f}]",
-            f"{r['step_time_s'] * 1e3:.3f}", f"{r['warmup_s']:.2f}", f"{r['peak_memory_bytes'] / 2**20:,.0f}",
-            f"{r['flops']['utilization'] * 100:.2f}%",
-            "; ".join([f"{r['processes']} proc, weights spread {r['replica_weight_max_abs_diff']:.1g}"] + _teardown_note(r)),
+            r.id, "ok", f"{r.loss[-1]:.5g}", _test_metric(r),
+            f"{r.throughput_samples_per_s:,.0f} [{s.p25:,.0f}-{s.p75:,.0f}]",
+            f"{r.step_time_s * 1e3:.3f}", f"{r.warmup_s:.2f}", f"{r.peak_memory_bytes / 2**20:,.0f}",
+            f"{r.flops.utilization * 100:.2f}%",
+            "; ".join([f"{r.processes} proc, weights spread {r.replica_weight_max_abs_diff:.1g}"] + _teardown_note(r)),
         ])
     return rows
 
@@ -48,19 +48,32 @@ RUN_HEADERS = ["run", "status", "final loss", "test", "samples/s [IQR]", "step m
 CMP_HEADERS = ["a vs b", "kind", "max rel loss diff", "tolerance", "parity", "first step over", "throughput a/b", "scaling eff."]
 
 
-def comparison_rows(summary: dict) -> list[list[str]]:
+def _tolerance_text(c: Comparison) -> str:
+    if c.tolerance is None:
+        return "-"
+    return "0 (bit-identical)" if c.tolerance == 0 else f"{c.tolerance:.0e}"
+
+
+def _parity_text(c: Comparison) -> str:
+    """PASS / FAIL, or "not judged" where the strategy's curves are meant to differ from the reference."""
+    if c.within_tolerance is None:
+        return "not judged"
+    return "PASS" if c.within_tolerance else "FAIL"
+
+
+def comparison_rows(summary: Summary) -> list[list[str]]:
     rows = []
-    for c in summary["comparisons"]:
-        pair = f"{c['a']} vs {c['b']}"
-        kind = c["kind"].replace("_", " ")
-        if c["status"] != "ok":
-            rows.append([pair, kind, "-", f"{c['tolerance']:.0e}", "not compared", "-", "-", c["reason"]])
+    for c in summary.comparisons:
+        pair = f"{c.a} vs {c.b}"
+        kind = c.kind.replace("_", " ")
+        if c.status != "ok":
+            rows.append([pair, kind, "-", _tolerance_text(c), "not compared", "-", "-", c.reason])
             continue
         rows.append([
-            pair, kind, f"{c['max_rel_loss_diff']:.2e}", f"{c['tolerance']:.0e}",
-            "PASS" if c["within_tolerance"] else "FAIL", _fmt(c["first_step_over_tolerance"], "d"),
-            f"{c['throughput_ratio']:.2f} [{c['throughput_ratio_spread']['low']:.2f}-{c['throughput_ratio_spread']['high']:.2f}]",
-            _fmt(c.get("scaling_efficiency"), ".2f"),
+            pair, kind, f"{c.max_rel_loss_diff:.2e}", _tolerance_text(c), _parity_text(c),
+            _fmt(c.first_step_over_tolerance, "d"),
+            f"{c.throughput_ratio:.2f} [{c.throughput_ratio_spread.low:.2f}-{c.throughput_ratio_spread.high:.2f}]",
+            _fmt(c.scaling_efficiency, ".2f"),
         ])
     return rows
 
@@ -68,16 +81,16 @@ def comparison_rows(summary: dict) -> list[list[str]]:
 STAGE_HEADERS = ["run", "stage", "layers", "params", "micro-batches", "busy ms/step", "idle", "boundary KiB/step"]
 
 
-def stage_rows(summary: dict) -> list[list[str]]:
+def stage_rows(summary: Summary) -> list[list[str]]:
     rows = []
-    for r in summary["runs"]:
-        mp = r.get("model_parallel") if r["status"] == "ok" else None
+    for r in summary.runs:
+        mp = getattr(r, "model_parallel", None) if r.status == "ok" else None
         if not mp:
             continue
-        for st in mp["per_stage"]:
-            idle = f"{st['idle_fraction']:.0%}" + (" (busy > step)" if st.get("busy_exceeds_step") else "")
-            rows.append([r["id"], str(st["stage"]), ",".join(st["layers"]), f"{st['parameters']:,}", str(mp["micro_batches"]),
-                         f"{st['busy_s_per_step'] * 1e3:.3f}", idle, f"{mp['boundary_bytes_per_step'] / 1024:,.1f}"])
+        for st in mp.per_stage:
+            idle = f"{st.idle_fraction:.0%}" + (" (busy > step)" if st.busy_exceeds_step else "")
+            rows.append([r.id, str(st.stage), ",".join(st.layers), f"{st.parameters:,}", str(mp.micro_batches),
+                         f"{st.busy_s_per_step * 1e3:.3f}", idle, f"{mp.boundary_bytes_per_step / 1024:,.1f}"])
     return rows
 
 
@@ -94,102 +107,105 @@ def _ms(value) -> str:
     return _fmt(None if value is None else value * 1e3, ".3f")
 
 
-def network_rows(summary: dict) -> list[list[str]]:
+def network_rows(summary: Summary) -> list[list[str]]:
     rows = []
-    for r in summary["runs"]:
-        if r["status"] != "ok":
+    for r in summary.runs:
+        if r.status != "ok":
             continue
-        for n in r["networks"]:
-            s = n["throughput_spread"]
-            rows.append([r["id"], n["name"], "-" if n["loss"] is None else f"{n['loss'][-1]:.5g}", _test_metric(n),
-                         f"{n['throughput_samples_per_s']:,.0f} [{s['p25']:,.0f}-{s['p75']:,.0f}]", _ms(n["step_time_s"]),
-                         _ms(n["busy_s_per_step"]), _ms(n["wait_s_per_step"]), n["device"]])
+        for n in r.networks:
+            s = n.throughput_spread
+            rows.append([r.id, n.name, "-" if n.loss is None else f"{n.loss[-1]:.5g}", _test_metric(n),
+                         f"{n.throughput_samples_per_s:,.0f} [{s.p25:,.0f}-{s.p75:,.0f}]", _ms(n.step_time_s),
+                         _ms(n.busy_s_per_step), _ms(n.wait_s_per_step), n.device])
     return rows
 
 
-def _run_notes(r: dict) -> str:
+def _run_notes(r) -> str:
     notes = []
-    if "ensemble" in r:
-        e = r["ensemble"]
-        metric = e["gain_metric"]
-        notes.append(f"ensemble {metric.removeprefix('test_')} {e[metric]:.4g} ({e['gain_over_best_member']:+.4g} vs best member {e['best_member']})")
-    if "exchange" in r:
-        notes.append(f"exchanged {r['exchange']['bytes_per_step'] / 1024:,.1f} KiB/step ({r['exchange']['what']})")
+    if r.ensemble is not None:
+        e = r.ensemble
+        metric = e.gain_metric
+        notes.append(f"ensemble {metric.removeprefix('test_')} {getattr(e, metric):.4g} ({e.gain_over_best_member:+.4g} vs best member {e.best_member})")
+    if r.exchange is not None:
+        notes.append(f"exchanged {r.exchange.bytes_per_step / 1024:,.1f} KiB/step ({r.exchange.what})")
     return "; ".join(notes + _teardown_note(r))
 
 
-def _teardown_note(r: dict) -> list[str]:
+def _why(r: SkippedRun | FailedRun) -> str:
+    return r.reason if r.status == "skipped" else r.error.splitlines()[0]
+
+
+def _teardown_note(r) -> list[str]:
     """A process that failed after rank 0 had written the complete result: kept, and said."""
-    errors = r.get("teardown_errors", [])
+    errors = r.teardown_errors
     return [f"after the result was written: {errors[0]}" + (f" (+{len(errors) - 1} more repeats)" if len(errors) > 1 else "")] if errors else []
 
 
-def network_run_rows(summary: dict) -> list[list[str]]:
+def network_run_rows(summary: Summary) -> list[list[str]]:
     rows = []
-    for r in summary["runs"]:
-        if r["status"] != "ok":
-            why = r.get("reason") or r.get("error", "").splitlines()[0]
-            rows.append([r["id"], r["status"], "-", "-", "-", "-", "-", "-", why])
+    for r in summary.runs:
+        if r.status != "ok":
+            rows.append([r.id, r.status, "-", "-", "-", "-", "-", "-", _why(r)])
             continue
-        rows.append([r["id"], "ok", f"{r['wall_s']:.2f}", f"{r['timed_wall_s']:.2f}", f"{r['overlap']:.0%}",
-                     f"{r['combined_throughput_samples_per_s']:,.0f}", f"{r['peak_memory_bytes'] / 2**20:,.0f}",
-                     str(r["processes"]), _run_notes(r)])
+        rows.append([r.id, "ok", f"{r.wall_s:.2f}", f"{r.timed_wall_s:.2f}", f"{r.overlap:.0%}",
+                     f"{r.combined_throughput_samples_per_s:,.0f}", f"{r.peak_memory_bytes / 2**20:,.0f}",
+                     str(r.processes), _run_notes(r)])
     return rows
 
 
-def _slowdowns(c: dict) -> str:
-    values = [f"{name} {v['slowdown']:.2f}" for name, v in c["networks"].items() if "slowdown" in v]
+def _slowdowns(c: Comparison) -> str:
+    values = [f"{name} {v.slowdown:.2f}" for name, v in c.networks.items() if v.slowdown is not None]
     return ", ".join(values) or "-"
 
 
-def _verdict_text(c: dict) -> str:
-    if "verdict" not in c:
+def _verdict_text(c: Comparison) -> str:
+    if c.verdict is None:
         return "-"
-    return f"{c['verdict']} ({c['change']:+.0%}, band ±{c['verdict_band']:.0%})"
+    return f"{c.verdict} ({c.change:+.0%}, band ±{c.verdict_band:.0%})"
 
 
-def _ratio_text(c: dict) -> str:
-    s = c["throughput_ratio_spread"]
-    return f"{c['throughput_ratio']:.2f} [{s['low']:.2f}-{s['high']:.2f}]"
+def _ratio_text(c: Comparison) -> str:
+    s = c.throughput_ratio_spread
+    return f"{c.throughput_ratio:.2f} [{s.low:.2f}-{s.high:.2f}]"
 
 
-def network_comparison_rows(summary: dict) -> list[list[str]]:
+def network_comparison_rows(summary: Summary) -> list[list[str]]:
     rows = []
-    for c in summary["comparisons"]:
-        pair, kind = f"{c['a']} vs {c['b']}", c["kind"].replace("_", " ")
-        tolerance = "0 (bit-identical)" if c["tolerance"] == 0 else f"{c['tolerance']:.0e}"
-        if c["status"] != "ok":
-            rows.append([pair, kind, "-", tolerance, "not compared", "-", "-", "-", c["reason"]])
+    for c in summary.comparisons:
+        pair, kind = f"{c.a} vs {c.b}", c.kind.replace("_", " ")
+        tolerance = _tolerance_text(c)
+        if c.status != "ok":
+            rows.append([pair, kind, "-", tolerance, "not compared", "-", "-", "-", c.reason])
             continue
-        rows.append([pair, kind, f"{c['max_rel_loss_diff']:.2e}", tolerance, "PASS" if c["within_tolerance"] else "FAIL",
-                     _fmt(c["first_step_over_tolerance"], "d"), _ratio_text(c), _slowdowns(c), _verdict_text(c)])
+        rows.append([pair, kind, f"{c.max_rel_loss_diff:.2e}", tolerance, _parity_text(c),
+                     _fmt(c.first_step_over_tolerance, "d"), _ratio_text(c), _slowdowns(c), _verdict_text(c)])
     return rows
 
 
-def sweep_rows(summary: dict) -> list[list[str]]:
+def sweep_rows(summary: Summary) -> list[list[str]]:
     rows = []
-    for line in summary.get("sweep", []):
-        for p in line["points"]:
-            slow = ", ".join(f"{k} {v:.2f}" for k, v in p["slowdown"].items())
-            rows.append([line["run"], str(p["hidden_width"]), _ratio_text(p), slow, p["verdict"]])
+    for line in summary.sweep or []:
+        for p in line.points:
+            slow = ", ".join(f"{k} {v:.2f}" for k, v in p.slowdown.items())
+            rows.append([line.run, str(p.hidden_width), _ratio_text(p), slow, p.verdict])
     return rows
 
 
-def sweep_flips(summary: dict) -> list[str]:
+def sweep_flips(summary: Summary) -> list[str]:
     lines = []
-    for line in summary.get("sweep", []):
-        if not line["flips"]:
-            verdicts = {p["verdict"] for p in line["points"]}
-            lines.append(f"{line['run']}: {' / '.join(sorted(verdicts))} at every width measured")
-        for f in line["flips"]:
-            lines.append(f"{line['run']}: {f['verdict_from']} at width {f['from']}, {f['verdict_to']} at width {f['to']}")
+    for line in summary.sweep or []:
+        if not line.flips:
+            verdicts = {p.verdict for p in line.points}
+            lines.append(f"{line.run}: {' / '.join(sorted(verdicts))} at every width measured")
+        for f in line.flips:
+            lines.append(f"{line.run}: {f['verdict_from']} at width {f['from']}, {f['verdict_to']} at width {f['to']}")
     return lines
 
 
-def _sections(summary: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
+def _sections(summary: Summary) -> list[tuple[str, str, list[str], list[list[str]]]]:
     """(heading, caption, headers, rows) of every table, in order: the console and report.md show the same."""
-    runs_caption = f"xfw compare --strategy {summary['strategy']}: runs"
-    if summary["strategy"] not in MULTI_NETWORK:
+    runs_caption = f"xfw compare --strategy {summary.strategy}: runs"
+    if not STRATEGY[summary.strategy].several_networks:
         sections = [("Runs", runs_caption, RUN_HEADERS, run_rows(summary)),
                     ("Comparisons", "comparisons (loss per step, throughput)", CMP_HEADERS, comparison_rows(summary))]
         if stage_rows(summary):
@@ -209,7 +225,7 @@ def _sections(summary: dict) -> list[tuple[str, str, list[str], list[list[str]]]
     return sections
 
 
-def print_tables(summary: dict, console: Console | None = None) -> None:
+def print_tables(summary: Summary, console: Console | None = None) -> None:
     console = console or Console()
     for _, caption, headers, rows in _sections(summary):
         table = Table(title=caption, title_justify="left")
@@ -233,28 +249,29 @@ def _markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _curves(run: dict) -> dict[str, list[float]]:
+def _curves(run) -> dict[str, list[float]]:
     """Label -> loss curve: the run's one curve, or one per network that has a loss."""
-    if "networks" not in run:
-        return {run["id"]: run["loss"]}
-    return {f"{run['id']} {n['name']}": n["loss"] for n in run["networks"] if n["loss"] is not None}
+    if not isinstance(run, NetworksRunEntry):
+        return {run.id: run.loss}
+    return {f"{run.id} {n.name}": n.loss for n in run.networks if n.loss is not None}
 
 
 def _diff_curves(c: dict, by_id: dict) -> dict[str, np.ndarray]:
-    a, b = _curves(by_id[c["a"]]), _curves(by_id[c["b"]])
-    pairs = zip(a.values(), b.values()) if "networks" not in by_id[c["a"]] else (
-        (a[f"{c['a']} {name}"], b[f"{c['b']} {name}"]) for name in c["networks"])
-    labels = [f"{c['a']} vs {c['b']}"] if "networks" not in by_id[c["a"]] else [f"{c['a']} vs {c['b']}: {n}" for n in c["networks"]]
+    a, b = _curves(by_id[c.a]), _curves(by_id[c.b])
+    several = getattr(by_id[c.a], "networks", None) is not None
+    pairs = zip(a.values(), b.values()) if not several else (
+        (a[f"{c.a} {name}"], b[f"{c.b} {name}"]) for name in c.networks)
+    labels = [f"{c.a} vs {c.b}"] if not several else [f"{c.a} vs {c.b}: {n}" for n in c.networks]
     return {label: loss_diff(x, y)[1] for label, (x, y) in zip(labels, pairs)}
 
 
-def write_plots(summary: dict, out_dir: Path) -> list[str]:
+def write_plots(summary: Summary, out_dir: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [r for r in summary["runs"] if r["status"] == "ok"]
+    ok = [r for r in summary.runs if r.status == "ok"]
     files = []
     if not ok:
         return files
@@ -269,16 +286,16 @@ def write_plots(summary: dict, out_dir: Path) -> list[str]:
     plt.close(fig)
     files.append("loss.png")
 
-    compared = [c for c in summary["comparisons"] if c["status"] == "ok"]
+    compared = [c for c in summary.comparisons if c.status == "ok"]
     if compared:
-        by_id = {r["id"]: r for r in ok}
+        by_id = {r.id: r for r in ok}
         fig, ax = plt.subplots(figsize=(8, 4.5))
         for c in compared:
             for label, rel in _diff_curves(c, by_id).items():
                 # Running maximum: per-step values hop between 0 (identical) and rounding noise; the envelope
                 # shows what matters, whether the gap grows with training.
                 ax.plot(np.maximum(np.maximum.accumulate(rel), 1e-12), label=label, linewidth=1.2)
-        for tol in sorted({c["tolerance"] for c in compared if c["tolerance"] > 0}):
+        for tol in sorted({c.tolerance for c in compared if c.tolerance}):
             ax.axhline(tol, color="black", linestyle="--", linewidth=0.8)
         ax.set(xlabel="step", ylabel="largest relative loss difference so far", yscale="log",
                title="Loss difference between runs (dashed: tolerance; 1e-12 = identical)")
@@ -289,15 +306,15 @@ def write_plots(summary: dict, out_dir: Path) -> list[str]:
         files.append("loss_diff.png")
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    med = [r["throughput_samples_per_s"] for r in ok]
-    colors = ["tab:orange" if r["framework"] == "tf" else "tab:blue" for r in ok]
-    if all("throughput_spread" in r for r in ok):
-        low = [m - r["throughput_spread"]["p25"] for m, r in zip(med, ok)]
-        high = [r["throughput_spread"]["p75"] - m for m, r in zip(med, ok)]
-        ax.bar([r["id"] for r in ok], med, yerr=[low, high], color=colors, capsize=3)
+    med = [r.throughput_samples_per_s for r in ok]
+    colors = ["tab:orange" if r.framework == "tf" else "tab:blue" for r in ok]
+    if all(isinstance(r, RunEntry) for r in ok):
+        low = [m - r.throughput_spread.p25 for m, r in zip(med, ok)]
+        high = [r.throughput_spread.p75 - m for m, r in zip(med, ok)]
+        ax.bar([r.id for r in ok], med, yerr=[low, high], color=colors, capsize=3)
         ax.set(ylabel="samples/s (median, IQR)")
     else:
-        ax.bar([r["id"] for r in ok], med, color=colors)
+        ax.bar([r.id for r in ok], med, color=colors)
         ax.set(ylabel="combined samples/s, all networks")
     ax.set(title="Throughput (orange: TensorFlow, blue: PyTorch)")
     ax.tick_params(axis="x", rotation=30, labelsize=7)
@@ -306,12 +323,12 @@ def write_plots(summary: dict, out_dir: Path) -> list[str]:
     plt.close(fig)
     files.append("throughput.png")
 
-    if summary.get("sweep"):
+    if summary.sweep:
         fig, ax = plt.subplots(figsize=(8, 4.5))
-        for line in summary["sweep"]:
-            ax.plot([p["hidden_width"] for p in line["points"]], [p["throughput_ratio"] for p in line["points"]],
-                    marker="o", label=line["run"])
-        band = summary["config"]["shared_device"]["verdict_band"]
+        for line in summary.sweep:
+            ax.plot([p.hidden_width for p in line.points], [p.throughput_ratio for p in line.points],
+                    marker="o", label=line.run)
+        band = summary.config["shared_device"]["verdict_band"]
         ax.axhspan(1 - band, 1 + band, color="grey", alpha=0.2)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set(xscale="log", xlabel="hidden width", ylabel="combined throughput / sequential",
@@ -347,10 +364,11 @@ EXPLAIN = {
 }
 
 
-def write_report(summary: dict, out_dir: Path) -> Path:
+def write_report(summary: Summary, out_dir: Path) -> Path:
     plots = write_plots(summary, out_dir)
-    cfg = summary["config"]
-    multi = summary["strategy"] in MULTI_NETWORK
+    cfg = summary.config
+    kind = STRATEGY[summary.strategy]
+    multi = kind.several_networks
     optimizers = [cfg["optimizer"]]
     if multi:  # every optimizer and loss any of the networks uses
         optimizers += [n["optimizer"] for n in cfg["networks"] if n.get("optimizer")] + [cfg["collaborative"]["head_optimizer"] or cfg["optimizer"]]
@@ -358,14 +376,14 @@ def write_report(summary: dict, out_dir: Path) -> Path:
     semantic = {o["kind"]: NOTES[o["kind"]] for o in optimizers} | {loss: NOTES[loss] for loss in losses}
     if not multi:
         semantic = {"data_parallel_loss": NOTES["data_parallel_loss"]} | semantic
-    failed = [r for r in summary["runs"] if r["status"] == "failed"]
-    shape = (f"networks {', '.join(n['name'] for n in cfg['networks'])} (see the config below for each one's model and optimizer)"
+    failed = [r for r in summary.runs if r.status == "failed"]
+    shape = (f"networks {', '.join(n.name for n in cfg['networks'])} (see the config below for each one's model and optimizer)"
              if multi else f"{cfg['parallel']['replicas']} replicas")
     parts = [
-        f"# xfw comparison: strategy `{summary['strategy']}`",
-        f"Created {summary['created']} on {summary['machine']['cpu_cores']} CPU cores, {summary['machine']['gpus']} GPUs; "
+        f"# xfw comparison: strategy `{summary.strategy}`",
+        f"Created {summary.created} on {summary.machine.cpu_cores} CPU cores, {summary.machine.gpus} GPUs; "
         f"model `{cfg['model']['kind']}`, data `{cfg['data']['kind']}`, loss `{cfg['loss']}`, optimizer `{cfg['optimizer']['kind']}`, "
-        f"global batch {cfg['training']['global_batch']}, {cfg['training']['steps']} steps, {shape}, {summary['repeats']} repeat(s).",
+        f"global batch {cfg['training']['global_batch']}, {cfg['training']['steps']} steps, {shape}, {summary.repeats} repeat(s).",
     ]
     for heading, caption, headers, rows in _sections(summary):
         parts += [f"## {heading}", _markdown_table(headers, rows)]
@@ -379,9 +397,9 @@ def write_report(summary: dict, out_dir: Path) -> Path:
     parts += [f"![{p}]({p})" for p in plots]
     parts += ["## Where the frameworks differ by design", *[f"- **{k}**: {v}" for k, v in semantic.items()]]
     if multi:
-        parts += ["## Config", "```json\n" + json.dumps({k: cfg[k] for k in ("networks", "collaborative", "shared_device")}, indent=1) + "\n```"]
+        parts += ["## Config", "```json\n" + json.dumps({k: cfg[k] for k in kind.config_sections}, indent=1) + "\n```"]
     if failed:
-        parts += ["## Failures"] + [f"### {r['id']}\n```\n{r['error']}\n```" for r in failed]
+        parts += ["## Failures"] + [f"### {r.id}\n```\n{r.error}\n```" for r in failed]
     path = out_dir / "report.md"
     path.write_text("\n\n".join(parts) + "\n")
     return path

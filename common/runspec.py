@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from xfw.common.config import Config, config_from_dict
-from xfw.common.registry import DATA_PARALLEL, STAGED, find, network_count, run_devices, run_processes
+from xfw.common.registry import Implementation, Strategy, find, network_count, run_devices, run_processes
 
 
 @dataclass(frozen=True)
@@ -28,33 +28,42 @@ class RunSpec:
         return {"id": self.id, "framework": self.framework, "strategy": self.strategy, "implementation": self.implementation}
 
     @property
+    def impl(self) -> Implementation:
+        return find(self.framework, self.implementation)
+
+    @property
+    def kind(self) -> Strategy:
+        """The strategy's descriptor."""
+        return self.impl.kind
+
+    @property
     def replicas(self) -> int:
         """Data-parallel replicas."""
-        return self.config.parallel.replicas if self.strategy in DATA_PARALLEL else 1
+        return self.config.parallel.replicas if self.kind.data_parallel else 1
 
     @property
     def stages(self) -> int:
         """Model-parallel stages."""
-        return self.config.model_parallel.stages if self.strategy in STAGED else 1
+        return self.config.model_parallel.stages if self.kind.staged else 1
 
     @property
     def micro_batches(self) -> int:
-        return self.config.model_parallel.micro_batches if self.strategy in ("pipeline", "hybrid") else 1
+        return self.config.model_parallel.micro_batches if self.kind.micro_batched else 1
 
     @property
     def devices(self) -> int:
         """Devices the run occupies; multi-process launchers start one process per device."""
-        return run_devices(find(self.framework, self.implementation), self.config)
+        return run_devices(self.impl, self.config)
 
     @property
     def processes(self) -> int:
         """Processes the launcher starts (one per device, or per network where networks share a device)."""
-        return run_processes(find(self.framework, self.implementation), self.config)
+        return run_processes(self.impl, self.config)
 
     @property
     def networks(self) -> int:
         """Networks (or chain parts) the run trains; 1 outside the multi-network strategies."""
-        return network_count(find(self.framework, self.implementation), self.config)
+        return network_count(self.impl, self.config)
 
     def to_json(self) -> str:
         data = asdict(self) | {"config": self.config.model_dump(mode="json")}
