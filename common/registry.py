@@ -48,7 +48,9 @@ class Strategy:
     twins: str = "all"
     sweep: str | None = None  # config key of a list of sizes: every implementation runs at each
     device_unit: str = "devices (replicas x stages)"  # what the devices are, for the too-many-devices error
-    config_sections: tuple[str, ...] = ()  # sections beyond model/data/optimizer/training that apply
+    # Sections beyond model/data/optimizer/training that apply (shared_device.verdict_band: every verdict on
+    # several networks' combined throughput).
+    config_sections: tuple[str, ...] = ()
 
     def devices(self, replicas: int, stages: int) -> int:
         """Devices one run occupies under the data/model-parallel rule (replicas x stages)."""
@@ -70,11 +72,11 @@ _STRATEGY_LIST = (
     Strategy("independent", "K separate networks (config `networks`) trained at the same time, each on its own device "
              "or process, against the same K one after another; ensemble evaluation at the end",
              several_networks=True, reference_strategy=None, parity=Parity.IDENTICAL, twins="references",
-             device_unit="networks, one device each,", config_sections=("networks",)),
+             device_unit="networks, one device each,", config_sections=("networks", "shared_device")),
     Strategy("collaborative", "networks on different devices that exchange intermediate results every step: mutual "
              "learning (predictions) and an encoder -> head chain (activations and their gradients)",
              several_networks=True, min_networks=2, exchanges=True, reference_strategy=None,
-             device_unit="networks, one device each,", config_sections=("networks", "collaborative")),
+             device_unit="networks, one device each,", config_sections=("networks", "collaborative", "shared_device")),
     Strategy("shared-device", "two (or more) networks on ONE device: one after another, in threads, in processes "
              "(CUDA streams on a GPU); does concurrency help or hurt, over a sweep of model sizes",
              several_networks=True, min_networks=2, reference_strategy=None, parity=Parity.IDENTICAL,

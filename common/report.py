@@ -377,7 +377,7 @@ def write_report(summary: Summary, out_dir: Path) -> Path:
     if not multi:
         semantic = {"data_parallel_loss": NOTES["data_parallel_loss"]} | semantic
     failed = [r for r in summary.runs if r.status == "failed"]
-    shape = (f"networks {', '.join(n.name for n in cfg['networks'])} (see the config below for each one's model and optimizer)"
+    shape = (f"networks {', '.join(n['name'] for n in cfg['networks'])} (see the config below for each one's model and optimizer)"
              if multi else f"{cfg['parallel']['replicas']} replicas")
     parts = [
         f"# xfw comparison: strategy `{summary.strategy}`",
