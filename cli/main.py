@@ -144,7 +144,9 @@ def compare(strategy, config_path, overrides, replicas, timeout_s, repeats, only
     click.echo(f"summary: {out / 'summary.json'}\nreport:  {report}")
     failed_parity = [c for c in summary.comparisons if c.status == "ok" and c.within_tolerance is False]
     failed_runs = [r for r in summary.runs if r.status == "failed"]
-    if failed_runs or failed_parity:
+    diverged = [r for r in summary.runs if r.status == "ok" and (r.diverged_at_step is not None or
+                                                                getattr(r, "non_finite_metrics", []))]
+    if failed_runs or failed_parity or diverged:
         sys.exit(1)
 
 

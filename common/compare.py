@@ -7,10 +7,13 @@ descriptor says so. Several-network runs are diffed network by network (compare_
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from xfw.common.config import Config
-from xfw.common.records import AnyRun, Comparison, Flops, RatioRange, RunBase, RunEntry, RunResult, Spread
+from xfw.common.records import (AnyRun, Comparison, Flops, RatioRange, RunBase, RunEntry, RunResult, Spread,
+                                first_non_finite, non_finite_keys)
 from xfw.common.registry import Parity, find
 
 
@@ -59,15 +62,55 @@ def run_entry(base: RunBase, results: list[RunResult]) -> RunEntry:
         loss_identical_across_repeats=bool((losses == losses[0]).all()),
         env=first.env,
         model_parallel=first.model_parallel,
+        diverged_at_step=first_non_finite(first.loss),
+        non_finite_metrics=non_finite_keys(first.eval),
         teardown_errors=[r.teardown_error for r in results if r.teardown_error],
     )
 
 
 def loss_diff(a: list[float], b: list[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-step absolute and relative difference; relative to the larger of the two magnitudes."""
-    la, lb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    diff = np.abs(la - lb)
-    return diff, diff / np.maximum(np.maximum(np.abs(la), np.abs(lb)), 1e-12)
+    """Per-step absolute and relative difference over the common steps; relative to the larger of the two
+    magnitudes. NaN where either loss is not finite."""
+    n = min(len(a), len(b))
+    la, lb = np.asarray(a[:n], dtype=np.float64), np.asarray(b[:n], dtype=np.float64)
+    finite = np.isfinite(la) & np.isfinite(lb)
+    diff = np.full(n, np.nan)
+    diff[finite] = np.abs(la[finite] - lb[finite])
+    rel = np.full(n, np.nan)
+    rel[finite] = diff[finite] / np.maximum(np.maximum(np.abs(la[finite]), np.abs(lb[finite])), 1e-12)
+    return diff, rel
+
+
+@dataclass(frozen=True)
+class CurveDiff:
+    max_abs: float | None  # over the steps where both are finite; None: there is no such step
+    max_rel: float | None
+    first_over: int | None  # first step over tolerance, or where either is not finite
+    within: bool | None  # None: not judged (no tolerance)
+    note: str | None  # why the curves cannot be at parity
+
+
+def curve_diff(a: list[float], b: list[float], tolerance: float | None, names: tuple[str, str]) -> CurveDiff:
+    """Two loss curves against a tolerance. A curve that diverges (NaN or infinite loss) is never at parity,
+    not even with another that diverges at the same step: nothing was compared from there on."""
+    absd, reld = loss_diff(a, b)
+    notes = []
+    bad = np.flatnonzero(np.isnan(reld))
+    diverged = [f"{name} diverged at step {step}" for name, c in zip(names, (a, b)) if (step := first_non_finite(c)) is not None]
+    if diverged:
+        notes.append("; ".join(diverged) + (" (both diverging is not parity)" if len(diverged) == 2 else ""))
+    if len(a) != len(b):
+        notes.append(f"the curves have different lengths ({len(a)} and {len(b)} steps)")
+    over = np.flatnonzero((reld > tolerance) | np.isnan(reld)) if tolerance is not None else bad
+    first = int(over[0]) if over.size else (min(len(a), len(b)) if len(a) != len(b) else None)
+    finite = reld[~np.isnan(reld)]
+    return CurveDiff(
+        max_abs=float(absd[~np.isnan(absd)].max()) if finite.size else None,
+        max_rel=float(finite.max()) if finite.size else None,
+        first_over=first if tolerance is not None or notes else None,
+        within=None if tolerance is None else (first is None and not notes),
+        note="; ".join(notes) or None,
+    )
 
 
 def _key(run: AnyRun, implementation: str | None = None, framework: str | None = None) -> tuple:
@@ -96,6 +139,16 @@ def pairs_for(runs: list[AnyRun]) -> list[tuple[AnyRun, AnyRun, Parity]]:
     return pairs
 
 
+def throughput_verdict(ratio: float, spread: RatioRange, band: float, words: tuple[str, str] = ("faster", "slower")) -> str:
+    """a is faster (or slower) than b only when the ratio is beyond the band AND the window-to-window spread
+    of both runs cannot turn it into no change: one noisy run gives no verdict."""
+    if ratio > 1 + band and spread.low > 1:
+        return words[0]
+    if ratio < 1 - band and spread.high < 1:
+        return words[1]
+    return "no clear difference"
+
+
 def tolerance_for(kind: Parity, config: Config) -> float | None:
     if kind == Parity.IDENTICAL:
         return 0.0
@@ -118,21 +171,24 @@ def compare_pair(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> Comparis
     if skipped:
         return skipped
     tolerance = tolerance_for(kind, config)
-    absd, reld = loss_diff(a.loss, b.loss)
-    over = np.flatnonzero(reld > tolerance) if tolerance is not None else np.array([], dtype=int)
+    curve = curve_diff(a.loss, b.loss, tolerance, (a.id, b.id))
     ta, tb = a.throughput_samples_per_s, b.throughput_samples_per_s
     sa, sb = a.throughput_spread, b.throughput_spread
+    # From the interquartile ranges: the ratio's plausible range given both runs' window-to-window spread.
+    spread = RatioRange(low=sa.p25 / sb.p75, high=sa.p75 / sb.p25)
+    band = config.training.verdict_band
     against_reference_strategy = kind != Parity.CROSS_FRAMEWORK and a.strategy != b.strategy  # e.g. mirrored vs single
     return Comparison(
         a=a.id, b=b.id, kind=kind.value, tolerance=tolerance, status="ok",
-        max_abs_loss_diff=float(absd.max()),
-        max_rel_loss_diff=float(reld.max()),
-        first_step_over_tolerance=int(over[0]) if over.size else None,
-        within_tolerance=None if tolerance is None else not over.size,
+        max_abs_loss_diff=curve.max_abs,
+        max_rel_loss_diff=curve.max_rel,
+        first_step_over_tolerance=curve.first_over,
+        within_tolerance=curve.within,
+        note=curve.note,
         final_metric_diff={k: a.eval[k] - b.eval[k] for k in a.eval if k in b.eval},
         throughput_ratio=ta / tb,
-        # From the interquartile ranges: the ratio's plausible range given both runs' window-to-window spread.
-        throughput_ratio_spread=RatioRange(low=sa.p25 / sb.p75, high=sa.p75 / sb.p25),
+        throughput_ratio_spread=spread,
+        verdict=throughput_verdict(ta / tb, spread, band), verdict_band=band, change=ta / tb - 1,
         scaling_efficiency=ta / (tb * a.devices) if against_reference_strategy else None,
     )
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from xfw.common.compare import loss_diff, not_compared, tolerance_for, window_rates
+from xfw.common.compare import curve_diff, not_compared, throughput_verdict, tolerance_for, window_rates
 from xfw.common.config import Config
 from xfw.common.records import (Comparison, NetworkDiff, NetworkEntry, NetworksResult, NetworksRunEntry, RatioRange,
-                                RunBase, Spread, SweepLine, SweepPoint)
+                                RunBase, Spread, SweepLine, SweepPoint, first_non_finite, non_finite_keys)
 from xfw.common.registry import Parity
 
 
@@ -37,6 +37,7 @@ def network_run_entry(base: RunBase, results: list[NetworksResult]) -> NetworksR
             # Waiting: the step time the network does not spend on its own passes (its partner, the exchange).
             wait_s_per_step=max(0.0, step_time - float(np.median(busy))) if busy else None,
             parameters=net.parameters, training_flops_per_sample=net.training_flops_per_sample,
+            diverged_at_step=first_non_finite(net.loss), non_finite_metrics=non_finite_keys(net.eval),
         ))
     curves = [[n.loss for n in r.networks] for r in results]
     combined = float(np.median([r.combined_throughput_samples_per_s for r in results]))
@@ -59,18 +60,9 @@ def network_run_entry(base: RunBase, results: list[NetworksResult]) -> NetworksR
         env=first.env,
         ensemble=first.ensemble,
         exchange=first.exchange,
+        diverged_at_step=min((n.diverged_at_step for n in networks if n.diverged_at_step is not None), default=None),
         teardown_errors=[r.teardown_error for r in results if r.teardown_error],
     )
-
-
-def verdict(ratio: float, spread: RatioRange, band: float) -> str:
-    """helps / hurts only when the change is beyond the band AND the window-to-window spread of both runs
-    cannot turn it into no change: one noisy run gives no verdict."""
-    if ratio > 1 + band and spread.low > 1:
-        return "helps"
-    if ratio < 1 - band and spread.high < 1:
-        return "hurts"
-    return "no clear difference"
 
 
 def ratio_spread(a: NetworksRunEntry, b: NetworksRunEntry, ratio: float) -> RatioRange:
@@ -95,11 +87,10 @@ def compare_networks_pair(a, b, kind: Parity, config: Config) -> Comparison:
         m = b_nets.get(n.name)
         if m is None or n.loss is None or m.loss is None:
             continue
-        absd, reld = loss_diff(n.loss, m.loss)
-        over = np.flatnonzero(reld > tolerance) if tolerance is not None else np.array([], dtype=int)
+        curve = curve_diff(n.loss, m.loss, tolerance, (f"{a.id} {n.name}", f"{b.id} {m.name}"))
         per_network[n.name] = NetworkDiff(
-            max_abs_loss_diff=float(absd.max()), max_rel_loss_diff=float(reld.max()),
-            first_step_over_tolerance=int(over[0]) if over.size else None,
+            max_abs_loss_diff=curve.max_abs, max_rel_loss_diff=curve.max_rel,
+            first_step_over_tolerance=curve.first_over, note=curve.note,
             final_metric_diff={k: n.eval[k] - m.eval[k] for k in n.eval if k in m.eval},
             # Throughput alone (the reference trains the networks one at a time) over together: >1 = slowed down.
             slowdown=m.throughput_samples_per_s / n.throughput_samples_per_s if kind == Parity.IDENTICAL else None,
@@ -107,18 +98,22 @@ def compare_networks_pair(a, b, kind: Parity, config: Config) -> Comparison:
     if not per_network:
         return Comparison(**entry, status="not compared", reason="no network with a loss curve in both runs")
     firsts = [p.first_step_over_tolerance for p in per_network.values() if p.first_step_over_tolerance is not None]
+    notes = [f"{name}: {p.note}" for name, p in per_network.items() if p.note]
+    maxima = {k: [getattr(p, k) for p in per_network.values() if getattr(p, k) is not None]
+              for k in ("max_abs_loss_diff", "max_rel_loss_diff")}
     ratio = a.combined_throughput_samples_per_s / b.combined_throughput_samples_per_s
     spread = ratio_spread(a, b, ratio)
-    judged = {}
-    if kind != Parity.CROSS_FRAMEWORK:
-        band = config.shared_device.verdict_band
-        judged = dict(verdict=verdict(ratio, spread, band), verdict_band=band, change=ratio - 1)
+    # Against the reference: does training the networks together help; across frameworks: which is faster.
+    words = ("faster", "slower") if kind == Parity.CROSS_FRAMEWORK else ("helps", "hurts")
+    band = config.shared_device.verdict_band
+    judged = dict(verdict=throughput_verdict(ratio, spread, band, words), verdict_band=band, change=ratio - 1)
     return Comparison(
         **entry, status="ok", networks=per_network,
-        max_abs_loss_diff=max(p.max_abs_loss_diff for p in per_network.values()),
-        max_rel_loss_diff=max(p.max_rel_loss_diff for p in per_network.values()),
+        max_abs_loss_diff=max(maxima["max_abs_loss_diff"], default=None),
+        max_rel_loss_diff=max(maxima["max_rel_loss_diff"], default=None),
         first_step_over_tolerance=min(firsts) if firsts else None,
-        within_tolerance=None if tolerance is None else not firsts,
+        within_tolerance=None if tolerance is None else not firsts and not notes,
+        note="; ".join(notes) or None,
         # Both runs train the same samples, so this is also the ratio of their timed wall times, b / a.
         throughput_ratio=ratio, throughput_ratio_spread=spread, **judged,
     )

@@ -94,6 +94,9 @@ class TrainingConfig(_Strict):
     warmup_steps: Annotated[int, Field(ge=1)] = 10
     # The timed steps are cut into this many windows; throughput is the median over windows (and repeats).
     timing_windows: Annotated[int, Field(ge=1)] = 10
+    # Throughput comparisons say "faster" or "slower" only when the ratio differs from 1 by more than this AND
+    # its whole plausible range (both runs' interquartile ranges) is on that side of 1; else "no clear difference".
+    verdict_band: Annotated[float, Field(ge=0, lt=1)] = 0.05
 
     @model_validator(mode="after")
     def _check_steps(self) -> "TrainingConfig":

@@ -22,7 +22,8 @@ import numpy as np
 
 from xfw.common.models import parameter_count, training_flops_per_sample
 from xfw.common.partition import boundary_bytes_per_step, plan_stages
-from xfw.common.records import ModelInfo, RunResult, StageReport, StageTiming, Timing, Window
+from xfw.common.records import (ModelInfo, RunResult, StageReport, StageTiming, Timing, Window, first_non_finite,
+                                non_finite_keys, strict_json)
 from xfw.common.runspec import RunSpec
 from xfw.common.semantics import loss_function_name, notes_for, optimizer_hyperparameters
 
@@ -83,7 +84,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """Write to a temporary file and rename: readers see the old file or the whole new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=True))
+    tmp.write_text(json.dumps(strict_json(data), indent=2, allow_nan=False))
     os.replace(tmp, path)
 
 
@@ -150,8 +151,13 @@ def finish_run(
     weights = gather(padded)  # (processes, width), in rank order
     if rank != 0:
         return
-    # Equal shards: the mean of the shard means is the batch mean (NaN: a rank that computes no loss).
-    losses = np.nanmean(np.array([r["losses"] for r in ranks], dtype=np.float64), axis=0)
+    # Equal shards: the mean of the shard means is the batch mean (NaN: a rank that computes no loss). A step
+    # with no finite loss on any rank (a diverged run) stays NaN, without numpy's empty-slice warning.
+    per_rank = np.array([r["losses"] for r in ranks], dtype=np.float64)
+    counted = ~np.isnan(per_rank).all(axis=0)
+    losses = np.full(per_rank.shape[1], np.nan)
+    with np.errstate(all="ignore"):
+        losses[counted] = np.nanmean(per_rank[:, counted], axis=0)
     stage_of = np.array([r["stage"] for r in ranks])
     divergence = max(r["local_weight_spread"] for r in ranks)
     for stage in set(stage_of.tolist()):  # replicas of the same stage must hold the same weights
@@ -182,6 +188,8 @@ def finish_run(
         step_s = sum(t for _, t in windows) / sum(n for n, _ in windows)
         result["model_parallel"] = stage_report(run, busy, step_s)
     record = RunResult.model_validate(result | rank0_extras())
+    record.diverged_at_step = first_non_finite(record.loss)
+    record.non_finite_metrics = non_finite_keys(record.eval)
     write_json_atomic(Path(run.out_dir) / "result.json", record.to_json())
 
 

@@ -19,7 +19,7 @@ from xfw.common.data import load_dataset
 from xfw.common.loop import Gather, LoopTiming, gather_json, peak_rss_bytes, write_json_atomic
 from xfw.common.models import output_width, parameter_count, training_flops_per_sample
 from xfw.common.registry import STRATEGY
-from xfw.common.records import Ensemble, NetworksResult
+from xfw.common.records import Ensemble, NetworksResult, first_non_finite, non_finite_keys
 from xfw.common.runspec import RunSpec
 
 
@@ -163,6 +163,11 @@ def finish_networks(run: RunSpec, outcomes: list[NetworkOutcome], gather: Gather
     if predictions is not None:
         result["ensemble"] = ensemble_report(cfg, predictions, evals)
     record = NetworksResult.model_validate(result | rank0_extras())
+    for net in record.networks:
+        net.diverged_at_step = first_non_finite(net.loss)
+        net.non_finite_metrics = non_finite_keys(net.eval)
+    record.diverged_at_step = min((n.diverged_at_step for n in record.networks if n.diverged_at_step is not None),
+                                  default=None)
     write_json_atomic(Path(run.out_dir) / "result.json", record.to_json())
 
 

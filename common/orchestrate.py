@@ -12,6 +12,8 @@ import uuid
 from pathlib import Path
 from typing import Protocol
 
+from pydantic import ValidationError
+
 from xfw.common import launch, runner
 from xfw.common.compare import comparisons, run_entry
 from xfw.common.compare_networks import network_run_entry, sweep
@@ -95,7 +97,11 @@ def execute_run(impl: Implementation, run: RunSpec, timeout_s: float, machine: M
     result_file = run_dir / "result.json"
     if not result_file.exists():
         return {"status": "failed", "error": outcome.error(timeout_s)}
-    result = read_result(json.loads(result_file.read_text()))
+    try:
+        result = read_result(json.loads(result_file.read_text()))
+    except (ValueError, ValidationError) as err:  # a worker that wrote something else is a failed run, not a crash
+        first = str(err).splitlines()[0]
+        return {"status": "failed", "error": f"{result_file} is not a valid result: {first}\n{outcome.error(timeout_s)}"}
     if not outcome.ok:
         # Rank 0 writes result.json only after gathering every rank's outcome, so the run's work is complete
         # and kept; a process that then fails (seen: a rare SIGABRT in gloo's teardown) is recorded, not hidden.

@@ -12,16 +12,46 @@ that do not apply to a run are written as null."""
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Tag
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Tag
+
+
+def strict_json(value: Any) -> Any:
+    """NaN and infinities as null: strict JSON readers refuse them. Records flag where they were."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def _null_as_nan(value: Any) -> Any:
+    return math.nan if value is None else value
+
+
+# A float that may have been written as null because it was not finite (a diverged loss): read back as NaN.
+Real = Annotated[float, BeforeValidator(_null_as_nan)]
+
+
+def first_non_finite(values: list[float] | None) -> int | None:
+    """The first step whose value is NaN or infinite: where a run diverged."""
+    return next((i for i, v in enumerate(values or []) if not math.isfinite(v)), None)
+
+
+def non_finite_keys(metrics: dict[str, float]) -> list[str]:
+    return sorted(k for k, v in metrics.items() if not math.isfinite(v))
 
 
 class Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     def to_json(self) -> dict:
-        return self.model_dump(mode="json")
+        """The record as strict JSON data (non-finite numbers as null)."""
+        return strict_json(self.model_dump(mode="json"))
 
 
 # ---- pieces ----------------------------------------------------------------------------------------------
@@ -31,13 +61,13 @@ class Window(Record):
     """A stretch of timed training steps."""
 
     steps: int
-    seconds: float
+    seconds: Real
 
 
 class Timing(Record):
     global_batch: int
     warmup_steps: int
-    warmup_s: float
+    warmup_s: Real
     windows: list[Window]
 
 
@@ -50,8 +80,8 @@ class StageTiming(Record):
     stage: int
     layers: list[str]
     parameters: int
-    busy_s_per_step: float
-    idle_fraction: float
+    busy_s_per_step: Real
+    idle_fraction: Real
     busy_exceeds_step: bool
 
 
@@ -69,18 +99,18 @@ class StageReport(Record):
 class Spread(Record):
     """Samples/s over the timed windows: interquartile range (and extremes, where recorded)."""
 
-    p25: float
-    p75: float
+    p25: Real
+    p75: Real
     windows: int | None = None
-    min: float | None = None
-    max: float | None = None
+    min: Real | None = None
+    max: Real | None = None
 
 
 class Flops(Record):
     training_flops_per_sample: int
-    achieved_flops_per_s: float
-    peak_flops_per_s: float
-    utilization: float
+    achieved_flops_per_s: Real
+    peak_flops_per_s: Real
+    utilization: Real
 
 
 class Exchange(Record):
@@ -94,11 +124,11 @@ class Exchange(Record):
 class Ensemble(Record):
     members: list[str]
     method: str
-    test_loss: float
-    test_accuracy: float | None = None
+    test_loss: Real
+    test_accuracy: Real | None = None
     best_member: str
-    best_member_metric: dict[str, float]
-    gain_over_best_member: float
+    best_member_metric: dict[str, Real]
+    gain_over_best_member: Real
     gain_metric: str
 
 
@@ -116,20 +146,24 @@ class RunResult(RunIdentity):
     """One network trained by one run."""
 
     status: Literal["ok"] = "ok"
-    loss: list[float]  # per step, the global batch's mean loss
+    loss: list[Real]  # per step, the global batch's mean loss
     replicas: int
     devices: int
     processes: int
-    replica_weight_max_abs_diff: float  # largest difference between copies of the same weights
+    replica_weight_max_abs_diff: Real  # largest difference between copies of the same weights
     peak_memory_bytes: int
     peak_memory_per_process: list[int]
     peak_memory_kind: str
     timing: Timing
     model: ModelInfo
     model_parallel: StageReport | None = None
-    eval: dict[str, float]
+    eval: dict[str, Real]
     env: dict[str, Any]
-    peak_flops_per_s: float
+    peak_flops_per_s: Real
+    # The first step whose loss is NaN or infinite (null: none), and metrics that are not finite: a diverged
+    # run is a result, and never passes a comparison.
+    diverged_at_step: int | None = None
+    non_finite_metrics: list[str] = []
     teardown_error: str | None = None  # set by the parent: a process failed after this was written
 
 
@@ -139,22 +173,26 @@ class NetworkResult(Record):
     index: int  # position in the run's network list (the chain: 0 encoder, 1 head)
     name: str
     device: str
-    eval: dict[str, float]
-    loss: list[float] | None  # None: a chain's encoder, whose loss is the head's
+    eval: dict[str, Real]
+    loss: list[Real] | None  # None: a chain's encoder, whose loss is the head's
     warmup_steps: int
-    warmup_s: float
+    warmup_s: Real
     windows: list[Window]
-    started_at: float
-    timed_started_at: float
-    ended_at: float
-    busy_s_per_step: float | None  # its own forward+backward, timed alone (collaborative)
-    throughput_samples_per_s: float
+    started_at: Real
+    timed_started_at: Real
+    ended_at: Real
+    busy_s_per_step: Real | None  # its own forward+backward, timed alone (collaborative)
+    throughput_samples_per_s: Real
     throughput_spread: Spread
-    step_time_s: float
-    timed_s: float
-    wait_s_per_step: float | None = None
+    step_time_s: Real
+    timed_s: Real
+    wait_s_per_step: Real | None = None
     parameters: int | None = None
     training_flops_per_sample: int | None = None
+    # The first step whose loss is NaN or infinite (null: none), and metrics that are not finite: a diverged
+    # run is a result, and never passes a comparison.
+    diverged_at_step: int | None = None
+    non_finite_metrics: list[str] = []
 
 
 class NetworksResult(RunIdentity):
@@ -162,10 +200,10 @@ class NetworksResult(RunIdentity):
     networks: list[NetworkResult]
     devices: int
     processes: int
-    wall_s: float
-    timed_wall_s: float
-    overlap: float  # share of the timed stretch during which the networks trained at the same time
-    combined_throughput_samples_per_s: float
+    wall_s: Real
+    timed_wall_s: Real
+    overlap: Real  # share of the timed stretch during which the networks trained at the same time
+    combined_throughput_samples_per_s: Real
     peak_memory_bytes: int
     peak_memory_per_process: list[int]
     peak_memory_kind: str
@@ -174,6 +212,7 @@ class NetworksResult(RunIdentity):
     ensemble: Ensemble | None = None
     exchange: Exchange | None = None
     env: dict[str, Any]
+    diverged_at_step: int | None = None  # the earliest of its networks'
     teardown_error: str | None = None
 
 
@@ -207,17 +246,17 @@ class FailedRun(RunBase):
 
 class RunEntry(RunBase):
     status: Literal["ok"] = "ok"
-    loss: list[float]  # the first repeat's (the others are identical when determinism is on)
-    eval: dict[str, float]
-    throughput_samples_per_s: float  # median over every timed window of every repeat
+    loss: list[Real]  # the first repeat's (the others are identical when determinism is on)
+    eval: dict[str, Real]
+    throughput_samples_per_s: Real  # median over every timed window of every repeat
     throughput_spread: Spread
-    step_time_s: float
-    warmup_s: float
+    step_time_s: Real
+    warmup_s: Real
     warmup_steps: int
     peak_memory_bytes: int
     peak_memory_kind: str
     peak_memory_per_process: list[int] | None
-    replica_weight_max_abs_diff: float
+    replica_weight_max_abs_diff: Real
     processes: int
     replicas: int
     devices: int
@@ -227,6 +266,10 @@ class RunEntry(RunBase):
     loss_identical_across_repeats: bool
     env: dict[str, Any]
     model_parallel: StageReport | None = None
+    # The first step whose loss is NaN or infinite (null: none), and metrics that are not finite: a diverged
+    # run is a result, and never passes a comparison.
+    diverged_at_step: int | None = None
+    non_finite_metrics: list[str] = []
     result_files: list[str] = []
     teardown_errors: list[str] = []
 
@@ -236,24 +279,28 @@ class NetworkEntry(Record):
     name: str
     device: str
     loss: list[float] | None
-    eval: dict[str, float]
-    throughput_samples_per_s: float
+    eval: dict[str, Real]
+    throughput_samples_per_s: Real
     throughput_spread: Spread
-    step_time_s: float
-    busy_s_per_step: float | None
-    wait_s_per_step: float | None
+    step_time_s: Real
+    busy_s_per_step: Real | None
+    wait_s_per_step: Real | None
     parameters: int | None = None
     training_flops_per_sample: int | None = None
+    # The first step whose loss is NaN or infinite (null: none), and metrics that are not finite: a diverged
+    # run is a result, and never passes a comparison.
+    diverged_at_step: int | None = None
+    non_finite_metrics: list[str] = []
 
 
 class NetworksRunEntry(RunBase):
     status: Literal["ok"] = "ok"
     networks: list[NetworkEntry]
-    wall_s: float
-    timed_wall_s: float
-    overlap: float
-    combined_throughput_samples_per_s: float
-    throughput_samples_per_s: float  # = combined, so that every ok entry has one throughput
+    wall_s: Real
+    timed_wall_s: Real
+    overlap: Real
+    combined_throughput_samples_per_s: Real
+    throughput_samples_per_s: Real  # = combined, so that every ok entry has one throughput
     peak_memory_bytes: int
     peak_memory_kind: str
     peak_memory_per_process: list[int]
@@ -265,6 +312,7 @@ class NetworksRunEntry(RunBase):
     env: dict[str, Any]
     ensemble: Ensemble | None = None
     exchange: Exchange | None = None
+    diverged_at_step: int | None = None  # the earliest of its networks'
     result_files: list[str] = []
     teardown_errors: list[str] = []
 
@@ -288,16 +336,17 @@ OkRun = RunEntry | NetworksRunEntry
 
 
 class RatioRange(Record):
-    low: float
-    high: float
+    low: Real
+    high: Real
 
 
 class NetworkDiff(Record):
-    max_abs_loss_diff: float
-    max_rel_loss_diff: float
-    first_step_over_tolerance: int | None
-    final_metric_diff: dict[str, float]
-    slowdown: float | None = None  # throughput alone / together (identical-kind comparisons)
+    max_abs_loss_diff: Real | None  # over the steps where both losses are finite (null: none is)
+    max_rel_loss_diff: Real | None
+    first_step_over_tolerance: int | None  # over tolerance, or not finite in either run
+    final_metric_diff: dict[str, Real]
+    note: str | None = None  # why the curves cannot be at parity (divergence, different lengths)
+    slowdown: Real | None = None  # throughput alone / together (identical-kind comparisons)
 
 
 class Comparison(Record):
@@ -306,30 +355,31 @@ class Comparison(Record):
     a: str
     b: str
     kind: str  # registry.Parity: same_framework, identical, cross_framework, not_judged
-    tolerance: float | None  # None: not judged
+    tolerance: Real | None  # None: not judged
     status: Literal["ok", "not compared"]
     reason: str | None = None  # why not compared
     size: dict[str, int] | None = None
-    max_abs_loss_diff: float | None = None
-    max_rel_loss_diff: float | None = None
-    first_step_over_tolerance: int | None = None
+    max_abs_loss_diff: Real | None = None  # over the steps where both losses are finite
+    max_rel_loss_diff: Real | None = None
+    first_step_over_tolerance: int | None = None  # over tolerance, or not finite in either run
     within_tolerance: bool | None = None  # None: not compared, or not judged
-    final_metric_diff: dict[str, float] | None = None
-    throughput_ratio: float | None = None  # a / b
+    note: str | None = None  # why the curves cannot be at parity (divergence, different lengths)
+    final_metric_diff: dict[str, Real] | None = None
+    throughput_ratio: Real | None = None  # a / b
     throughput_ratio_spread: RatioRange | None = None
-    scaling_efficiency: float | None = None  # a parallel run against one device
+    scaling_efficiency: Real | None = None  # a parallel run against one device
     networks: dict[str, NetworkDiff] | None = None
     verdict: str | None = None
-    verdict_band: float | None = None
-    change: float | None = None
+    verdict_band: Real | None = None
+    change: Real | None = None
 
 
 class SweepPoint(Record):
     hidden_width: int
-    throughput_ratio: float
+    throughput_ratio: Real
     throughput_ratio_spread: RatioRange
     verdict: str
-    slowdown: dict[str, float]
+    slowdown: dict[str, Real]
 
 
 class SweepLine(Record):
@@ -348,7 +398,7 @@ class Summary(Record):
     strategy: str
     created: str
     repeats: int
-    timeout_s: float
+    timeout_s: Real
     machine: MachineInfo
     config: dict[str, Any]
     runs: list[AnyRun] = []

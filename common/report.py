@@ -35,7 +35,7 @@ def run_rows(summary: Summary) -> list[list[str]]:
             continue
         s = r.throughput_spread
         rows.append([
-            r.id, "ok", f"{r.loss[-1]:.5g}", _test_metric(r),
+            r.id, _status_text(r), f"{r.loss[-1]:.5g}", _test_metric(r),
             f"{r.throughput_samples_per_s:,.0f} [{s.p25:,.0f}-{s.p75:,.0f}]",
             f"{r.step_time_s * 1e3:.3f}", f"{r.warmup_s:.2f}", f"{r.peak_memory_bytes / 2**20:,.0f}",
             f"{r.flops.utilization * 100:.2f}%",
@@ -45,7 +45,8 @@ def run_rows(summary: Summary) -> list[list[str]]:
 
 
 RUN_HEADERS = ["run", "status", "final loss", "test", "samples/s [IQR]", "step ms", "warm-up s", "peak MiB", "FLOP util", "notes"]
-CMP_HEADERS = ["a vs b", "kind", "max rel loss diff", "tolerance", "parity", "first step over", "throughput a/b", "scaling eff."]
+CMP_HEADERS = ["a vs b", "kind", "max rel loss diff", "tolerance", "parity", "first step over", "throughput a/b [range]",
+               "scaling eff.", "verdict", "notes"]
 
 
 def _tolerance_text(c: Comparison) -> str:
@@ -58,7 +59,9 @@ def _parity_text(c: Comparison) -> str:
     """PASS / FAIL, or "not judged" where the strategy's curves are meant to differ from the reference."""
     if c.within_tolerance is None:
         return "not judged"
-    return "PASS" if c.within_tolerance else "FAIL"
+    if c.within_tolerance:
+        return "PASS"
+    return "FAIL (diverged)" if c.note and "diverged" in c.note else "FAIL"
 
 
 def comparison_rows(summary: Summary) -> list[list[str]]:
@@ -67,13 +70,12 @@ def comparison_rows(summary: Summary) -> list[list[str]]:
         pair = f"{c.a} vs {c.b}"
         kind = c.kind.replace("_", " ")
         if c.status != "ok":
-            rows.append([pair, kind, "-", _tolerance_text(c), "not compared", "-", "-", c.reason])
+            rows.append([pair, kind, "-", _tolerance_text(c), "not compared", "-", "-", "-", "-", c.reason])
             continue
         rows.append([
-            pair, kind, f"{c.max_rel_loss_diff:.2e}", _tolerance_text(c), _parity_text(c),
-            _fmt(c.first_step_over_tolerance, "d"),
-            f"{c.throughput_ratio:.2f} [{c.throughput_ratio_spread.low:.2f}-{c.throughput_ratio_spread.high:.2f}]",
-            _fmt(c.scaling_efficiency, ".2f"),
+            pair, kind, _fmt(c.max_rel_loss_diff, ".2e"), _tolerance_text(c), _parity_text(c),
+            _fmt(c.first_step_over_tolerance, "d"), _ratio_text(c), _fmt(c.scaling_efficiency, ".2f"),
+            _verdict_text(c), c.note or "",
         ])
     return rows
 
@@ -99,7 +101,7 @@ def stage_rows(summary: Summary) -> list[list[str]]:
 NET_HEADERS = ["run", "network", "final loss", "test", "samples/s [IQR]", "step ms", "own passes ms", "wait ms", "device"]
 NET_RUN_HEADERS = ["run", "status", "wall s", "timed s", "overlap", "combined samples/s", "peak MiB", "processes", "notes"]
 NET_CMP_HEADERS = ["a vs b", "kind", "max rel loss diff", "tolerance", "parity", "first step over", "combined a/b [range]",
-                   "slowdown (alone/together)", "verdict"]
+                   "slowdown (alone/together)", "verdict", "notes"]
 SWEEP_HEADERS = ["run", "hidden width", "combined vs sequential [range]", "slowdown (alone/together)", "verdict"]
 
 
@@ -131,6 +133,14 @@ def _run_notes(r) -> str:
     return "; ".join(notes + _teardown_note(r))
 
 
+def _status_text(r) -> str:
+    """ok, or where the loss stopped being finite: a diverged run is a result, shown as such."""
+    if r.diverged_at_step is not None:
+        return f"diverged at step {r.diverged_at_step}"
+    metrics = getattr(r, "non_finite_metrics", [])
+    return f"diverged ({', '.join(metrics)} not finite)" if metrics else "ok"
+
+
 def _why(r: SkippedRun | FailedRun) -> str:
     return r.reason if r.status == "skipped" else r.error.splitlines()[0]
 
@@ -147,7 +157,7 @@ def network_run_rows(summary: Summary) -> list[list[str]]:
         if r.status != "ok":
             rows.append([r.id, r.status, "-", "-", "-", "-", "-", "-", _why(r)])
             continue
-        rows.append([r.id, "ok", f"{r.wall_s:.2f}", f"{r.timed_wall_s:.2f}", f"{r.overlap:.0%}",
+        rows.append([r.id, _status_text(r), f"{r.wall_s:.2f}", f"{r.timed_wall_s:.2f}", f"{r.overlap:.0%}",
                      f"{r.combined_throughput_samples_per_s:,.0f}", f"{r.peak_memory_bytes / 2**20:,.0f}",
                      str(r.processes), _run_notes(r)])
     return rows
@@ -161,6 +171,8 @@ def _slowdowns(c: Comparison) -> str:
 def _verdict_text(c: Comparison) -> str:
     if c.verdict is None:
         return "-"
+    if c.change is None:  # no verdict could be given, c.verdict says why
+        return c.verdict
     return f"{c.verdict} ({c.change:+.0%}, band ±{c.verdict_band:.0%})"
 
 
@@ -175,10 +187,11 @@ def network_comparison_rows(summary: Summary) -> list[list[str]]:
         pair, kind = f"{c.a} vs {c.b}", c.kind.replace("_", " ")
         tolerance = _tolerance_text(c)
         if c.status != "ok":
-            rows.append([pair, kind, "-", tolerance, "not compared", "-", "-", "-", c.reason])
+            rows.append([pair, kind, "-", tolerance, "not compared", "-", "-", "-", "-", c.reason])
             continue
-        rows.append([pair, kind, f"{c.max_rel_loss_diff:.2e}", tolerance, _parity_text(c),
-                     _fmt(c.first_step_over_tolerance, "d"), _ratio_text(c), _slowdowns(c), _verdict_text(c)])
+        rows.append([pair, kind, _fmt(c.max_rel_loss_diff, ".2e"), tolerance, _parity_text(c),
+                     _fmt(c.first_step_over_tolerance, "d"), _ratio_text(c), _slowdowns(c), _verdict_text(c),
+                     c.note or ""])
     return rows
 
 
@@ -234,9 +247,10 @@ def print_tables(summary: Summary, console: Console | None = None) -> None:
         for row in rows:
             style = None
             if "status" in headers:
-                style = {"ok": None, "skipped": "dim", "failed": "red"}.get(row[headers.index("status")])
+                style = {"ok": None, "skipped": "dim"}.get(row[headers.index("status")], "red")  # failed, diverged
             if "parity" in headers:
-                style = {"PASS": None, "FAIL": "red"}.get(row[headers.index("parity")], "dim")
+                parity = row[headers.index("parity")]
+                style = None if parity == "PASS" else "red" if parity.startswith("FAIL") else "dim"
             table.add_row(*row, style=style)
         console.print(table)
     for line in sweep_flips(summary):

@@ -1,0 +1,88 @@
+"""The judgements, on hand-made inputs with known answers: curve parity (NaN, infinities, different lengths),
+throughput verdicts (disjoint and overlapping ranges), strict JSON. Pure Python and numpy: milliseconds.
+End to end: a diverging run through the real CLI."""
+
+import json
+import math
+
+import pytest
+
+from xfw.common.compare import curve_diff, throughput_verdict
+from xfw.common.records import RatioRange, RunResult, strict_json
+
+from conftest import load_summary, run_xfw
+
+NAMES = ("a", "b")
+
+
+def test_equal_curves_pass_and_a_known_gap_fails_at_its_step():
+    same = curve_diff([1.0, 0.5, 0.25], [1.0, 0.5, 0.25], 1e-5, NAMES)
+    assert (same.max_rel, same.first_over, same.within, same.note) == (0.0, None, True, None)
+    gap = curve_diff([1.0, 0.5, 0.25], [1.0, 0.5, 0.2], 1e-5, NAMES)
+    assert gap.first_over == 2 and gap.within is False
+    assert gap.max_rel == pytest.approx(0.05 / 0.25)
+
+
+def test_one_side_diverging_never_passes():
+    d = curve_diff([1.0, 2.0, math.nan, math.nan], [1.0, 2.0, 3.0, 4.0], 1e-5, NAMES)
+    assert d.within is False and d.first_over == 2
+    assert d.max_rel == 0.0  # over the steps where both are finite
+    assert "a diverged at step 2" in d.note
+
+
+def test_both_diverging_at_the_same_step_is_not_parity():
+    d = curve_diff([1.0, math.inf, math.nan], [1.0, math.inf, math.nan], 1e-5, NAMES)
+    assert d.within is False and d.first_over == 1
+    assert "both diverging is not parity" in d.note
+
+
+def test_curves_of_different_lengths_fail_where_the_shorter_ends():
+    d = curve_diff([1.0, 0.5, 0.25], [1.0, 0.5], 1e-5, NAMES)
+    assert d.within is False and d.first_over == 2 and "different lengths (3 and 2" in d.note
+
+
+def test_not_judged_curves_report_their_gap_without_pass_or_fail():
+    d = curve_diff([1.0, 0.5], [1.0, 0.4], None, NAMES)
+    assert d.within is None and d.first_over is None and d.max_rel == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize(
+    ("ratio", "low", "high", "expected"),
+    [
+        (1.20, 1.10, 1.30, "faster"),  # a known 20% gain, ranges disjoint from 1
+        (0.80, 0.70, 0.90, "slower"),
+        (1.20, 0.95, 1.45, "no clear difference"),  # beyond the band, but the range reaches 1
+        (1.03, 1.01, 1.05, "no clear difference"),  # the whole range above 1, but within the band
+        (1.00, 0.90, 1.10, "no clear difference"),  # equal distributions
+    ],
+)
+def test_throughput_verdicts(ratio, low, high, expected):
+    assert throughput_verdict(ratio, RatioRange(low=low, high=high), 0.05) == expected
+
+
+def test_non_finite_numbers_are_written_as_null_and_read_back_as_nan():
+    data = strict_json({"loss": [1.0, math.inf, math.nan], "x": {"y": -math.inf}, "ok": 2.5})
+    assert data == {"loss": [1.0, None, None], "x": {"y": None}, "ok": 2.5}
+    json.dumps(data, allow_nan=False)  # strict
+    timing = {"global_batch": 1, "warmup_steps": 1, "warmup_s": 0.1, "windows": []}
+    result = RunResult(id="x", framework="tf", strategy="single", implementation="single", loss=[1.0, None],
+                       replicas=1, devices=1, processes=1, replica_weight_max_abs_diff=None, peak_memory_bytes=1,
+                       peak_memory_per_process=[1], peak_memory_kind="x", timing=timing,
+                       model={"parameters": 1, "training_flops_per_sample": 1}, eval={}, env={}, peak_flops_per_s=1.0)
+    assert math.isnan(result.loss[1]) and math.isnan(result.replica_weight_max_abs_diff)
+
+
+@pytest.mark.frameworks
+def test_a_diverging_compare_exits_1_with_strict_json(tmp_path):
+    proc = run_xfw("compare", "--strategy", "single", "--set", "optimizer.lr=50", "--set", "training.steps=40",
+                   "--out", str(tmp_path))
+    assert proc.returncode == 1, proc.stderr
+    text = (tmp_path / "summary.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    summary = load_summary(tmp_path)
+    steps = {r["id"]: r["diverged_at_step"] for r in summary["runs"]}
+    assert steps["tf-single"] is not None and steps["torch-single"] is not None
+    (cmp,) = summary["comparisons"]
+    assert cmp["within_tolerance"] is False and "diverged" in cmp["note"]
+    assert "diverged at step" in proc.stdout and "FAIL (diverged)" in proc.stdout
+    assert "Warning" not in proc.stderr  # no numpy warnings leak to the terminal
