@@ -94,7 +94,7 @@ def run(framework, implementation, config_path, overrides, replicas, timeout_s, 
     reason = registry.unavailable_reason(impl, machine, spec.devices, config)
     if reason:
         raise UserError(f"{impl.id} cannot run here: {reason}")
-    registry.check_devices(impl, machine, spec.devices, config.parallel.oversubscribe)
+    registry.check_devices(impl, machine, config)
     console = Console(stderr=True)
     with RichProgress(console) as progress:
         progress.start(impl.id, config.training.steps)

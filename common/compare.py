@@ -149,6 +149,15 @@ def throughput_verdict(ratio: float, spread: RatioRange, band: float, words: tup
     return "no clear difference"
 
 
+def verdict_fields(a: AnyRun, b: AnyRun, ratio: float, spread: RatioRange, band: float,
+                   words: tuple[str, str] = ("faster", "slower")) -> dict:
+    """The throughput verdict of a comparison, or why it has none."""
+    crowded = [r.id for r in (a, b) if r.oversubscribed]
+    if crowded:
+        return {"verdict": f"none: {', '.join(crowded)} oversubscribed"}
+    return {"verdict": throughput_verdict(ratio, spread, band, words), "verdict_band": band, "change": ratio - 1}
+
+
 def tolerance_for(kind: Parity, config: Config) -> float | None:
     if kind == Parity.IDENTICAL:
         return 0.0
@@ -188,7 +197,7 @@ def compare_pair(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> Comparis
         final_metric_diff={k: a.eval[k] - b.eval[k] for k in a.eval if k in b.eval},
         throughput_ratio=ta / tb,
         throughput_ratio_spread=spread,
-        verdict=throughput_verdict(ta / tb, spread, band), verdict_band=band, change=ta / tb - 1,
+        **verdict_fields(a, b, ta / tb, spread, band),
         scaling_efficiency=ta / (tb * a.devices) if against_reference_strategy else None,
     )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xfw.common.compare import curve_diff, not_compared, throughput_verdict, tolerance_for, window_rates
+from xfw.common.compare import curve_diff, not_compared, tolerance_for, verdict_fields, window_rates
 from xfw.common.config import Config
 from xfw.common.records import (Comparison, NetworkDiff, NetworkEntry, NetworksResult, NetworksRunEntry, RatioRange,
                                 RunBase, Spread, SweepLine, SweepPoint, first_non_finite, non_finite_keys)
@@ -106,7 +106,7 @@ def compare_networks_pair(a, b, kind: Parity, config: Config) -> Comparison:
     # Against the reference: does training the networks together help; across frameworks: which is faster.
     words = ("faster", "slower") if kind == Parity.CROSS_FRAMEWORK else ("helps", "hurts")
     band = config.shared_device.verdict_band
-    judged = dict(verdict=throughput_verdict(ratio, spread, band, words), verdict_band=band, change=ratio - 1)
+    judged = verdict_fields(a, b, ratio, spread, band, words)
     return Comparison(
         **entry, status="ok", networks=per_network,
         max_abs_loss_diff=max(maxima["max_abs_loss_diff"], default=None),

@@ -10,6 +10,7 @@ import json
 import shutil
 import uuid
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from pydantic import ValidationError
@@ -24,8 +25,8 @@ from xfw.common.loop import write_json_atomic
 from xfw.common.networks import check_networks
 from xfw.common.partition import check_micro_batches, plan_stages
 from xfw.common.records import AnyRun, FailedRun, MachineInfo, RunBase, SkippedRun, Summary, read_result
-from xfw.common.registry import (REGISTRY, Implementation, Machine, check_devices, for_strategy, get_strategy, run_devices,
-                                 unavailable_reason)
+from xfw.common.registry import (REGISTRY, Implementation, Machine, check_devices, for_strategy, get_strategy,
+                                 oversubscription, run_devices, unavailable_reason)
 from xfw.common.runspec import RunSpec
 
 
@@ -114,33 +115,54 @@ def base_entry(impl: Implementation) -> RunBase:
                    launcher=impl.launcher, description=impl.description)
 
 
-def run_implementation(impl: Implementation, config: Config, out_dir: Path, repeats: int, timeout_s: float,
-                       machine: Machine, progress: Progress, width: int | None = None) -> AnyRun:
-    """All repeats of one implementation; `width`: the shared-device sweep point (config already resized)."""
-    base = base_entry(impl)
+@dataclass
+class Slot:
+    """One implementation at one sweep point, collecting its repeats."""
+
+    impl: Implementation
+    config: Config
+    base: RunBase
+    results: list = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    entry: AnyRun | None = None  # None until its first repeat ends; then ok (so far), failed or skipped
+
+    @property
+    def open(self) -> bool:
+        return self.entry is None or self.entry.status == "ok"
+
+
+def make_slot(impl: Implementation, config: Config, machine: Machine, progress: Progress, width: int | None) -> Slot:
+    """`width`: the shared-device sweep point (config already resized). Skipped here if it cannot run."""
+    base = base_entry(impl).model_copy(update={"oversubscribed": oversubscription(impl, machine, config) is not None})
     if width is not None:
         base = base.model_copy(update={"id": f"{impl.id}@h{width}", "size": {"hidden_width": width}})
-    label = base.id
+    slot = Slot(impl, config, base)
     reason = unavailable_reason(impl, machine, run_devices(impl, config), config)
     if reason:
-        progress.finish(label, "skipped", reason)
-        return SkippedRun(**base.model_dump(), reason=reason)
-    results, files = [], []
-    for k in range(repeats):
-        run = RunSpec(config, impl.framework, impl.strategy, impl.name, str(out_dir / "runs" / label / f"repeat-{k}"))
-        progress.start(label + (f" (repeat {k + 1}/{repeats})" if repeats > 1 else ""), config.training.steps)
-        result = execute_run(impl, run, timeout_s, machine, progress)
-        if isinstance(result, dict):
-            progress.finish(label, "failed", result["error"].splitlines()[0])
-            return FailedRun(**base.model_dump(), error=result["error"], run_dir=run.out_dir)
-        results.append(result)
-        files.append(str(Path(run.out_dir) / "result.json"))
+        progress.finish(base.id, "skipped", reason)
+        slot.entry = SkippedRun(**base.model_dump(), reason=reason)
+    return slot
+
+
+def run_repeat(slot: Slot, k: int, repeats: int, out_dir: Path, timeout_s: float, machine: Machine,
+               progress: Progress) -> None:
+    """Repeat k of the slot's implementation; its entry becomes the merge of the repeats so far, or failed."""
+    impl, label = slot.impl, slot.base.id
+    run = RunSpec(slot.config, impl.framework, impl.strategy, impl.name, str(out_dir / "runs" / label / f"repeat-{k}"))
+    shown = label + (f" (repeat {k + 1}/{repeats})" if repeats > 1 else "")
+    progress.start(shown, slot.config.training.steps)
+    result = execute_run(impl, run, timeout_s, machine, progress)
+    if isinstance(result, dict):
+        progress.finish(shown, "failed", result["error"].splitlines()[0])
+        slot.entry = FailedRun(**slot.base.model_dump(), error=result["error"], run_dir=run.out_dir)
+        return
+    slot.results.append(result)
+    slot.files.append(str(Path(run.out_dir) / "result.json"))
     merge = network_run_entry if impl.kind.several_networks else run_entry
-    entry = merge(base, results)
-    entry.result_files = files
+    slot.entry = merge(slot.base, slot.results)
+    slot.entry.result_files = list(slot.files)
     combined = " combined" if impl.kind.several_networks else ""
-    progress.finish(label, "ok", f"{entry.throughput_samples_per_s:,.0f} samples/s{combined}")
-    return entry
+    progress.finish(shown, "ok", f"{slot.entry.throughput_samples_per_s:,.0f} samples/s{combined}")
 
 
 def implementations_for(strategy: str, only: list[str] = ()) -> list[Implementation]:
@@ -166,7 +188,7 @@ def compare_strategy(strategy: str, config: Config, out_dir: Path, repeats: int,
     sized = sized_configs(config, strategy)
     for impl in impls:  # refuse bad input before anything starts
         if unavailable_reason(impl, machine, run_devices(impl, config), config) is None:
-            check_devices(impl, machine, run_devices(impl, config), config.parallel.oversubscribe)
+            check_devices(impl, machine, config)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = Summary(
         strategy=strategy,
@@ -176,11 +198,21 @@ def compare_strategy(strategy: str, config: Config, out_dir: Path, repeats: int,
         machine=MachineInfo(cpu_cores=machine.cpu_cores, gpus=machine.gpus),
         config=config.model_dump(mode="json"),
     )
-    for width, cfg in sized.items():
-        for impl in impls:
-            summary.runs.append(run_implementation(impl, cfg, out_dir, repeats, timeout_s, machine, progress, width))
-            summary.comparisons = comparisons(summary.runs, config)
-            if get_strategy(strategy).sweep:
-                summary.sweep = sweep(summary.comparisons)
-            write_json_atomic(out_dir / "summary.json", summary.to_json())
+    slots = [make_slot(impl, cfg, machine, progress, width) for width, cfg in sized.items() for impl in impls]
+
+    def publish() -> None:
+        summary.runs = [slot.entry for slot in slots if slot.entry is not None]
+        summary.comparisons = comparisons(summary.runs, config)
+        if get_strategy(strategy).sweep:
+            summary.sweep = sweep(summary.comparisons)
+        write_json_atomic(out_dir / "summary.json", summary.to_json())
+
+    publish()
+    # Round robin: every implementation's repeat k before any repeat k+1, so that a stretch of background load
+    # falls on several implementations' repeats rather than on all of one implementation's.
+    for k in range(repeats):
+        for slot in slots:
+            if slot.open:
+                run_repeat(slot, k, repeats, out_dir, timeout_s, machine, progress)
+                publish()
     return summary

@@ -231,6 +231,9 @@ class RunBase(Record):
     launcher: str
     description: str
     size: dict[str, int] | None = None  # a sweep point, e.g. {"hidden_width": 128}
+    # More devices x threads than the machine has (parallel.oversubscribe): its throughput is contention, so its
+    # comparisons carry no throughput verdict.
+    oversubscribed: bool = False
 
 
 class SkippedRun(RunBase):

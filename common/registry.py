@@ -326,12 +326,25 @@ def unavailable_reason(impl: Implementation, machine: Machine, devices: int = 2,
     return None
 
 
-def check_devices(impl: Implementation, machine: Machine, devices: int, oversubscribe: bool) -> None:
-    if devices <= 1 or oversubscribe:
-        return
-    if devices > machine.devices:
-        kind = "GPUs" if machine.gpus else "CPU cores"
-        raise UserError(
-            f"{devices} {impl.kind.device_unit} but this machine has {machine.devices} {kind} "
-            "(set parallel.oversubscribe: true to run anyway; timings are then meaningless)"
-        )
+def oversubscription(impl: Implementation, machine: Machine, config) -> str | None:
+    """Why a run of `impl` under `config` would ask for more than this machine has (GPUs; or CPU cores, a CPU
+    device being parallel.threads_per_replica cores), in words; None when it fits."""
+    devices = run_devices(impl, config)
+    unit = impl.kind.device_unit
+    if machine.gpus:
+        return f"{devices} {unit} but this machine has {machine.gpus} GPUs" if devices > machine.gpus else None
+    threads = config.parallel.threads_per_replica
+    if devices * threads <= machine.cpu_cores:
+        return None
+    if threads == 1:
+        return f"{devices} {unit} but this machine has {machine.cpu_cores} CPU cores"
+    return (f"{devices} {unit} x {threads} threads each (parallel.threads_per_replica) need {devices * threads} CPU "
+            f"cores but this machine has {machine.cpu_cores}")
+
+
+def check_devices(impl: Implementation, machine: Machine, config) -> None:
+    """Refuse a run that oversubscribes the machine, unless the config says to: its timings would measure
+    contention for cores, not the strategy."""
+    reason = oversubscription(impl, machine, config)
+    if reason and not config.parallel.oversubscribe:
+        raise UserError(f"{reason} (set parallel.oversubscribe: true to run anyway; timings are then meaningless)")

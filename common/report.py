@@ -39,7 +39,7 @@ def run_rows(summary: Summary) -> list[list[str]]:
             f"{r.throughput_samples_per_s:,.0f} [{s.p25:,.0f}-{s.p75:,.0f}]",
             f"{r.step_time_s * 1e3:.3f}", f"{r.warmup_s:.2f}", f"{r.peak_memory_bytes / 2**20:,.0f}",
             f"{r.flops.utilization * 100:.2f}%",
-            "; ".join([f"{r.processes} proc, weights spread {r.replica_weight_max_abs_diff:.1g}"] + _teardown_note(r)),
+            "; ".join([f"{r.processes} proc, weights spread {r.replica_weight_max_abs_diff:.1g}"] + _flags(r)),
         ])
     return rows
 
@@ -130,7 +130,7 @@ def _run_notes(r) -> str:
         notes.append(f"ensemble {metric.removeprefix('test_')} {getattr(e, metric):.4g} ({e.gain_over_best_member:+.4g} vs best member {e.best_member})")
     if r.exchange is not None:
         notes.append(f"exchanged {r.exchange.bytes_per_step / 1024:,.1f} KiB/step ({r.exchange.what})")
-    return "; ".join(notes + _teardown_note(r))
+    return "; ".join(notes + _flags(r))
 
 
 def _status_text(r) -> str:
@@ -145,10 +145,18 @@ def _why(r: SkippedRun | FailedRun) -> str:
     return r.reason if r.status == "skipped" else r.error.splitlines()[0]
 
 
-def _teardown_note(r) -> list[str]:
-    """A process that failed after rank 0 had written the complete result: kept, and said."""
-    errors = r.teardown_errors
-    return [f"after the result was written: {errors[0]}" + (f" (+{len(errors) - 1} more repeats)" if len(errors) > 1 else "")] if errors else []
+def _flags(r) -> list[str]:
+    """What the reader must know before trusting the row's numbers."""
+    flags = []
+    if r.oversubscribed:
+        flags.append("OVERSUBSCRIBED: more devices x threads than cores, throughput is contention")
+    if not r.loss_identical_across_repeats:
+        flags.append("loss curves differ between repeats")
+    errors = r.teardown_errors  # a process that failed after rank 0 had written the complete result: kept, and said
+    if errors:
+        more = f" (+{len(errors) - 1} more repeats)" if len(errors) > 1 else ""
+        flags.append(f"after the result was written: {errors[0]}{more}")
+    return flags
 
 
 def network_run_rows(summary: Summary) -> list[list[str]]:
@@ -397,7 +405,7 @@ def write_report(summary: Summary, out_dir: Path) -> Path:
         f"# xfw comparison: strategy `{summary.strategy}`",
         f"Created {summary.created} on {summary.machine.cpu_cores} CPU cores, {summary.machine.gpus} GPUs; "
         f"model `{cfg['model']['kind']}`, data `{cfg['data']['kind']}`, loss `{cfg['loss']}`, optimizer `{cfg['optimizer']['kind']}`, "
-        f"global batch {cfg['training']['global_batch']}, {cfg['training']['steps']} steps, {shape}, {summary.repeats} repeat(s).",
+        f"global batch {cfg['training']['global_batch']}, {cfg['training']['steps']} steps, {shape}, {summary.repeats} repeat(s)" + (", interleaved: every run's repeat k before any repeat k+1." if summary.repeats > 1 else "."),
     ]
     for heading, caption, headers, rows in _sections(summary):
         parts += [f"## {heading}", _markdown_table(headers, rows)]

@@ -86,3 +86,23 @@ def test_a_diverging_compare_exits_1_with_strict_json(tmp_path):
     assert cmp["within_tolerance"] is False and "diverged" in cmp["note"]
     assert "diverged at step" in proc.stdout and "FAIL (diverged)" in proc.stdout
     assert "Warning" not in proc.stderr  # no numpy warnings leak to the terminal
+
+
+def test_threads_count_towards_oversubscription():
+    from xfw.common.config import load_config
+    from xfw.common.registry import Machine, find, oversubscription
+
+    two_cores = Machine(cpu_cores=2, gpus=0, frameworks=frozenset(), horovod_frameworks=frozenset())
+    ddp = find("torch", "ddp")
+    assert oversubscription(ddp, two_cores, load_config()) is None
+    threads = load_config(overrides=["parallel.threads_per_replica=2"])
+    assert "need 4 CPU cores but this machine has 2" in oversubscription(ddp, two_cores, threads)
+    assert oversubscription(find("torch", "single"), two_cores, threads) is None  # 1 device x 2 threads fits
+    one_gpu = Machine(cpu_cores=2, gpus=1, frameworks=frozenset(), horovod_frameworks=frozenset())
+    assert oversubscription(ddp, one_gpu, threads) == "2 replicas but this machine has 1 GPUs"
+
+
+def test_oversubscribed_threads_are_refused_with_one_line():
+    proc = run_xfw("compare", "--strategy", "mirrored", "--replicas", "2", "--set", "parallel.threads_per_replica=64")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "threads each (parallel.threads_per_replica)" in proc.stderr and "parallel.oversubscribe" in proc.stderr
