@@ -59,7 +59,7 @@ class Strategy:
 
 _STRATEGY_LIST = (
     Strategy("single", "one device, no parallelism: the reference every parallel run is diffed against",
-             reference_strategy=None, device_unit="devices"),
+             reference_strategy=None, device_unit="device"),
     Strategy("mirrored", "synchronous data parallelism: every replica holds the whole model, gradients are averaged "
              "each step", data_parallel=True, device_unit="replicas", config_sections=("parallel",)),
     Strategy("model-parallel", "the layers split into stages on different devices; activations and gradients cross "

@@ -104,5 +104,6 @@ def test_threads_count_towards_oversubscription():
 
 def test_oversubscribed_threads_are_refused_with_one_line():
     proc = run_xfw("compare", "--strategy", "mirrored", "--replicas", "2", "--set", "parallel.threads_per_replica=64")
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
-    assert "threads each (parallel.threads_per_replica)" in proc.stderr and "parallel.oversubscribe" in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("xfw: error: "), proc.stderr
+    assert "threads each (parallel.threads_per_replica)" in lines[0] and "parallel.oversubscribe" in lines[0]
