@@ -19,7 +19,9 @@ from xfw.common import registry
 from xfw.common.config import load_config
 from xfw.common.errors import UserError
 from xfw.common.launch import under_engine_launcher
-from xfw.common.records import NetworksResult
+from xfw.common.loop import write_json_atomic
+from xfw.common.diff import diff_runs
+from xfw.common.records import NetworksResult, read_result
 from xfw.common.orchestrate import compare_strategy, execute_run, preflight
 from xfw.common.report import print_tables, write_report
 from xfw.common.runspec import RunSpec
@@ -85,10 +87,12 @@ def run(framework, implementation, config_path, overrides, replicas, timeout_s, 
     if launcher:
         if launcher != impl.launcher:
             raise UserError(f"{impl.id} is started by {impl.launcher}, not {launcher}")
-        from xfw.cli.worker import run_worker
+        from xfw.cli.worker import launcher_rank, run_worker
 
         out.mkdir(parents=True, exist_ok=True)
         run_worker(spec, launcher)
+        if launcher_rank() == 0:  # rank 0 wrote the result, after gathering every rank's
+            sys.exit(print_result(impl.id, read_result(json.loads((out / "result.json").read_text())), out / "result.json"))
         return
     machine = registry.this_machine()
     reason = registry.unavailable_reason(impl, machine, spec.devices, config)
@@ -105,13 +109,21 @@ def run(framework, implementation, config_path, overrides, replicas, timeout_s, 
     if result.teardown_error:
         console.print(f"[yellow]{impl.id}: a process failed after the result was written[/]: {escape(result.teardown_error)}",
                       highlight=False)
+    sys.exit(print_result(impl.id, result, out / "result.json"))
+
+
+def print_result(run_id: str, result, path: Path) -> int:
+    """One line per trained network (or one), ending with where the result is; the exit status: 1 if diverged."""
     if isinstance(result, NetworksResult):
         for net in result.networks:
             final = "-" if net.loss is None else f"{net.loss[-1]:.6g}"
-            click.echo(f"{impl.id} {net.name}: final loss {final}, eval {net.eval}")
-        click.echo(f"{impl.id}: result: {out / 'result.json'}")
-        return
-    click.echo(f"{impl.id}: final loss {result.loss[-1]:.6g}, eval {result.eval}; result: {out / 'result.json'}")
+            click.echo(f"{run_id} {net.name}: final loss {final}, eval {net.eval}")
+    else:
+        click.echo(f"{run_id}: final loss {result.loss[-1]:.6g}, eval {result.eval}")
+    if result.diverged_at_step is not None:
+        click.echo(f"{run_id}: DIVERGED at step {result.diverged_at_step} (loss not finite)")
+    click.echo(f"{run_id}: result: {path}")
+    return 0 if result.diverged_at_step is None else 1
 
 
 def _launcher_world_size(launcher: str) -> int:
@@ -142,12 +154,33 @@ def compare(strategy, config_path, overrides, replicas, timeout_s, repeats, only
     report = write_report(summary, out)
     print_tables(summary, table_console())
     click.echo(f"summary: {out / 'summary.json'}\nreport:  {report}")
+    sys.exit(exit_status(summary))
+
+
+@cli.command()
+@click.argument("run_a", type=click.Path(exists=True, path_type=Path))
+@click.argument("run_b", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Also write summary.json and report.md here.")
+def diff(run_a, run_b, out_dir) -> None:
+    """Compare two finished runs (result.json files or run folders), e.g. from direct horovodrun / torchrun
+    launches or from two compares, as `xfw compare` would. Their configs must match."""
+    summary = diff_runs(run_a, run_b)
+    if out_dir:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "summary.json", summary.to_json())
+        click.echo(f"report: {write_report(summary, out)}")
+    print_tables(summary, table_console())
+    sys.exit(exit_status(summary))
+
+
+def exit_status(summary) -> int:
+    """1 when a run failed or diverged or a comparison is outside its tolerance; else 0."""
     failed_parity = [c for c in summary.comparisons if c.status == "ok" and c.within_tolerance is False]
     failed_runs = [r for r in summary.runs if r.status == "failed"]
     diverged = [r for r in summary.runs if r.status == "ok" and (r.diverged_at_step is not None or
                                                                 getattr(r, "non_finite_metrics", []))]
-    if failed_runs or failed_parity or diverged:
-        sys.exit(1)
+    return 1 if failed_runs or failed_parity or diverged else 0
 
 
 def main() -> None:

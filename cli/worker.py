@@ -24,7 +24,7 @@ from xfw.common.runspec import RunSpec
 FAULT_VAR = "XFW_INJECT_FAULT"
 
 
-def _rank() -> int:
+def launcher_rank() -> int:
     for var in ("HOROVOD_RANK", "RANK"):
         if var in os.environ:
             return int(os.environ[var])
@@ -36,7 +36,7 @@ def _rank() -> int:
 def _maybe_inject_fault(run: RunSpec, when: str) -> None:
     for spec in os.environ.get(FAULT_VAR, "").split(","):
         parts = spec.split(":")
-        if len(parts) < 2 or parts[0] != run.id or (len(parts) == 3 and int(parts[2]) != _rank()):
+        if len(parts) < 2 or parts[0] != run.id or (len(parts) == 3 and int(parts[2]) != launcher_rank()):
             continue
         if parts[1] == "crash" and when == "start":
             raise RuntimeError(f"fault injected by {FAULT_VAR}={spec}")
@@ -54,7 +54,7 @@ def run_worker(run: RunSpec, launcher: str) -> None:
     for key, value in base_env(run, token="").items():
         if key != TOKEN_VAR:
             os.environ.setdefault(key, value)
-    cores = None if this_machine().gpus else device_cores(run, _rank(), sorted(os.sched_getaffinity(0)))
+    cores = None if this_machine().gpus else device_cores(run, launcher_rank(), sorted(os.sched_getaffinity(0)))
     if cores:
         os.sched_setaffinity(0, cores)  # before the framework starts its thread pools, which inherit it
     _maybe_inject_fault(run, "start")

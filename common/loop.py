@@ -180,6 +180,7 @@ def finish_run(
                          warmup_s=outcome.timing.warmup_s, windows=[Window(steps=n, seconds=s) for n, s in windows]),
         "model": ModelInfo(parameters=parameter_count(cfg.model),
                            training_flops_per_sample=training_flops_per_sample(cfg.model)),
+        "config": cfg.model_dump(mode="json"),
     }
     if run.stages > 1:
         # Each stage's busy time as measured by the processes that run it (the slowest, where replicas do).

@@ -159,6 +159,7 @@ def finish_networks(run: RunSpec, outcomes: list[NetworkOutcome], gather: Gather
         "peak_memory_kind": "sum over the run's processes of each one's peak resident set size",
         "global_batch": batch,
         "steps": cfg.training.steps,
+        "config": cfg.model_dump(mode="json"),
     }
     if predictions is not None:
         result["ensemble"] = ensemble_report(cfg, predictions, evals)

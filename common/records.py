@@ -160,6 +160,7 @@ class RunResult(RunIdentity):
     eval: dict[str, Real]
     env: dict[str, Any]
     peak_flops_per_s: Real
+    config: dict[str, Any] | None = None  # the resolved config the run trained with (xfw diff checks it)
     # The first step whose loss is NaN or infinite (null: none), and metrics that are not finite: a diverged
     # run is a result, and never passes a comparison.
     diverged_at_step: int | None = None
@@ -212,6 +213,7 @@ class NetworksResult(RunIdentity):
     ensemble: Ensemble | None = None
     exchange: Exchange | None = None
     env: dict[str, Any]
+    config: dict[str, Any] | None = None  # the resolved config the run trained with (xfw diff checks it)
     diverged_at_step: int | None = None  # the earliest of its networks'
     teardown_error: str | None = None
 
@@ -398,6 +400,7 @@ class MachineInfo(Record):
 
 class Summary(Record):
     xfw_summary_version: int = 1
+    command: str | None = None  # what produced it, where not `xfw compare --strategy <strategy>` (e.g. xfw diff)
     strategy: str
     created: str
     repeats: int

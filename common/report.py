@@ -225,7 +225,7 @@ def sweep_flips(summary: Summary) -> list[str]:
 
 def _sections(summary: Summary) -> list[tuple[str, str, list[str], list[list[str]]]]:
     """(heading, caption, headers, rows) of every table, in order: the console and report.md show the same."""
-    runs_caption = f"xfw compare --strategy {summary.strategy}: runs"
+    runs_caption = f"{summary.command or f'xfw compare --strategy {summary.strategy}'}: runs"
     if not STRATEGY[summary.strategy].several_networks:
         sections = [("Runs", runs_caption, RUN_HEADERS, run_rows(summary)),
                     ("Comparisons", "comparisons (loss per step, throughput)", CMP_HEADERS, comparison_rows(summary))]

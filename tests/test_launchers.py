@@ -26,16 +26,34 @@ def assert_same_run(mine: dict, theirs: dict):
     assert set(mine) == set(theirs) and mine["processes"] == theirs["processes"] == 2
 
 
-def launch(cmd, env=None):
+def launch(cmd, env=None) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=os.environ | (env or {}))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
 
 
 def test_torchrun(mirrored, tmp_path):
     _, _, out = mirrored
-    launch([str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "--no-python", XFW, "run",
-            "--framework", "torch", "--impl", "ddp", "--out", str(tmp_path)])
+    proc = launch([str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "--no-python", XFW, "run",
+                   "--framework", "torch", "--impl", "ddp", "--out", str(tmp_path)])
     assert_same_run(json.loads((tmp_path / "result.json").read_text()), compare_result(out, "torch-ddp"))
+    # Rank 0, and only rank 0, says where the result went.
+    assert (proc.stdout + proc.stderr).count(f"torch-ddp: result: {tmp_path / 'result.json'}") == 1
+
+    # xfw diff: the direct launch against the compare's single-device run, as the compare judged them.
+    diff = subprocess.run([XFW, "diff", str(tmp_path), str(out / "runs" / "torch-single")], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    assert diff.returncode == 0, diff.stdout + diff.stderr
+    assert "torch-ddp vs torch-single" in diff.stdout and "same framework" in diff.stdout and "PASS" in diff.stdout
+
+    # A result of another config is refused with one line naming the difference.
+    other = json.loads((tmp_path / "result.json").read_text())
+    other["config"]["seed"] = 7
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    refused = subprocess.run([XFW, "diff", str(tmp_path / "other.json"), str(tmp_path)], capture_output=True,
+                             text=True, timeout=120, cwd=ROOT)
+    assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0, refused.stderr
+    assert "configs differ" in refused.stderr and "seed (7 vs 0)" in refused.stderr
 
 
 @pytest.mark.parametrize("framework", ["tf", "torch"])
