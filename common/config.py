@@ -220,7 +220,8 @@ class Config(_Strict):
 
         kind = model_kind(self.model)
         if self.data.kind not in kind.data_kinds:
-            raise ValueError(f"model {kind.name} needs {kind.input_layout} data: data.kind {' or '.join(kind.data_kinds)}")
+            accepted = " or ".join(kind.data_kinds)
+            raise ValueError(f"model {kind.name} needs {kind.input_layout} data: data.kind {accepted}")
         return self
 
 

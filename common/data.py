@@ -95,7 +95,8 @@ def _check_shapes(ds: Dataset, spec: ModelSpec, source: str) -> Dataset:
     if kind.input_layout == "image" and x_train.ndim == 3:  # (n, h, w) grayscale: add the channel axis
         x_train, x_test = x_train[..., None], x_test[..., None]
     if tuple(x_train.shape[1:]) != want:
-        raise UserError(f"{kind.input_key} expects samples of shape {want}, but {source} has {tuple(x_train.shape[1:])}")
+        raise UserError(f"{kind.input_key} expects samples of shape {want}, "
+                        f"but {source} has {tuple(x_train.shape[1:])}")
     n_out = output_width(spec)
     if ds.classification:
         if ds.y_train.ndim != 1:

@@ -82,7 +82,8 @@ class Conv(Block):
 
     def parameter_shapes(self) -> list[tuple[str, Shape]]:
         k = self.kernel
-        return [(f"{self.name}/kernel", (k, k, self.channels_in, self.channels_out)), (f"{self.name}/bias", (self.channels_out,))]
+        return [(f"{self.name}/kernel", (k, k, self.channels_in, self.channels_out)),
+                (f"{self.name}/bias", (self.channels_out,))]
 
     def output_shape(self, input_shape: Shape) -> Shape:
         return (input_shape[0], input_shape[1], self.channels_out)
@@ -135,7 +136,8 @@ class ModelKind:
 def _mlp_blocks(spec: MLPSpec) -> list[Block]:
     sizes = spec.layers
     last = len(sizes) - 2
-    return [Dense(f"dense{i}", sizes[i], sizes[i + 1], None if i == last else spec.activation) for i in range(len(sizes) - 1)]
+    return [Dense(f"dense{i}", sizes[i], sizes[i + 1], None if i == last else spec.activation)
+            for i in range(len(sizes) - 1)]
 
 
 def _cnn_blocks(spec: CNNSpec) -> list[Block]:
@@ -148,7 +150,8 @@ def _cnn_blocks(spec: CNNSpec) -> list[Block]:
     widths = [h * w * c, *spec.dense, spec.outputs]
     for i in range(len(widths) - 1):
         last = i == len(widths) - 2
-        blocks.append(Dense(f"dense{i}", widths[i], widths[i + 1], None if last else spec.activation, (h, w, c) if i == 0 else None))
+        flattened_from = (h, w, c) if i == 0 else None
+        blocks.append(Dense(f"dense{i}", widths[i], widths[i + 1], None if last else spec.activation, flattened_from))
     return blocks
 
 

@@ -42,7 +42,8 @@ def _even_split(blocks: list[Block], candidates: list[int], stages: int) -> list
         if best_cost is None or cost < best_cost:
             best, best_cost = list(starts), cost
     if best is None:
-        raise UserError(f"model_parallel.stages {stages} is more than the {len(candidates) + 1} stages this model can be split into")
+        raise UserError(f"model_parallel.stages {stages} is more than the {len(candidates) + 1} stages "
+                        "this model can be split into")
     return best
 
 

@@ -88,5 +88,6 @@ def test_samples_take_the_model_kinds_input_layout(tmp_path):
     np.savez(path, x=rng.normal(size=(100, 8, 8)), y=rng.integers(0, 10, size=100))
     cnn = load_dataset(load_config("configs/cnn_digits.yaml", ["data.kind=npz", f"data.path={path}"]))
     assert cnn.x_train.shape[1:] == (8, 8, 1)
+    rgb = load_config("configs/cnn_digits.yaml", ["data.kind=npz", f"data.path={path}", "model.input_shape=[8, 8, 3]"])
     with pytest.raises(UserError, match=r"model.input_shape expects samples of shape \(8, 8, 3\), but .* has \(8, 8, 1\)"):
-        load_dataset(load_config("configs/cnn_digits.yaml", ["data.kind=npz", f"data.path={path}", "model.input_shape=[8, 8, 3]"]))
+        load_dataset(rgb)

@@ -96,7 +96,8 @@ def test_data_kinds_a_model_cannot_train_on_are_rejected_by_name(name):
 def _block_types() -> set[str]:
     """Every class in common/models.py that derives (directly or not) from Block."""
     tree = ast.parse((ROOT / "common" / "models.py").read_text())
-    bases = {node.name: {b.id for b in node.bases if isinstance(b, ast.Name)} for node in tree.body if isinstance(node, ast.ClassDef)}
+    classes = [node for node in tree.body if isinstance(node, ast.ClassDef)]
+    bases = {node.name: {b.id for b in node.bases if isinstance(b, ast.Name)} for node in classes}
     found, grew = {"Block"}, True
     while grew:
         new = {name for name, parents in bases.items() if parents & found} - found
@@ -108,7 +109,8 @@ def _block_types() -> set[str]:
 def _registered(path: Path) -> set[str]:
     """The keys of the module's BUILDERS dict literal."""
     for node in ast.parse(path.read_text()).body:
-        target = node.target if isinstance(node, ast.AnnAssign) else (node.targets[0] if isinstance(node, ast.Assign) else None)
+        targets = [node.target] if isinstance(node, ast.AnnAssign) else node.targets if isinstance(node, ast.Assign) else []
+        target = targets[0] if targets else None
         if isinstance(target, ast.Name) and target.id == "BUILDERS" and isinstance(node.value, ast.Dict):
             return {key.id for key in node.value.keys if isinstance(key, ast.Name)}
     raise AssertionError(f"{path} has no BUILDERS dict")

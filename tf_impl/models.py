@@ -19,7 +19,8 @@ def _dense(block: Dense) -> keras.layers.Layer:
 
 
 def _conv(block: Conv) -> keras.layers.Layer:
-    return keras.layers.Conv2D(block.channels_out, block.kernel, padding="same", activation=block.activation, name=block.name)
+    return keras.layers.Conv2D(block.channels_out, block.kernel, padding="same", activation=block.activation,
+                               name=block.name)
 
 
 def _max_pool(block: MaxPool) -> keras.layers.Layer:

@@ -54,16 +54,18 @@ def _dense_modules(block: Dense) -> list[tuple[str, nn.Module]]:
 
 def _dense_parameters(block: Dense) -> dict[str, Placement]:
     # After a conv stack the kernel rows are permuted: torch flattens NCHW in (c, h, w) order.
+    flat = block.flattened_from
     return {
-        f"{block.name}/kernel": Placement(f"{block.name}.weight", partial(dense_kernel_to_torch, flattened_from=block.flattened_from),
-                                          partial(dense_kernel_from_torch, flattened_from=block.flattened_from)),
+        f"{block.name}/kernel": Placement(f"{block.name}.weight", partial(dense_kernel_to_torch, flattened_from=flat),
+                                          partial(dense_kernel_from_torch, flattened_from=flat)),
         f"{block.name}/bias": Placement(f"{block.name}.bias"),
     }
 
 
 def _conv_modules(block: Conv) -> list[tuple[str, nn.Module]]:
     # stride 1 and an odd kernel: padding k//2 is Keras's 'same' exactly
-    return _with_activation(block, nn.Conv2d(block.channels_in, block.channels_out, block.kernel, padding=block.kernel // 2))
+    conv = nn.Conv2d(block.channels_in, block.channels_out, block.kernel, padding=block.kernel // 2)
+    return _with_activation(block, conv)
 
 
 def _conv_parameters(block: Conv) -> dict[str, Placement]:
