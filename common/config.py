@@ -50,6 +50,8 @@ class CNNSpec(_Strict):
         return self
 
 
+# One spec class per model kind; what each kind is made of (blocks, data, stages) is its entry in
+# common.models.MODEL_KINDS.
 ModelSpec = Annotated[Union[MLPSpec, CNNSpec], Field(discriminator="kind")]
 
 
@@ -216,8 +218,13 @@ class Config(_Strict):
             raise ValueError(f"data.kind {self.data.kind} is a classification set: use loss cross_entropy")
         if self.data.kind == "synthetic_regression" and self.loss != "mse":
             raise ValueError("data.kind synthetic_regression needs loss mse")
-        if self.model.kind == "cnn" and self.data.kind in ("synthetic_regression", "synthetic_classification"):
-            raise ValueError("model cnn needs image data: data.kind digits or npz")
+        # Imported here: common.models imports this module's spec classes (the kinds' registry lives there).
+        from xfw.common.models import model_kind
+
+        kind = model_kind(self.model)
+        if self.data.kind not in kind.data_kinds:
+            accepted = " or ".join(kind.data_kinds)
+            raise ValueError(f"model {kind.name} needs {kind.input_layout} data: data.kind {accepted}")
         return self
 
 

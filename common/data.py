@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from xfw.common.config import CNNSpec, Config, MLPSpec
+from xfw.common.config import Config, ModelSpec
 from xfw.common.errors import UserError
-from xfw.common.models import input_shape, output_width
+from xfw.common.models import input_shape, model_kind, output_width
 
 
 @dataclass(frozen=True)
@@ -52,12 +52,16 @@ def _synthetic(config: Config, classification: bool) -> tuple[np.ndarray, np.nda
     return x.astype(np.float32), y.astype(np.float32)
 
 
-def _digits(spec: MLPSpec | CNNSpec) -> tuple[np.ndarray, np.ndarray]:
+# The digits images, (n, 8, 8), in each model kind's input layout (common.models.ModelKind.input_layout).
+_DIGITS_LAYOUTS = {"flat": lambda x: x.reshape(len(x), 64), "image": lambda x: x[..., None]}
+
+
+def _digits(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits  # ships inside scikit-learn: no download
 
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)  # (n, 8, 8) in [0, 1]
-    x = x.reshape(len(x), 64) if isinstance(spec, MLPSpec) else x[..., None]
+    x = _DIGITS_LAYOUTS[model_kind(spec).input_layout](x)
     return x, digits.target.astype(np.int64)
 
 
@@ -85,14 +89,14 @@ def _npz(path: str, classification: bool) -> tuple[np.ndarray, ...]:
     return tuple(out)
 
 
-def _check_shapes(ds: Dataset, spec: MLPSpec | CNNSpec, source: str) -> Dataset:
-    want = input_shape(spec)
+def _check_shapes(ds: Dataset, spec: ModelSpec, source: str) -> Dataset:
+    want, kind = input_shape(spec), model_kind(spec)
     x_train, x_test = ds.x_train, ds.x_test
-    if isinstance(spec, CNNSpec) and x_train.ndim == 3:  # (n, h, w) grayscale: add the channel axis
+    if kind.input_layout == "image" and x_train.ndim == 3:  # (n, h, w) grayscale: add the channel axis
         x_train, x_test = x_train[..., None], x_test[..., None]
     if tuple(x_train.shape[1:]) != want:
-        key = "model.layers[0]" if isinstance(spec, MLPSpec) else "model.input_shape"
-        raise UserError(f"{key} expects samples of shape {want}, but {source} has {tuple(x_train.shape[1:])}")
+        raise UserError(f"{kind.input_key} expects samples of shape {want}, "
+                        f"but {source} has {tuple(x_train.shape[1:])}")
     n_out = output_width(spec)
     if ds.classification:
         if ds.y_train.ndim != 1:

@@ -1,5 +1,6 @@
-"""Splitting a model into pipeline stages: which layers go where, what crosses each boundary, and how
-the work divides into micro-batches. Shared by every model-parallel, pipeline and hybrid implementation."""
+"""Splitting a model into pipeline stages, always between blocks: which blocks go where, what crosses each
+boundary, and how the work divides into micro-batches. Shared by every model-parallel, pipeline and hybrid
+implementation. Stage.layers holds blocks (the name predates them)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ from dataclasses import dataclass
 
 from xfw.common.config import Config, ModelParallelConfig
 from xfw.common.errors import UserError
-from xfw.common.models import Conv, Dense, Flatten, Layer, MaxPool, input_shape, layers_of, parameter_shapes
+from xfw.common.models import Block, Layer, Shape, blocks_of, input_shape, model_kind, shapes_through
 
 
 @dataclass(frozen=True)
 class Stage:
     index: int
-    layers: list[Layer]
+    layers: list[Layer]  # the stage's blocks, in model order
     input_shape: tuple[int, ...]  # one sample, channels-last (canonical)
     output_shape: tuple[int, ...]
     parameters: int
@@ -24,49 +25,36 @@ class Stage:
         return [layer.name for layer in self.layers]
 
 
-def output_shape(layer: Layer, shape: tuple[int, ...]) -> tuple[int, ...]:
-    if isinstance(layer, Dense):
-        return (layer.units_out,)
-    if isinstance(layer, Conv):
-        return (shape[0], shape[1], layer.channels_out)
-    if isinstance(layer, MaxPool):
-        return (shape[0] // 2, shape[1] // 2, shape[2])
-    if isinstance(layer, Flatten):
-        return (shape[0] * shape[1] * shape[2],)
-    raise TypeError(layer)
+def output_shape(layer: Block, shape: Shape) -> Shape:
+    return layer.output_shape(shape)
 
 
-def _layer_parameters(config: Config) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for name, shape in parameter_shapes(config.model):
-        n = 1
-        for d in shape:
-            n *= d
-        counts[name.split("/")[0]] = counts.get(name.split("/")[0], 0) + n
-    return counts
+def _stage(index: int, blocks: list[Block], shape: Shape) -> Stage:
+    return Stage(index, blocks, shape, shapes_through(blocks, shape)[-1], sum(b.parameter_count for b in blocks))
 
 
-def _even_split(layers: list[Layer], params: dict[str, int], stages: int) -> list[int]:
+def _even_split(blocks: list[Block], candidates: list[int], stages: int) -> list[int]:
     """Stage starts that minimise the largest stage's parameter count (ties: the earliest split)."""
-    candidates = [i for i, layer in enumerate(layers) if i > 0 and isinstance(layer, (Dense, Conv))]
     best, best_cost = None, None
     for starts in itertools.combinations(candidates, stages - 1):
-        bounds = [0, *starts, len(layers)]
-        cost = max(sum(params.get(l.name, 0) for l in layers[a:b]) for a, b in zip(bounds, bounds[1:]))
+        bounds = [0, *starts, len(blocks)]
+        cost = max(sum(b.parameter_count for b in blocks[a:z]) for a, z in zip(bounds, bounds[1:]))
         if best_cost is None or cost < best_cost:
             best, best_cost = list(starts), cost
+    if best is None:
+        raise UserError(f"model_parallel.stages {stages} is more than the {len(candidates) + 1} stages "
+                        "this model can be split into")
     return best
 
 
 def plan_stages(config: Config) -> list[Stage]:
-    layers = layers_of(config.model)
+    blocks = blocks_of(config.model)
     mp = config.model_parallel
-    params = _layer_parameters(config)
-    weighted = [l.name for l in layers if isinstance(l, (Dense, Conv))]
+    weighted = [b.name for b in blocks if b.has_weights]
     if mp.stages > len(weighted):
         raise UserError(f"model_parallel.stages {mp.stages} is more than the model's {len(weighted)} layers with weights ({', '.join(weighted)})")
     if mp.split_points:
-        names = [l.name for l in layers]
+        names = [b.name for b in blocks]
         starts = []
         for point in mp.split_points:
             if point not in names[1:]:
@@ -75,14 +63,10 @@ def plan_stages(config: Config) -> list[Stage]:
         if starts != sorted(set(starts)):
             raise UserError("model_parallel.split_points must name distinct layers in model order")
     else:
-        starts = _even_split(layers, params, mp.stages)
-    bounds = [0, *starts, len(layers)]
-    stages, shape = [], input_shape(config.model)
-    for index, (a, b) in enumerate(zip(bounds, bounds[1:])):
-        first = shape
-        for layer in layers[a:b]:
-            shape = output_shape(layer, shape)
-        stages.append(Stage(index, layers[a:b], first, shape, sum(params.get(l.name, 0) for l in layers[a:b])))
+        starts = _even_split(blocks, model_kind(config.model).stage_starts(blocks), mp.stages)
+    bounds = [0, *starts, len(blocks)]
+    shapes = shapes_through(blocks, input_shape(config.model))
+    stages = [_stage(index, blocks[a:z], shapes[a]) for index, (a, z) in enumerate(zip(bounds, bounds[1:]))]
     empty = [s.index for s in stages if s.parameters == 0]
     if empty:
         raise UserError(f"model_parallel.split_points leave stage(s) {empty} without weights: split at a layer with weights")
@@ -110,11 +94,7 @@ def check_micro_batches(batch: int, micro_batches: int, what: str) -> int:
 
 def whole_model(config: Config) -> Stage:
     """The whole model as one stage (for timing a network's own passes alone)."""
-    layers, shape = layers_of(config.model), input_shape(config.model)
-    first = shape
-    for layer in layers:
-        shape = output_shape(layer, shape)
-    return Stage(0, layers, first, shape, sum(_layer_parameters(config).values()))
+    return _stage(0, blocks_of(config.model), input_shape(config.model))
 
 
 def chain_parts(config: Config) -> list[Stage]:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from xfw.common.config import CNNSpec, MLPSpec
+from xfw.common.config import ModelSpec
 from xfw.common.models import parameter_shapes
 
 
-def initial_weights(spec: MLPSpec | CNNSpec, seed: int) -> dict[str, np.ndarray]:
+def initial_weights(spec: ModelSpec, seed: int) -> dict[str, np.ndarray]:
     """Glorot-uniform kernels and zero biases (Keras's defaults; torch's own default is kaiming-uniform,
     which is why neither framework's initialiser is used)."""
     rng = np.random.default_rng([seed, 0x5EED])

@@ -1,4 +1,5 @@
-"""Sample order, the batch-splitting rule, datasets and the weight layout conversions (numpy only)."""
+"""Sample order, the batch-splitting rule, datasets (shaped for each model kind) and the weight layout conversions
+(numpy only)."""
 
 import numpy as np
 import pytest
@@ -76,3 +77,17 @@ def test_npz_dataset_and_its_errors(tmp_path):
         load_dataset(load_config(None, ["data.kind=npz", f"data.path={path}"]))
     with pytest.raises(UserError, match="no such file"):
         load_dataset(load_config(None, ["data.kind=npz", f"data.path={tmp_path / 'missing.npz'}"]))
+
+
+def test_samples_take_the_model_kinds_input_layout(tmp_path):
+    # digits: flat vectors for the mlp, (h, w, 1) images for the cnn; a 3-D npz set gets the channel axis
+    mlp = load_dataset(load_config(None, ["data.kind=digits", "loss=cross_entropy", "model.layers=[64, 10]"]))
+    assert mlp.x_train.shape[1:] == (64,)
+    path = tmp_path / "gray.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, x=rng.normal(size=(100, 8, 8)), y=rng.integers(0, 10, size=100))
+    cnn = load_dataset(load_config("configs/cnn_digits.yaml", ["data.kind=npz", f"data.path={path}"]))
+    assert cnn.x_train.shape[1:] == (8, 8, 1)
+    rgb = load_config("configs/cnn_digits.yaml", ["data.kind=npz", f"data.path={path}", "model.input_shape=[8, 8, 3]"])
+    with pytest.raises(UserError, match=r"model.input_shape expects samples of shape \(8, 8, 3\), but .* has \(8, 8, 1\)"):
+        load_dataset(rgb)

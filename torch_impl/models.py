@@ -1,22 +1,102 @@
 """Builds a common/models.py spec as a torch nn.Sequential and loads the canonical initial weights into
-it, converting Keras's layout (dense (in, out), conv HWIO, flatten in (h, w, c) order) to torch's."""
+it, converting Keras's layout (dense (in, out), conv HWIO, flatten in (h, w, c) order) to torch's.
+
+One builder per block type (BUILDERS): the block's named modules (the block's own name first, then e.g. its
+activation) and, for each canonical parameter, where it lives in the module and how its layout converts
+both ways (common/weights.py).
+"""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
+
 import numpy as np
 import torch
-from collections import OrderedDict
-
 from torch import nn
 
-from xfw.common.models import Conv, Dense, Flatten, MaxPool, layers_of
+from xfw.common.models import Block, Conv, Dense, Flatten, MaxPool, blocks_of
 from xfw.common.weights import conv_kernel_from_torch, conv_kernel_to_torch, dense_kernel_from_torch, dense_kernel_to_torch
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
+def _same(array: np.ndarray) -> np.ndarray:
+    return array
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one canonical parameter lives in torch: a parameter path in the model (as named_parameters
+    names it) and the layout conversions to and from the canonical one."""
+
+    path: str
+    to_torch: Callable[[np.ndarray], np.ndarray] = _same
+    from_torch: Callable[[np.ndarray], np.ndarray] = _same
+
+
+@dataclass(frozen=True)
+class TorchBlock:
+    modules: Callable[..., list[tuple[str, nn.Module]]]  # block -> (name, module) in forward order
+    parameters: Callable[..., dict[str, Placement]]  # block -> canonical parameter name -> placement
+
+
+def _with_activation(block: Dense | Conv, module: nn.Module) -> list[tuple[str, nn.Module]]:
+    act = [(f"{block.name}_act", ACTIVATIONS[block.activation]())] if block.activation else []
+    return [(block.name, module), *act]
+
+
+def _dense_modules(block: Dense) -> list[tuple[str, nn.Module]]:
+    return _with_activation(block, nn.Linear(block.units_in, block.units_out))
+
+
+def _dense_parameters(block: Dense) -> dict[str, Placement]:
+    # After a conv stack the kernel rows are permuted: torch flattens NCHW in (c, h, w) order.
+    flat = block.flattened_from
+    return {
+        f"{block.name}/kernel": Placement(f"{block.name}.weight", partial(dense_kernel_to_torch, flattened_from=flat),
+                                          partial(dense_kernel_from_torch, flattened_from=flat)),
+        f"{block.name}/bias": Placement(f"{block.name}.bias"),
+    }
+
+
+def _conv_modules(block: Conv) -> list[tuple[str, nn.Module]]:
+    # stride 1 and an odd kernel: padding k//2 is Keras's 'same' exactly
+    conv = nn.Conv2d(block.channels_in, block.channels_out, block.kernel, padding=block.kernel // 2)
+    return _with_activation(block, conv)
+
+
+def _conv_parameters(block: Conv) -> dict[str, Placement]:
+    return {
+        f"{block.name}/kernel": Placement(f"{block.name}.weight", conv_kernel_to_torch, conv_kernel_from_torch),
+        f"{block.name}/bias": Placement(f"{block.name}.bias"),
+    }
+
+
+def _no_parameters(block: Block) -> dict[str, Placement]:
+    return {}
+
+
+BUILDERS: dict[type, TorchBlock] = {
+    Dense: TorchBlock(_dense_modules, _dense_parameters),
+    Conv: TorchBlock(_conv_modules, _conv_parameters),
+    MaxPool: TorchBlock(lambda block: [(block.name, nn.MaxPool2d(2))], _no_parameters),
+    # NCHW: flattens in (c, h, w) order; the next dense kernel's rows are permuted to match
+    Flatten: TorchBlock(lambda block: [(block.name, nn.Flatten())], _no_parameters),
+}
+
+
+def _builder(block: Block) -> TorchBlock:
+    try:
+        return BUILDERS[type(block)]
+    except KeyError:
+        raise TypeError(f"torch_impl.models has no builder for block type {type(block).__name__}") from None
+
+
 def build_model(spec, weights: dict[str, np.ndarray]) -> nn.Sequential:
-    return build_layers(layers_of(spec), weights)
+    return build_layers(blocks_of(spec), weights)
 
 
 class _ContiguousGrad(torch.autograd.Function):
@@ -49,46 +129,18 @@ def build_stage(stage, weights: dict[str, np.ndarray]) -> nn.Sequential:
 
 
 def build_layers(spec_layers, weights: dict[str, np.ndarray]) -> nn.Sequential:
-    modules: OrderedDict[str, nn.Module] = OrderedDict()
-    for layer in spec_layers:
-        if isinstance(layer, Dense):
-            modules[layer.name] = nn.Linear(layer.units_in, layer.units_out)
-        elif isinstance(layer, Conv):
-            # stride 1 and an odd kernel: padding k//2 is Keras's 'same' exactly
-            modules[layer.name] = nn.Conv2d(layer.channels_in, layer.channels_out, layer.kernel, padding=layer.kernel // 2)
-        elif isinstance(layer, MaxPool):
-            modules[layer.name] = nn.MaxPool2d(2)
-        elif isinstance(layer, Flatten):
-            modules[layer.name] = nn.Flatten()  # NCHW: flattens in (c, h, w) order; the kernel rows are permuted
-        if isinstance(layer, (Dense, Conv)) and layer.activation:
-            modules[f"{layer.name}_act"] = ACTIVATIONS[layer.activation]()
-    model = nn.Sequential(modules)
+    model = nn.Sequential(OrderedDict(entry for block in spec_layers for entry in _builder(block).modules(block)))
     with torch.no_grad():
-        for layer in spec_layers:
-            if isinstance(layer, Dense):
-                kernel = dense_kernel_to_torch(weights[f"{layer.name}/kernel"], layer.flattened_from)
-            elif isinstance(layer, Conv):
-                kernel = conv_kernel_to_torch(weights[f"{layer.name}/kernel"])
-            else:
-                continue
-            module = modules[layer.name]
-            module.weight.copy_(torch.from_numpy(kernel))
-            module.bias.copy_(torch.from_numpy(weights[f"{layer.name}/bias"]))
+        for block in spec_layers:
+            for name, place in _builder(block).parameters(block).items():
+                model.get_parameter(place.path).copy_(torch.from_numpy(place.to_torch(weights[name])))
     return model
 
 
 def export_weights(module: nn.Sequential, spec_layers) -> dict[str, np.ndarray]:
     """The module's current weights in the canonical (Keras) layout: the inverse of build_layers."""
-    weights = {}
-    for layer in spec_layers:
-        if not isinstance(layer, (Dense, Conv)):
-            continue
-        sub = getattr(module, layer.name)
-        w = sub.weight.detach().cpu().numpy()
-        kernel = dense_kernel_from_torch(w, layer.flattened_from) if isinstance(layer, Dense) else conv_kernel_from_torch(w)
-        weights[f"{layer.name}/kernel"] = kernel
-        weights[f"{layer.name}/bias"] = sub.bias.detach().cpu().numpy()
-    return weights
+    return {name: place.from_torch(module.get_parameter(place.path).detach().cpu().numpy())
+            for block in spec_layers for name, place in _builder(block).parameters(block).items()}
 
 
 def torch_sample_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
