@@ -1,5 +1,5 @@
 """Architecture rules: common/ and cli/ import no framework; the registry is complete and points at
-functions that exist; tf_impl/ and torch_impl/ have the same files."""
+functions that exist; tf_impl/ and torch_impl/ have the same files, and the same public names in each."""
 
 import ast
 import subprocess
@@ -46,3 +46,66 @@ def test_tf_and_torch_folders_mirror_each_other():
     tf_files = {p.name for p in (ROOT / "tf_impl").glob("*.py")}
     torch_files = {p.name for p in (ROOT / "torch_impl").glob("*.py")}
     assert tf_files == torch_files
+
+
+# What one framework has and the other cannot (or does through another route), per file: name -> why.
+# Every other public function or class of tf_impl/X.py must exist in torch_impl/X.py and back.
+ONE_SIDE_ONLY = {
+    ("torch", "models.py"): {
+        "ContiguousBoundary": "gloo sends only contiguous tensors; TensorFlow's device copies need no boundary",
+        "export_weights": "stages in other processes send their weights back; TensorFlow's stages share one process",
+        "to_torch_layout": "torch is NCHW, the canonical data NHWC (Keras's own)",
+        "torch_sample_shape": "torch is NCHW, the canonical data NHWC (Keras's own)",
+    },
+    ("tf", "training.py"): {
+        "configure": "TensorFlow's threads, logical devices and determinism must be set before its runtime starts",
+        "logical_devices": "TensorFlow splits the CPU into logical devices; torch places by torch.device",
+    },
+    ("torch", "training.py"): {
+        "init_process_group": "torchrun's process group; TensorFlow's multi-process runs build their strategy",
+    },
+    ("tf", "mirrored.py"): {
+        "run_mirrored_strategy": "tf.distribute.MirroredStrategy (one process, N devices)",
+        "run_multi_worker": "tf.distribute.MultiWorkerMirroredStrategy (TF_CONFIG)",
+        "run_manual_placement": "tf.device per replica in one graph",
+    },
+    ("torch", "mirrored.py"): {
+        "run_ddp": "DistributedDataParallel",
+        "run_allreduce": "an explicit torch.distributed.all_reduce of the gradients",
+        "run_data_parallel": "nn.DataParallel (GPUs only)",
+    },
+    ("torch", "model_parallel.py"): {
+        "run_send_recv": "one process per stage; TensorFlow runs every stage in one process (run_placed_stages)",
+        "run_gpipe": "torch.distributed.pipelining; TensorFlow's pipeline is run_placed_stages with micro-batches",
+        "run_1f1b": "torch.distributed.pipelining's 1F1B schedule; TensorFlow's executor has no schedule to pick",
+        "run_hybrid": "a pipeline per replica in R x S processes; TensorFlow's hybrid is run_placed_stages",
+    },
+    ("tf", "networks.py"): {
+        "run_placed_networks": "several networks in one tf.function, one tf.device each; torch has no such graph",
+    },
+    ("torch", "networks.py"): {
+        "run_cuda_streams": "a CUDA stream per network thread; TensorFlow exposes no streams",
+    },
+    ("torch", "collaborative.py"): {
+        "run_mutual_distributed": "one process per network, dist.all_gather; TensorFlow places by tf.device",
+        "run_chain_send_recv": "encoder and head in two processes with dist.send/recv; TensorFlow places by tf.device",
+    },
+}
+
+
+def _public_names(path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    return {n.name for n in tree.body
+            if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_")}
+
+
+def test_twin_files_have_the_same_public_names():
+    """The same role has the same name on both sides; what only one side has is listed in ONE_SIDE_ONLY."""
+    for path in sorted((ROOT / "tf_impl").glob("*.py")):
+        names = {"tf": _public_names(path), "torch": _public_names(ROOT / "torch_impl" / path.name)}
+        for side, other in (("tf", "torch"), ("torch", "tf")):
+            allowed = ONE_SIDE_ONLY.get((side, path.name), {})
+            assert not set(allowed) - names[side], f"{side}_impl/{path.name}: allow-list names what does not exist"
+            assert not set(allowed) & names[other], f"{path.name}: allow-listed names exist on both sides"
+            missing = names[side] - names[other] - set(allowed)
+            assert not missing, f"{side}_impl/{path.name} has {sorted(missing)}, {other}_impl/ has not"

@@ -9,31 +9,22 @@ Lines that exist for the exchange are tagged `# exchange:`; for placement `# pla
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+
+import keras
+import tensorflow as tf
 
 from xfw.common.config import network_config
-from xfw.common.networks import NetworkOutcome, chain_exchange, finish_networks, head_run, mutual_exchange
+from xfw.common.networks import NetworkOutcome, chain_exchange, head_run, mutual_exchange
 from xfw.common.partition import chain_parts, whole_model
+from xfw.common.rank import Member, RankContext, report_networks
 from xfw.common.runspec import RunSpec
 from xfw.tf_impl import training
 from xfw.tf_impl.models import build_model, build_stage
 
 
-@dataclass
-class Member:
-    index: int
-    name: str
-    run: RunSpec  # the network's own config (weights seed, model, optimizer)
-    model: object
-    optimizer: object
-    device: str
-
-
 def divergence(run: RunSpec, partner, mine):
     """How far `mine` is from the partner's (constant) predictions: KL(partner || mine) averaged over the
     batch for classification, the mean squared difference for regression."""
-    import tensorflow as tf
-
     if run.config.loss == "cross_entropy":
         p_log = tf.nn.log_softmax(partner)
         return tf.reduce_mean(tf.reduce_sum(tf.exp(p_log) * (p_log - tf.nn.log_softmax(mine)), axis=1))
@@ -42,8 +33,6 @@ def divergence(run: RunSpec, partner, mine):
 
 def mutual_loss(run: RunSpec, k: int, outputs: list, y, loss_fn):
     """Network k's loss: its task loss plus mutual_weight x its mean divergence from the others."""
-    import tensorflow as tf
-
     task = tf.reduce_mean(loss_fn(y, outputs[k]))
     others = [divergence(run, tf.stop_gradient(outputs[j]), outputs[k]) for j in range(len(outputs)) if j != k]
     return task + run.config.collaborative.mutual_weight * (tf.add_n(others) / len(others))
@@ -52,7 +41,7 @@ def mutual_loss(run: RunSpec, k: int, outputs: list, y, loss_fn):
 def _member(run: RunSpec, i: int, device: str) -> tuple[Member, training.Setup]:
     net_run = dataclasses.replace(run, config=network_config(run.config, i))
     s = training.setup(net_run)  # same data and sample order for every network; own weights
-    with s.tf.device(device):  # placement: network i's weights live on its device
+    with tf.device(device):  # placement: network i's weights live on its device
         model = build_model(net_run.config.model, s.weights)
     return Member(i, run.config.networks[i].name, net_run, model, training.make_optimizer(net_run), device), s
 
@@ -62,16 +51,16 @@ def _busy(m: Member) -> float:
     return training.stage_seconds(m.run, m.model, whole_model(m.run.config), m.run.config.training.global_batch, True, m.device)
 
 
-def _devices(run: RunSpec, tf) -> list[str]:
-    devices = training.logical_devices(tf, run.devices)
+def _devices(run: RunSpec) -> list[str]:
+    devices = training.logical_devices(run.devices)
     return [devices[i % len(devices)] for i in range(run.networks)]
 
 
 def run_mutual(run: RunSpec, launcher: str) -> None:
-    tf = training.configure(run, logical_cpus=run.devices)
-    pairs = [_member(run, i, device) for i, device in enumerate(_devices(run, tf))]
+    training.configure(run, logical_cpus=run.devices)
+    pairs = [_member(run, i, device) for i, device in enumerate(_devices(run))]
     members, s = [m for m, _ in pairs], pairs[0][1]
-    loss_fn = training.per_example_loss(run)
+    loss_fn = training.loss_function(run)
 
     @tf.function
     def train_step(idx):
@@ -92,12 +81,12 @@ def run_mutual(run: RunSpec, launcher: str) -> None:
     losses, timing = training.train(run, train_step, [tf.constant(row) for row in s.order])
     outcomes = [NetworkOutcome(m.index, m.name, losses[:, m.index], timing, training.evaluate(m.run, s, m.model), m.device,
                                busy_s_per_step=_busy(m)) for m in members]
-    _finish(run, launcher, outcomes, mutual_exchange(run.config))
+    report_networks(RankContext(run, launcher), outcomes, training.environment, mutual_exchange(run.config))
 
 
 def run_chain(run: RunSpec, launcher: str) -> None:
-    tf = training.configure(run, logical_cpus=run.devices)
-    devices = _devices(run, tf)
+    training.configure(run, logical_cpus=run.devices)
+    devices = _devices(run)
     s = training.setup(run)
     parts = chain_parts(run.config)
     with tf.device(devices[0]):  # placement
@@ -106,7 +95,7 @@ def run_chain(run: RunSpec, launcher: str) -> None:
     with tf.device(devices[1]):  # placement
         head = build_stage(parts[1], s.weights)
         head_optimizer = training.make_optimizer(head_run(run))
-    loss_fn = training.per_example_loss(run)
+    loss_fn = training.loss_function(run)
 
     @tf.function
     def train_step(idx):
@@ -123,16 +112,11 @@ def run_chain(run: RunSpec, launcher: str) -> None:
 
     losses, timing = training.train(run, train_step, [tf.constant(row) for row in s.order])
     batch = run.config.training.global_batch
-    chain = s.keras.Sequential([encoder, head])
+    chain = keras.Sequential([encoder, head])
     outcomes = [
         NetworkOutcome(0, "encoder", None, timing, {}, devices[0],
                        busy_s_per_step=training.stage_seconds(run, encoder, parts[0], batch, False, devices[0])),
         NetworkOutcome(1, "head", losses, timing, training.evaluate(run, s, chain), devices[1],
                        busy_s_per_step=training.stage_seconds(run, head, parts[1], batch, True, devices[1])),
     ]
-    _finish(run, launcher, outcomes, chain_exchange(parts, batch))
-
-
-def _finish(run: RunSpec, launcher: str, outcomes, exchange: dict) -> None:
-    finish_networks(run, outcomes, lambda v: v[None], 0, lambda: {
-        "exchange": exchange, "env": training.environment(run, launcher, 1, sorted({o.device for o in outcomes}))})
+    report_networks(RankContext(run, launcher), outcomes, training.environment, chain_exchange(parts, batch))

@@ -8,18 +8,19 @@ DistributedGradientTape / BroadcastGlobalVariablesCallback fail on Keras 3 varia
 
 from __future__ import annotations
 
+import horovod.tensorflow as hvd
 import numpy as np
+import tensorflow as tf
 
 from xfw.common.data import replica_slice
+from xfw.common.rank import RankContext
 from xfw.common.runspec import RunSpec
 from xfw.tf_impl import training
 from xfw.tf_impl.models import build_model, flat_weights
 
 
 def run_horovod(run: RunSpec, launcher: str) -> None:
-    tf = training.configure(run)
-    import horovod.tensorflow as hvd
-
+    training.configure(run)
     hvd.init()  # Horovod: rank and size come from horovodrun
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
@@ -33,7 +34,7 @@ def run_horovod(run: RunSpec, launcher: str) -> None:
     optimizer.build(model.trainable_variables)
     for v in model.variables:  # Horovod: start from rank 0's weights (identical by construction anyway)
         v.assign(hvd.broadcast(v.value, root_rank=0))
-    loss_fn = training.per_example_loss(run)
+    loss_fn = training.loss_function(run)
 
     @tf.function
     def train_step(idx):
@@ -52,7 +53,7 @@ def run_horovod(run: RunSpec, launcher: str) -> None:
     def gather(vector: np.ndarray) -> np.ndarray:
         return hvd.allgather(tf.constant(vector[None])).numpy()  # Horovod: once, after training
 
-    device = tf.config.list_logical_devices("GPU")[:1] or tf.config.list_logical_devices("CPU")[:1]
-    training.report(run, s, model, losses, timing, [flat_weights(model.trainable_variables)], gather,
-                    hvd.rank(), launcher, hvd.size(), [f"rank {hvd.rank()}: {device[0].name}"])
+    device = training.default_device()
+    ctx = RankContext(run, launcher, hvd.rank(), hvd.size(), (f"rank {hvd.rank()}: {device}",), gather)
+    training.report(ctx, s, model, losses, timing, [flat_weights(model.trainable_variables)])
     hvd.join()  # Horovod: every rank waits here until rank 0 has written the result, then all shut down

@@ -7,18 +7,19 @@ only because of parallelism are tagged `# tf.distribute:` or `# placement:`.
 
 from __future__ import annotations
 
-import numpy as np
+import tensorflow as tf
 
 from xfw.common.data import replica_slice
+from xfw.common.rank import RankContext
 from xfw.common.runspec import RunSpec
 from xfw.tf_impl import training
 from xfw.tf_impl.models import build_model, flat_weights
 
 
-def _run_strategy(run: RunSpec, launcher: str, s, strategy, rank: int, world_size: int, gather, devices) -> None:
+def _run_strategy(ctx: RankContext, s, strategy) -> None:
     """The training loop shared by MirroredStrategy and MultiWorkerMirroredStrategy: they differ only in
     how the strategy is built and how results are gathered across processes."""
-    tf = s.tf
+    run = ctx.run
     cfg = run.config
     global_batch, replicas = cfg.training.global_batch, run.replicas
     with strategy.scope():  # tf.distribute: variables become mirrored, one copy per replica
@@ -26,7 +27,7 @@ def _run_strategy(run: RunSpec, launcher: str, s, strategy, rank: int, world_siz
         optimizer = training.make_optimizer(run)
         # tf.distribute: a Keras 3 optimizer used in a custom loop must be built inside the scope.
         optimizer.build(model.trainable_variables)
-    loss_fn = training.per_example_loss(run)
+    loss_fn = training.loss_function(run)
 
     def replica_step(idx):
         x, y = tf.gather(s.x, idx), tf.gather(s.y, idx)
@@ -48,27 +49,27 @@ def _run_strategy(run: RunSpec, launcher: str, s, strategy, rank: int, world_siz
     def shard(row):
         # tf.distribute: each replica gets its block of the global batch.
         return strategy.experimental_distribute_values_from_function(
-            lambda ctx: tf.constant(row[replica_slice(global_batch, ctx.replica_id_in_sync_group, replicas)])
+            lambda replica: tf.constant(row[replica_slice(global_batch, replica.replica_id_in_sync_group, replicas)])
         )
 
     step_inputs = [shard(row) for row in s.order]
-    losses, timing = training.train(run, train_step, step_inputs, rank)
+    losses, timing = training.train(run, train_step, step_inputs, ctx.rank)
     copies = [
         flat_weights([strategy.experimental_local_results(v.value)[i] for v in model.trainable_variables])
-        for i in range(strategy.num_replicas_in_sync // world_size)
+        for i in range(strategy.num_replicas_in_sync // ctx.world_size)
     ]
-    training.report(run, s, model, losses, timing, copies, gather, rank, launcher, world_size, devices)
+    training.report(ctx, s, model, losses, timing, copies)
 
 
 def run_mirrored_strategy(run: RunSpec, launcher: str) -> None:
     s = training.setup(run, logical_cpus=run.replicas)
-    devices = training.logical_devices(s.tf, run.replicas)
-    strategy = s.tf.distribute.MirroredStrategy(devices=devices)  # tf.distribute: one process, N devices
-    _run_strategy(run, launcher, s, strategy, rank=0, world_size=1, gather=lambda v: v[None], devices=devices)
+    devices = training.logical_devices(run.replicas)
+    strategy = tf.distribute.MirroredStrategy(devices=devices)  # tf.distribute: one process, N devices
+    _run_strategy(RankContext(run, launcher, devices=tuple(devices)), s, strategy)
 
 
 def run_multi_worker(run: RunSpec, launcher: str) -> None:
-    tf = training.configure(run)
+    training.configure(run)
     # tf.distribute: built before any op, from TF_CONFIG (AUTO picks ring collectives on CPU, NCCL on GPU).
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     s = training.setup(run)
@@ -76,25 +77,18 @@ def run_multi_worker(run: RunSpec, launcher: str) -> None:
     rank, world_size = resolver.task_id, strategy.num_replicas_in_sync
     if world_size != run.replicas:
         raise RuntimeError(f"TF_CONFIG has {world_size} workers but the run asks for {run.replicas} replicas")
-
-    def gather(vector: np.ndarray) -> np.ndarray:
-        # tf.distribute: one all-gather across workers after training.
-        value = strategy.experimental_distribute_values_from_function(lambda ctx: tf.constant(vector[None]))
-        return strategy.gather(value, axis=0).numpy()
-
-    devices = [d.name for d in tf.config.list_logical_devices("GPU")[:1] or tf.config.list_logical_devices("CPU")[:1]]
-    _run_strategy(run, launcher, s, strategy, rank, world_size, gather, devices)
+    ctx = RankContext(run, launcher, rank, world_size, (training.default_device(),), training.collective_gather(strategy))
+    _run_strategy(ctx, s, strategy)
 
 
 def run_manual_placement(run: RunSpec, launcher: str) -> None:
     s = training.setup(run, logical_cpus=run.replicas)
-    tf = s.tf
     cfg = run.config
-    devices = training.logical_devices(tf, run.replicas)
+    devices = training.logical_devices(run.replicas)
     global_batch, replicas = cfg.training.global_batch, run.replicas
     model = build_model(cfg.model, s.weights)  # one copy of the weights, on the default device
     optimizer = training.make_optimizer(run)
-    loss_fn = training.per_example_loss(run)
+    loss_fn = training.loss_function(run)
     blocks = [replica_slice(global_batch, r, replicas) for r in range(replicas)]
 
     @tf.function
@@ -115,5 +109,5 @@ def run_manual_placement(run: RunSpec, launcher: str) -> None:
 
     step_inputs = [tf.constant(row) for row in s.order]
     losses, timing = training.train(run, train_step, step_inputs)
-    training.report(run, s, model, losses, timing, [flat_weights(model.trainable_variables)],
-                    gather=lambda v: v[None], rank=0, launcher=launcher, world_size=1, devices=devices)
+    training.report(RankContext(run, launcher, devices=tuple(devices)), s, model, losses, timing,
+                    [flat_weights(model.trainable_variables)])

@@ -10,17 +10,20 @@ stages of different micro-batches by itself. Lines that exist for placement are 
 
 from __future__ import annotations
 
+import keras
+import tensorflow as tf
+
 from xfw.common.partition import plan_stages
+from xfw.common.rank import RankContext
 from xfw.common.runspec import RunSpec
 from xfw.tf_impl import training
 from xfw.tf_impl.models import build_stage, flat_weights
 
 
-def run_placed(run: RunSpec, launcher: str) -> None:
+def run_placed_stages(run: RunSpec, launcher: str) -> None:
     replicas, n_stages, micro_batches = run.replicas, run.stages, run.micro_batches
     s = training.setup(run, logical_cpus=run.devices)
-    tf, keras = s.tf, s.keras
-    devices = training.logical_devices(tf, run.devices)
+    devices = training.logical_devices(run.devices)
     stages = plan_stages(run.config)
     models = []
     for stage in stages:
@@ -28,7 +31,7 @@ def run_placed(run: RunSpec, launcher: str) -> None:
             models.append(build_stage(stage, s.weights))
     variables = [v for m in models for v in m.trainable_variables]
     optimizer = training.make_optimizer(run)
-    loss_fn = training.per_example_loss(run)
+    loss_fn = training.loss_function(run)
     per_replica = run.config.training.global_batch // replicas
     micro = per_replica // micro_batches
 
@@ -61,5 +64,5 @@ def run_placed(run: RunSpec, launcher: str) -> None:
         for st in stages
     }
     full_model = keras.Sequential(models)  # the stages chained, for evaluation
-    training.report(run, s, full_model, losses, timing, [flat_weights(variables)], gather=lambda v: v[None], rank=0,
-                    launcher=launcher, world_size=1, devices=devices, stage_busy_s=busy)
+    ctx = RankContext(run, launcher, devices=tuple(devices))
+    training.report(ctx, s, full_model, losses, timing, [flat_weights(variables)], stage_busy_s=busy)

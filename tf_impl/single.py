@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tensorflow as tf
+
+from xfw.common.rank import RankContext
 from xfw.common.runspec import RunSpec
 from xfw.tf_impl import training
 from xfw.tf_impl.models import build_model, flat_weights
@@ -10,9 +13,8 @@ from xfw.tf_impl.models import build_model, flat_weights
 def step_body(run: RunSpec, s, model):
     """One training step on a batch of sample indices (not yet a tf.function, so that several networks'
     steps can be composed into one graph). Every strategy that trains whole networks alone uses this."""
-    tf = s.tf
     optimizer = training.make_optimizer(run)
-    loss_fn = training.per_example_loss(run)
+    loss_fn = training.loss_function(run)
 
     def train_step(idx):
         x, y = tf.gather(s.x, idx), tf.gather(s.y, idx)
@@ -27,11 +29,9 @@ def step_body(run: RunSpec, s, model):
 
 def run_single(run: RunSpec, launcher: str) -> None:
     s = training.setup(run)
-    tf = s.tf
     model = build_model(run.config.model, s.weights)
     train_step = tf.function(step_body(run, s, model))
     step_inputs = [tf.constant(row) for row in s.order]
     losses, timing = training.train(run, train_step, step_inputs)
-    device = tf.config.list_logical_devices("GPU")[:1] or tf.config.list_logical_devices("CPU")[:1]
-    training.report(run, s, model, losses, timing, [flat_weights(model.trainable_variables)],
-                    gather=lambda v: v[None], rank=0, launcher=launcher, world_size=1, devices=[d.name for d in device])
+    ctx = RankContext(run, launcher, devices=(training.default_device(),))
+    training.report(ctx, s, model, losses, timing, [flat_weights(model.trainable_variables)])

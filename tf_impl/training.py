@@ -1,15 +1,23 @@
 """What every TensorFlow strategy shares: process set-up, data, optimizer and loss mapping, the timed
-loop and the final report. torch_impl/training.py mirrors this file function by function."""
+loop and the final report. torch_impl/training.py mirrors this file function by function (tests/test_layout.py);
+the framework-free rest is common/rank.py.
+
+TensorFlow and Keras are imported at the top: the worker sets the environment they read before it imports
+an implementation. The runtime settings (threads, logical devices, determinism) are made by configure,
+before any op runs."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
+import keras
 import numpy as np
+import tensorflow as tf
 
+from xfw.common import rank as common_rank
 from xfw.common.data import Dataset, load_dataset, sample_order
-from xfw.common.loop import RankOutcome, common_env, finish_run, peak_rss_bytes, progress_writer, timed_loop
+from xfw.common.rank import RankContext
 from xfw.common.runspec import RunSpec
 from xfw.common.semantics import optimizer_hyperparameters
 from xfw.common.weights import initial_weights
@@ -17,8 +25,6 @@ from xfw.common.weights import initial_weights
 
 @dataclass
 class Setup:
-    tf: object
-    keras: object
     data: Dataset
     order: np.ndarray  # (steps, global_batch) sample indices
     weights: dict[str, np.ndarray]
@@ -33,10 +39,8 @@ def configure(run: RunSpec, logical_cpus: int = 1, inter_op_threads: int | None 
     """Threads, determinism and logical devices: must happen before TensorFlow initialises its runtime
     (MultiWorkerMirroredStrategy does that when it is created, so it calls this first). Idempotent."""
     global _configured
-    import tensorflow as tf
-
     if _configured:
-        return tf
+        return
     cfg = run.config
     tf.config.threading.set_intra_op_parallelism_threads(cfg.parallel.threads_per_replica)
     # One inter-op thread per replica, so replicas placed in one process can run at the same time.
@@ -49,25 +53,28 @@ def configure(run: RunSpec, logical_cpus: int = 1, inter_op_threads: int | None 
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
     _configured = True
-    return tf
 
 
 def setup(run: RunSpec, logical_cpus: int = 1, inter_op_threads: int | None = None) -> Setup:
     """Configure TensorFlow (if not yet done), then load data and initial weights."""
-    tf = configure(run, logical_cpus, inter_op_threads)
-    import keras
-
+    configure(run, logical_cpus, inter_op_threads)
     cfg = run.config
     keras.utils.set_random_seed(cfg.seed)  # no layer draws random numbers (weights are loaded), but be sure
     data = load_dataset(cfg)
     order = sample_order(data.train_size, cfg.training.global_batch, cfg.training.steps, cfg.seed)
     with tf.device("/cpu:0"):
         x, y = tf.constant(data.x_train), tf.constant(data.y_train)
-    return Setup(tf, keras, data, order, initial_weights(cfg.model, cfg.weights_seed), x, y)
+    return Setup(data, order, initial_weights(cfg.model, cfg.weights_seed), x, y)
 
 
-def logical_devices(tf, count: int) -> list[str]:
-    """The first `count` GPUs, or logical CPU devices where there is no GPU (see setup)."""
+def default_device() -> str:
+    """The first GPU's name, or the first CPU's where there is none. Lists devices, which initialises the runtime:
+    call after configure."""
+    return (tf.config.list_logical_devices("GPU")[:1] or tf.config.list_logical_devices("CPU")[:1])[0].name
+
+
+def logical_devices(count: int) -> list[str]:
+    """The first `count` GPUs, or logical CPU devices where there is no GPU (see configure)."""
     gpus = tf.config.list_logical_devices("GPU")
     devices = gpus or tf.config.list_logical_devices("CPU")
     if len(devices) < count:
@@ -75,18 +82,26 @@ def logical_devices(tf, count: int) -> list[str]:
     return [d.name for d in devices[:count]]
 
 
-def make_optimizer(run: RunSpec):
-    import keras
+def collective_gather(strategy):
+    """RankContext.gather for MultiWorkerMirroredStrategy's workers."""
 
+    def gather(vector: np.ndarray) -> np.ndarray:
+        # tf.distribute: an all-gather across the workers, once after training.
+        value = strategy.experimental_distribute_values_from_function(lambda _: tf.constant(vector[None]))
+        return strategy.gather(value, axis=0).numpy()
+
+    return gather
+
+
+def make_optimizer(run: RunSpec):
     params = optimizer_hyperparameters(run.config, "tf")
     cls = {"keras.optimizers.SGD": keras.optimizers.SGD, "keras.optimizers.Adam": keras.optimizers.Adam}[params.pop("class")]
     return cls(**params)
 
 
-def per_example_loss(run: RunSpec):
-    """Unreduced loss: each strategy decides how to average (mean, or compute_average_loss)."""
-    import keras
-
+def loss_function(run: RunSpec):
+    """loss(targets, outputs): PER-EXAMPLE losses (reduction=None), each strategy decides how to average (mean,
+    or compute_average_loss); torch_impl's twin returns the batch mean."""
     if run.config.loss == "mse":
         return keras.losses.MeanSquaredError(reduction=None)
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
@@ -95,19 +110,14 @@ def per_example_loss(run: RunSpec):
 def train(run: RunSpec, step, step_inputs: list, rank: int = 0, after_warmup=None) -> tuple[np.ndarray, object]:
     """Runs the shared timed loop over precomputed per-step inputs; returns per-step losses as numpy
     (shape (steps,), or (steps, networks) where one step trains several networks)."""
-    t = run.config.training
-    losses, timing = timed_loop(
-        step, step_inputs,
-        lambda loss: loss.numpy(),  # forces the pending step to finish before the clock is read
-        t.warmup_steps, t.timing_windows, progress_writer(run, rank), after_warmup,
-    )
+    # .numpy() forces the pending step to finish before the clock is read.
+    losses, timing = common_rank.timed_training(run, step, step_inputs, lambda loss: loss.numpy(), rank, after_warmup)
     return np.array([np.asarray(v, dtype=np.float64) for v in losses]), timing
 
 
 def evaluate(run: RunSpec, s: Setup, model) -> dict:
-    tf = s.tf
     logits = model(tf.constant(s.data.x_test), training=False)
-    metrics = {"test_loss": float(tf.reduce_mean(per_example_loss(run)(tf.constant(s.data.y_test), logits)))}
+    metrics = {"test_loss": float(tf.reduce_mean(loss_function(run)(tf.constant(s.data.y_test), logits)))}
     if s.data.classification:
         metrics["test_accuracy"] = float(np.mean(np.argmax(logits.numpy(), axis=1) == s.data.y_test))
     return metrics
@@ -115,8 +125,6 @@ def evaluate(run: RunSpec, s: Setup, model) -> dict:
 
 def matmul_peak_flops(n: int = 1024, repeats: int = 5) -> float:
     """Best fp32 matmul rate of this process with its thread settings: the peak a run is measured against."""
-    import tensorflow as tf
-
     a, b = tf.random.normal([n, n]), tf.random.normal([n, n])
     tf.linalg.matmul(a, b).numpy()
     best = float("inf")
@@ -130,9 +138,7 @@ def matmul_peak_flops(n: int = 1024, repeats: int = 5) -> float:
 def stage_seconds(run: RunSpec, model, stage, batch: int, last: bool, device: str, count: int = 1, repeats: int = 20) -> float:
     """Median time of `count` forward+backward passes of one stage on `batch` samples, alone on its device,
     in one call (so that one call's dispatch cost is paid once per step, as in training)."""
-    import tensorflow as tf
-
-    loss_fn = per_example_loss(run)
+    loss_fn = loss_function(run)
     with tf.device(device):
         x = tf.random.normal((batch, *stage.input_shape))
         y = tf.zeros(batch, tf.int64) if run.config.loss == "cross_entropy" else tf.zeros((batch, *stage.output_shape))
@@ -158,30 +164,16 @@ def stage_seconds(run: RunSpec, model, stage, batch: int, last: bool, device: st
     return float(np.median(times))
 
 
-def environment(run: RunSpec, launcher: str, world_size: int, devices: list[str]) -> dict:
+def environment(ctx: RankContext) -> dict:
     """What result.json records about the software and the process that produced it."""
-    import keras
-    import tensorflow as tf
-
-    env = common_env(run, launcher, world_size) | {
-        "framework_versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
-        "devices": devices,
-        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-    }
-    if launcher == "horovodrun":
-        import horovod
-
-        env["framework_versions"]["horovod"] = horovod.__version__
-    return env
+    threads = tf.config.threading
+    versions = {"tensorflow": tf.__version__, "keras": keras.__version__}
+    return common_rank.environment(ctx, versions, threads.get_intra_op_parallelism_threads(),
+                                   threads.get_inter_op_parallelism_threads())
 
 
-def report(run: RunSpec, s: Setup, model, losses: np.ndarray, timing, weight_copies: list, gather, rank: int,
-           launcher: str, world_size: int, devices: list[str], stage: int = 0, stage_busy_s: dict | None = None) -> None:
-    def rank0_extras() -> dict:
-        env = environment(run, launcher, world_size, devices)
-        # Peak of one device's share of the machine, times the devices: what the run could reach at most.
-        return {"eval": evaluate(run, s, model), "env": env, "peak_flops_per_s": matmul_peak_flops() * run.devices}
-
-    outcome = RankOutcome(losses, timing, weight_copies, peak_rss_bytes(), stage, stage_busy_s or {})
-    finish_run(run, outcome, gather, rank, rank0_extras)
+def report(ctx: RankContext, s: Setup, model, losses: np.ndarray, timing, weight_copies: list, stage: int = 0,
+           stage_busy_s: dict | None = None) -> None:
+    """Gather, then rank 0 evaluates `model` and writes result.json (common.rank.report)."""
+    common_rank.report(ctx, losses, timing, weight_copies, evaluate=lambda: evaluate(ctx.run, s, model),
+                       environment=environment, peak_flops=matmul_peak_flops, stage=stage, stage_busy_s=stage_busy_s)

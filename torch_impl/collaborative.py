@@ -10,31 +10,20 @@ Lines that exist for the exchange are tagged `# exchange:`.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from xfw.common.config import network_config
-from xfw.common.networks import NetworkOutcome, chain_exchange, finish_networks, head_run, mutual_exchange
+from xfw.common.networks import NetworkOutcome, chain_exchange, head_run, mutual_exchange
 from xfw.common.partition import chain_parts, whole_model
+from xfw.common.rank import Member, RankContext, report_networks
 from xfw.common.runspec import RunSpec
 from xfw.torch_impl import training
 from xfw.torch_impl.models import build_model, build_stage, export_weights, torch_sample_shape
-from xfw.torch_impl.networks import default_device
 
 NO_LOSS = torch.tensor(float("nan"))  # the chain's encoder computes no loss
-
-
-@dataclass
-class Member:
-    index: int
-    name: str
-    run: RunSpec  # the network's own config (weights seed, model, optimizer)
-    model: torch.nn.Module
-    optimizer: object
-    device: torch.device
 
 
 def divergence(run: RunSpec, partner, mine):
@@ -66,10 +55,10 @@ def _busy(m: Member) -> float:
 
 
 def run_mutual(run: RunSpec, launcher: str) -> None:
-    device = default_device()
+    device = training.default_device()
     pairs = [_member(run, i, device) for i in range(run.networks)]
     members, s = [m for m, _ in pairs], pairs[0][1]
-    loss_fn = training.mean_loss(run)
+    loss_fn = training.loss_function(run)
 
     def train_step(idx):
         x, y = s.x[idx], s.y[idx]
@@ -88,15 +77,16 @@ def run_mutual(run: RunSpec, launcher: str) -> None:
     losses, timing = training.train(run, train_step, [torch.from_numpy(row).to(device) for row in s.order])
     outcomes = [NetworkOutcome(m.index, m.name, losses[:, m.index], timing, training.evaluate(m.run, s, m.model), str(device),
                                busy_s_per_step=_busy(m)) for m in members]
-    _finish(run, launcher, outcomes, lambda v: v[None], 0, 1, mutual_exchange(run.config))
+    report_networks(RankContext(run, launcher), outcomes, training.environment, mutual_exchange(run.config))
 
 
 def run_mutual_distributed(run: RunSpec, launcher: str) -> None:
     """One process per network; every step the processes all-gather their predictions on the batch."""
     device = training.init_process_group(run)
     rank, world = dist.get_rank(), dist.get_world_size()
+    ctx = RankContext(run, launcher, rank, world, gather=training.collective_gather(device))
     m, s = _member(run, rank, device)
-    loss_fn = training.mean_loss(run)
+    loss_fn = training.loss_function(run)
 
     def train_step(idx):
         x, y = s.x[idx], s.y[idx]
@@ -113,21 +103,20 @@ def run_mutual_distributed(run: RunSpec, launcher: str) -> None:
     losses, timing = training.train(run, train_step, [torch.from_numpy(row).to(device) for row in s.order], rank)
     outcome = NetworkOutcome(m.index, m.name, losses, timing, training.evaluate(m.run, s, m.model), f"rank {rank}: {device}",
                              busy_s_per_step=_busy(m))
-    _finish(run, launcher, [outcome], training.process_group_gather(device), rank, world,
-            mutual_exchange(run.config, "dist.all_gather"))
+    report_networks(ctx, [outcome], training.environment, mutual_exchange(run.config, "dist.all_gather"))
     dist.barrier()  # rank 0 writes before anyone tears the group down
     dist.destroy_process_group()
 
 
 def run_chain(run: RunSpec, launcher: str) -> None:
-    device = default_device()
+    device = training.default_device()
     s = training.setup(run, device)
     parts = chain_parts(run.config)
     encoder = build_stage(parts[0], s.weights).to(device)
     head = build_stage(parts[1], s.weights).to(device)
     encoder_optimizer = training.make_optimizer(run, encoder.parameters())
     head_optimizer = training.make_optimizer(head_run(run), head.parameters())
-    loss_fn = training.mean_loss(run)
+    loss_fn = training.loss_function(run)
 
     def train_step(idx):
         encoder_optimizer.zero_grad()  # set_to_none (the default)
@@ -147,7 +136,7 @@ def run_chain(run: RunSpec, launcher: str) -> None:
         NetworkOutcome(1, "head", losses, timing, training.evaluate(run, s, chain), str(device),
                        busy_s_per_step=training.stage_seconds(run, head, parts[1], batch, True, device)),
     ]
-    _finish(run, launcher, outcomes, lambda v: v[None], 0, 1, chain_exchange(parts, batch))
+    report_networks(RankContext(run, launcher), outcomes, training.environment, chain_exchange(parts, batch))
 
 
 def run_chain_send_recv(run: RunSpec, launcher: str) -> None:
@@ -155,12 +144,13 @@ def run_chain_send_recv(run: RunSpec, launcher: str) -> None:
     with point-to-point send/recv every step."""
     device = training.init_process_group(run)
     rank, world = dist.get_rank(), dist.get_world_size()
+    ctx = RankContext(run, launcher, rank, world, gather=training.collective_gather(device))
     s = training.setup(run, device)
     parts = chain_parts(run.config)
     part = parts[rank]
     module = build_stage(part, s.weights).to(device)
     optimizer = training.make_optimizer(run if rank == 0 else head_run(run), module.parameters())
-    loss_fn = training.mean_loss(run)
+    loss_fn = training.loss_function(run)
     batch = run.config.training.global_batch
     between = (batch, *torch_sample_shape(parts[0].output_shape))
 
@@ -197,11 +187,6 @@ def run_chain_send_recv(run: RunSpec, launcher: str) -> None:
         chain = build_model(run.config.model, {k: v for w in weights for k, v in w.items()}).to(device)
         outcome = NetworkOutcome(1, "head", losses, timing, training.evaluate(run, s, chain), f"rank 1: {device}",
                                  busy_s_per_step=busy)
-    _finish(run, launcher, [outcome], training.process_group_gather(device), rank, world, chain_exchange(parts, batch, "dist.send/recv"))
+    report_networks(ctx, [outcome], training.environment, chain_exchange(parts, batch, "dist.send/recv"))
     dist.barrier()  # rank 0 writes before anyone tears the group down
     dist.destroy_process_group()
-
-
-def _finish(run: RunSpec, launcher: str, outcomes, gather, rank: int, world: int, exchange: dict) -> None:
-    finish_networks(run, outcomes, gather, rank, lambda: {
-        "exchange": exchange, "env": training.environment(run, launcher, world, sorted({o.device for o in outcomes}))})

@@ -4,18 +4,18 @@ is tagged."""
 
 from __future__ import annotations
 
+import horovod.torch as hvd
 import numpy as np
 import torch
 
 from xfw.common.data import replica_slice
+from xfw.common.rank import RankContext
 from xfw.common.runspec import RunSpec
 from xfw.torch_impl import training
 from xfw.torch_impl.models import build_model, flat_weights
 
 
 def run_horovod(run: RunSpec, launcher: str) -> None:
-    import horovod.torch as hvd
-
     hvd.init()  # Horovod: rank and size come from horovodrun
     device = torch.device("cpu")
     if torch.cuda.is_available():
@@ -31,7 +31,7 @@ def run_horovod(run: RunSpec, launcher: str) -> None:
     optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)  # Horovod: start from rank 0's weights
     hvd.broadcast_optimizer_state(optimizer, root_rank=0)
-    loss_fn = training.mean_loss(run)
+    loss_fn = training.loss_function(run)
 
     def train_step(idx):
         x, y = s.x[idx], s.y[idx]
@@ -48,6 +48,6 @@ def run_horovod(run: RunSpec, launcher: str) -> None:
     def gather(vector: np.ndarray) -> np.ndarray:
         return hvd.allgather(torch.from_numpy(vector[None])).numpy()  # Horovod: once, after training
 
-    training.report(run, s, model, losses, timing, [flat_weights(model.parameters())], gather,
-                    hvd.rank(), launcher, hvd.size(), [f"rank {hvd.rank()}: {device}"])
+    ctx = RankContext(run, launcher, hvd.rank(), hvd.size(), (f"rank {hvd.rank()}: {device}",), gather)
+    training.report(ctx, s, model, losses, timing, [flat_weights(model.parameters())])
     hvd.join()  # Horovod: every rank waits here until rank 0 has written the result, then all shut down

@@ -13,6 +13,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from xfw.common.data import replica_slice
+from xfw.common.rank import RankContext
 from xfw.common.runspec import RunSpec
 from xfw.torch_impl import training
 from xfw.torch_impl.models import build_model, flat_weights
@@ -26,7 +27,7 @@ def _run_process_group(run: RunSpec, launcher: str, wrap, average_gradients) -> 
     model = build_model(run.config.model, s.weights).to(device)
     net = wrap(model, device)
     optimizer = training.make_optimizer(run, model.parameters())
-    loss_fn = training.mean_loss(run)
+    loss_fn = training.loss_function(run)
 
     def train_step(idx):
         x, y = s.x[idx], s.y[idx]
@@ -40,8 +41,8 @@ def _run_process_group(run: RunSpec, launcher: str, wrap, average_gradients) -> 
     block = replica_slice(run.config.training.global_batch, rank, world)  # this rank's block
     step_inputs = [torch.from_numpy(row[block]).to(device) for row in s.order]
     losses, timing = training.train(run, train_step, step_inputs, rank)
-    training.report(run, s, model, losses, timing, [flat_weights(model.parameters())], training.process_group_gather(device), rank,
-                    launcher, world, [f"rank {rank}: {device}"])
+    ctx = RankContext(run, launcher, rank, world, (f"rank {rank}: {device}",), training.collective_gather(device))
+    training.report(ctx, s, model, losses, timing, [flat_weights(model.parameters())])
     # torch.distributed: wait for rank 0 to finish writing before tearing down; a rank that destroys the
     # group while its peer is still busy aborts in gloo now and then ("terminate called ...").
     dist.barrier()
@@ -76,7 +77,7 @@ def run_data_parallel(run: RunSpec, launcher: str) -> None:
     # replicates the module every step and sums the gradients back onto GPU 0.
     net = torch.nn.DataParallel(model, device_ids=devices)
     optimizer = training.make_optimizer(run, model.parameters())
-    loss_fn = training.mean_loss(run)
+    loss_fn = training.loss_function(run)
 
     def train_step(idx):
         x, y = s.x[idx], s.y[idx]
@@ -88,5 +89,5 @@ def run_data_parallel(run: RunSpec, launcher: str) -> None:
 
     step_inputs = [torch.from_numpy(row).to(s.device) for row in s.order]
     losses, timing = training.train(run, train_step, step_inputs)
-    training.report(run, s, model, losses, timing, [flat_weights(model.parameters())], gather=lambda v: v[None],
-                    rank=0, launcher=launcher, world_size=1, devices=[f"cuda:{d}" for d in devices])
+    ctx = RankContext(run, launcher, devices=tuple(f"cuda:{d}" for d in devices))
+    training.report(ctx, s, model, losses, timing, [flat_weights(model.parameters())])

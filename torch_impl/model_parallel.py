@@ -14,6 +14,7 @@ from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGP
 
 from xfw.common.data import replica_slice
 from xfw.common.partition import plan_stages
+from xfw.common.rank import RankContext
 from xfw.common.runspec import RunSpec
 from xfw.torch_impl import training
 from xfw.torch_impl.models import build_model, build_stage, export_weights, flat_weights, torch_sample_shape
@@ -31,13 +32,19 @@ def _full_model_on_rank0(run: RunSpec, stage, module, rank: int):
     return build_model(run.config.model, merged)
 
 
-def _finish(run, launcher, s, stage, module, losses, timing, rank, device, busy_batch) -> None:
+def _stage_context(run: RunSpec, launcher: str, stage, device: torch.device) -> RankContext:
+    rank = dist.get_rank()
+    return RankContext(run, launcher, rank, dist.get_world_size(), (f"rank {rank}: stage {stage.index} on {device}",),
+                       training.collective_gather(device))
+
+
+def _finish(ctx: RankContext, s, stage, module, losses, timing, device, busy_batch: int) -> None:
+    run = ctx.run
     last = stage.index == run.stages - 1
     busy = {stage.index: training.stage_seconds(run, module, stage, busy_batch, last, device, count=run.micro_batches)}
-    full = _full_model_on_rank0(run, stage, module, rank)
-    training.report(run, s, full, losses, timing, [flat_weights(module.parameters())], training.process_group_gather(device),
-                    rank, launcher, dist.get_world_size(), [f"rank {rank}: stage {stage.index} on {device}"],
-                    stage=stage.index, stage_busy_s=busy)
+    full = _full_model_on_rank0(run, stage, module, ctx.rank)
+    weights = [flat_weights(module.parameters())]
+    training.report(ctx, s, full, losses, timing, weights, stage=stage.index, stage_busy_s=busy)
     dist.barrier()  # rank 0 writes before anyone tears the group down
     dist.destroy_process_group()
 
@@ -51,7 +58,7 @@ def run_placed_stages(run: RunSpec, launcher: str) -> None:
     modules = [build_stage(st, s.weights).to(dev) for st, dev in zip(stages, devices)]  # placement
     parameters = [p for m in modules for p in m.parameters()]
     optimizer = training.make_optimizer(run, parameters)
-    loss_fn = training.mean_loss(run)
+    loss_fn = training.loss_function(run)
 
     def train_step(idx):
         optimizer.zero_grad()  # set_to_none (the default)
@@ -68,8 +75,8 @@ def run_placed_stages(run: RunSpec, launcher: str) -> None:
     batch = run.config.training.global_batch
     busy = {st.index: training.stage_seconds(run, m, st, batch, st.index == run.stages - 1, d) for st, m, d in zip(stages, modules, devices)}
     full = torch.nn.Sequential(*[m.to(devices[0]) for m in modules])
-    training.report(run, s, full, losses, timing, [flat_weights(parameters)], gather=lambda v: v[None], rank=0,
-                    launcher=launcher, world_size=1, devices=[str(d) for d in devices], stage_busy_s=busy)
+    ctx = RankContext(run, launcher, devices=tuple(str(d) for d in devices))
+    training.report(ctx, s, full, losses, timing, [flat_weights(parameters)], stage_busy_s=busy)
 
 
 def run_send_recv(run: RunSpec, launcher: str) -> None:
@@ -77,9 +84,10 @@ def run_send_recv(run: RunSpec, launcher: str) -> None:
     rank, n_stages = dist.get_rank(), run.stages
     s = training.setup(run, device)
     stage = plan_stages(run.config)[rank]  # send/recv: one stage per process
+    ctx = _stage_context(run, launcher, stage, device)
     module = build_stage(stage, s.weights).to(device)
     optimizer = training.make_optimizer(run, module.parameters())
-    loss_fn = training.mean_loss(run)
+    loss_fn = training.loss_function(run)
     batch = run.config.training.global_batch
     in_shape = (batch, *torch_sample_shape(stage.input_shape))
     out_shape = (batch, *torch_sample_shape(stage.output_shape))
@@ -110,7 +118,7 @@ def run_send_recv(run: RunSpec, launcher: str) -> None:
 
     step_inputs = [torch.from_numpy(row).to(device) for row in s.order]
     losses, timing = training.train(run, train_step, step_inputs, rank)
-    _finish(run, launcher, s, stage, module, losses, timing, rank, device, busy_batch=batch)
+    _finish(ctx, s, stage, module, losses, timing, device, busy_batch=batch)
 
 
 def _run_pipelining(run: RunSpec, launcher: str, schedule_class) -> None:
@@ -122,6 +130,7 @@ def _run_pipelining(run: RunSpec, launcher: str, schedule_class) -> None:
     stage_groups = [dist.new_group([r * n_stages + i for r in range(replicas)]) for i in range(n_stages)]
     s = training.setup(run, device)
     stage = plan_stages(run.config)[stage_index]
+    ctx = _stage_context(run, launcher, stage, device)
     module = build_stage(stage, s.weights).to(device)
     optimizer = training.make_optimizer(run, module.parameters())
     block = replica_slice(run.config.training.global_batch, replica, replicas)  # hybrid: this replica's block
@@ -129,7 +138,7 @@ def _run_pipelining(run: RunSpec, launcher: str, schedule_class) -> None:
     # pipelining: the stage talks to its neighbours inside this replica's group; the schedule cuts each batch
     # into micro-batches, averages their losses and scales the gradients by 1 / micro_batches.
     pipe_stage = PipelineStage(module, stage_index, n_stages, device, group=pipeline_groups[replica])
-    schedule = schedule_class(pipe_stage, n_microbatches=micro_batches, loss_fn=training.mean_loss(run))
+    schedule = schedule_class(pipe_stage, n_microbatches=micro_batches, loss_fn=training.loss_function(run))
     first, last = stage_index == 0, stage_index == n_stages - 1
 
     def train_step(idx):
@@ -150,7 +159,7 @@ def _run_pipelining(run: RunSpec, launcher: str, schedule_class) -> None:
 
     step_inputs = [torch.from_numpy(row[block]).to(device) for row in s.order]
     losses, timing = training.train(run, train_step, step_inputs, rank)
-    _finish(run, launcher, s, stage, module, losses, timing, rank, device, busy_batch=micro)
+    _finish(ctx, s, stage, module, losses, timing, device, busy_batch=micro)
 
 
 def run_gpipe(run: RunSpec, launcher: str) -> None:

@@ -1,43 +1,27 @@
 """PyTorch, several independent networks (config `networks`): one after another, in threads of one
 process (each on its own CUDA stream where there is a GPU), and one process per network (torchrun).
-Used by the independent and shared-device strategies; tf_impl/networks.py is the TensorFlow side.
+Used by the independent and shared-device strategies; tf_impl/networks.py is the TensorFlow side, and
+common.rank.Network says what every network keeps of its solo run.
 
-Each network trains exactly as its solo run (`xfw run --impl single` on common.config.network_config):
-the same step (single.step_body), weights, sample order and threads. Running them concurrently may
-change how long they take, never what they compute. Lines that exist for concurrency are tagged
-`# threads:`, `# streams:` or `# torch.distributed:`.
+Lines that exist for concurrency are tagged `# threads:`, `# streams:` or `# torch.distributed:`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import threading
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from xfw.common.config import network_config
-from xfw.common.networks import NetworkOutcome, finish_networks
+from xfw.common.networks import NetworkOutcome
+from xfw.common.rank import Network, RankContext, report_networks, train_in_threads
 from xfw.common.runspec import RunSpec
 from xfw.torch_impl import training
 from xfw.torch_impl.models import build_model, to_torch_layout
 from xfw.torch_impl.single import step_body
-
-
-@dataclass
-class Network:
-    """One network, ready to train: its own run (config), data, model and step."""
-
-    index: int
-    name: str
-    run: RunSpec
-    s: training.Setup
-    model: torch.nn.Module
-    step: object  # single.step_body
-    device: torch.device
 
 
 def prepare(run: RunSpec, index: int, device: torch.device) -> Network:
@@ -65,46 +49,27 @@ def outcome(net: Network, losses: np.ndarray, timing) -> NetworkOutcome:
                           predictions(net))
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-
-
-def _finish(run: RunSpec, launcher: str, outcomes, gather, rank: int, world: int) -> None:
-    finish_networks(run, outcomes, gather, rank,
-                    lambda: {"env": training.environment(run, launcher, world, sorted({o.device for o in outcomes}))},
-                    ensemble=run.strategy == "independent")
+def _finish(ctx: RankContext, outcomes: list[NetworkOutcome]) -> None:
+    report_networks(ctx, outcomes, training.environment, ensemble=ctx.run.strategy == "independent")
 
 
 def run_sequential(run: RunSpec, launcher: str) -> None:
     """Each network alone, one after another, on one device: the reference."""
-    outcomes = [train_alone(prepare(run, i, default_device())) for i in range(run.networks)]
-    _finish(run, launcher, outcomes, lambda v: v[None], 0, 1)
+    outcomes = [train_alone(prepare(run, i, training.default_device())) for i in range(run.networks)]
+    _finish(RankContext(run, launcher), outcomes)
 
 
 def _run_in_threads(run: RunSpec, launcher: str, streams: bool) -> None:
-    nets = [prepare(run, i, default_device()) for i in range(run.networks)]
-    barrier = threading.Barrier(len(nets))  # threads: start the timed steps together
-    outcomes: list = [None] * len(nets)
-    errors: list[BaseException] = []
+    nets = [prepare(run, i, training.default_device()) for i in range(run.networks)]
 
-    def work(k: int) -> None:
+    def train_one(k: int, rank: int, after_warmup) -> NetworkOutcome:
         # streams: this thread's kernels go to its own CUDA stream, so the GPU may overlap the networks.
         context = torch.cuda.stream(torch.cuda.Stream(nets[k].device)) if streams else contextlib.nullcontext()
-        try:
-            with context:
-                outcomes[k] = train_alone(nets[k], rank=0 if k == 0 else -1, after_warmup=barrier.wait)
-        except BaseException as exc:  # re-raised in the main thread: a failed network fails the run
-            errors.append(exc)
-            barrier.abort()
+        with context:
+            return train_alone(nets[k], rank, after_warmup)
 
-    threads = [threading.Thread(target=work, args=(k,), name=f"network-{nets[k].name}") for k in range(len(nets))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    _finish(run, launcher, outcomes, lambda v: v[None], 0, 1)
+    outcomes = train_in_threads([net.name for net in nets], train_one)  # threads: one per network
+    _finish(RankContext(run, launcher), outcomes)
 
 
 def run_threads(run: RunSpec, launcher: str) -> None:
@@ -125,9 +90,10 @@ def run_processes(run: RunSpec, launcher: str) -> None:
     all-gathers only."""
     device = training.init_process_group(run)
     rank, world = dist.get_rank(), dist.get_world_size()
+    ctx = RankContext(run, launcher, rank, world, gather=training.collective_gather(device))
     net = prepare(run, rank, device)
     result = train_alone(net, rank, after_warmup=dist.barrier)  # torch.distributed: start barrier
     result = dataclasses.replace(result, device=f"rank {rank}: {device}")
-    _finish(run, launcher, [result], training.process_group_gather(device), rank, world)
+    _finish(ctx, [result])
     dist.barrier()  # rank 0 writes before anyone tears the group down
     dist.destroy_process_group()

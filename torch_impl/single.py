@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from xfw.common.rank import RankContext
 from xfw.common.runspec import RunSpec
 from xfw.torch_impl import training
 from xfw.torch_impl.models import build_model, flat_weights
@@ -13,7 +14,7 @@ def step_body(run: RunSpec, s, model):
     """One training step on a batch of sample indices. Every strategy that trains whole networks alone
     uses this."""
     optimizer = training.make_optimizer(run, model.parameters())
-    loss_fn = training.mean_loss(run)
+    loss_fn = training.loss_function(run)
 
     def train_step(idx):
         x, y = s.x[idx], s.y[idx]
@@ -32,5 +33,5 @@ def run_single(run: RunSpec, launcher: str) -> None:
     train_step = step_body(run, s, model)
     step_inputs = [torch.from_numpy(row).to(s.device) for row in s.order]
     losses, timing = training.train(run, train_step, step_inputs)
-    training.report(run, s, model, losses, timing, [flat_weights(model.parameters())],
-                    gather=lambda v: v[None], rank=0, launcher=launcher, world_size=1, devices=[str(s.device)])
+    ctx = RankContext(run, launcher, devices=(str(s.device),))
+    training.report(ctx, s, model, losses, timing, [flat_weights(model.parameters())])

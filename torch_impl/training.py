@@ -1,5 +1,6 @@
 """What every PyTorch strategy shares: process set-up, data, optimizer and loss mapping, the timed loop
-and the final report. tf_impl/training.py mirrors this file function by function."""
+and the final report. tf_impl/training.py mirrors this file function by function (tests/test_layout.py);
+the framework-free rest is common/rank.py."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from xfw.common import rank as common_rank
 from xfw.common.data import Dataset, load_dataset, sample_order
-from xfw.common.loop import RankOutcome, common_env, finish_run, peak_rss_bytes, progress_writer, timed_loop
+from xfw.common.rank import RankContext
 from xfw.common.runspec import RunSpec
 from xfw.common.semantics import optimizer_hyperparameters
 from xfw.common.weights import initial_weights
@@ -35,12 +37,17 @@ def setup(run: RunSpec, device: torch.device | None = None) -> Setup:
     if cfg.runtime.determinism:
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(cfg.seed)  # no layer draws random numbers (weights are loaded), but be sure
-    device = device or torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     data = load_dataset(cfg)
     order = sample_order(data.train_size, cfg.training.global_batch, cfg.training.steps, cfg.seed)
     x = torch.from_numpy(to_torch_layout(data.x_train)).to(device)
     y = torch.from_numpy(data.y_train).to(device)
     return Setup(device, data, order, initial_weights(cfg.model, cfg.weights_seed), x, y)
+
+
+def default_device() -> torch.device:
+    """The first GPU, or the CPU where there is none."""
+    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
 
 
 def init_process_group(run: RunSpec) -> torch.device:
@@ -56,7 +63,9 @@ def init_process_group(run: RunSpec) -> torch.device:
     return torch.device("cpu")
 
 
-def process_group_gather(device: torch.device):
+def collective_gather(device: torch.device):
+    """RankContext.gather for a torchrun process group."""
+
     def gather(vector: np.ndarray) -> np.ndarray:
         # torch.distributed: one all-gather after training.
         mine = torch.from_numpy(vector).to(device)
@@ -75,8 +84,9 @@ def make_optimizer(run: RunSpec, parameters):
     return cls(parameters, **params)
 
 
-def mean_loss(run: RunSpec):
-    """The batch-mean loss, through torch's own reduction."""
+def loss_function(run: RunSpec):
+    """loss(outputs, targets): the batch MEAN, through torch's own reduction (tf_impl's twin returns per-example
+    losses and leaves the reduction to the caller)."""
     if run.config.loss == "mse":
         return F.mse_loss
     return F.cross_entropy
@@ -85,12 +95,8 @@ def mean_loss(run: RunSpec):
 def train(run: RunSpec, step, step_inputs: list, rank: int = 0, after_warmup=None) -> tuple[np.ndarray, object]:
     """Runs the shared timed loop over precomputed per-step inputs; returns per-step losses as numpy
     (shape (steps,), or (steps, networks) where one step trains several networks)."""
-    t = run.config.training
-    losses, timing = timed_loop(
-        step, step_inputs,
-        lambda loss: loss.cpu(),  # forces the pending step to finish before the clock is read (any shape)
-        t.warmup_steps, t.timing_windows, progress_writer(run, rank), after_warmup,
-    )
+    # .cpu() forces the pending step to finish before the clock is read (any shape).
+    losses, timing = common_rank.timed_training(run, step, step_inputs, lambda loss: loss.cpu(), rank, after_warmup)
     return torch.stack(losses).double().cpu().numpy(), timing
 
 
@@ -99,7 +105,7 @@ def evaluate(run: RunSpec, s: Setup, model) -> dict:
     x = torch.from_numpy(to_torch_layout(s.data.x_test)).to(s.device)
     y = torch.from_numpy(s.data.y_test).to(s.device)
     logits = model(x)
-    metrics = {"test_loss": float(mean_loss(run)(logits, y))}
+    metrics = {"test_loss": float(loss_function(run)(logits, y))}
     if s.data.classification:
         metrics["test_accuracy"] = float((logits.argmax(dim=1) == y).double().mean())
     return metrics
@@ -107,7 +113,7 @@ def evaluate(run: RunSpec, s: Setup, model) -> dict:
 
 def matmul_peak_flops(n: int = 1024, repeats: int = 5) -> float:
     """Best fp32 matmul rate of this process with its thread settings: the peak a run is measured against."""
-    device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     (a @ b).sum().item()
     best = float("inf")
@@ -131,7 +137,7 @@ def stage_seconds(run: RunSpec, model, stage, batch: int, last: bool, device: to
         for _ in range(count):  # the passes run one after another, as a stage does
             out = model(x)
             if last:
-                mean_loss(run)(out, y).backward()
+                loss_function(run)(out, y).backward()
             else:
                 out.backward(out_grad)
         x.grad[(0,) * x.dim()].item()  # waits for the device
@@ -146,27 +152,14 @@ def stage_seconds(run: RunSpec, model, stage, batch: int, last: bool, device: to
     return float(np.median(times))
 
 
-def environment(run: RunSpec, launcher: str, world_size: int, devices: list[str]) -> dict:
+def environment(ctx: RankContext) -> dict:
     """What result.json records about the software and the process that produced it."""
-    env = common_env(run, launcher, world_size) | {
-        "framework_versions": {"torch": torch.__version__},
-        "devices": devices,
-        "intra_op_threads": torch.get_num_threads(),
-        "inter_op_threads": torch.get_num_interop_threads(),
-    }
-    if launcher == "horovodrun":
-        import horovod
-
-        env["framework_versions"]["horovod"] = horovod.__version__
-    return env
+    versions = {"torch": torch.__version__}
+    return common_rank.environment(ctx, versions, torch.get_num_threads(), torch.get_num_interop_threads())
 
 
-def report(run: RunSpec, s: Setup, model, losses: np.ndarray, timing, weight_copies: list, gather, rank: int,
-           launcher: str, world_size: int, devices: list[str], stage: int = 0, stage_busy_s: dict | None = None) -> None:
-    def rank0_extras() -> dict:
-        env = environment(run, launcher, world_size, devices)
-        # Peak of one device's share of the machine, times the devices: what the run could reach at most.
-        return {"eval": evaluate(run, s, model), "env": env, "peak_flops_per_s": matmul_peak_flops() * run.devices}
-
-    outcome = RankOutcome(losses, timing, weight_copies, peak_rss_bytes(), stage, stage_busy_s or {})
-    finish_run(run, outcome, gather, rank, rank0_extras)
+def report(ctx: RankContext, s: Setup, model, losses: np.ndarray, timing, weight_copies: list, stage: int = 0,
+           stage_busy_s: dict | None = None) -> None:
+    """Gather, then rank 0 evaluates `model` and writes result.json (common.rank.report)."""
+    common_rank.report(ctx, losses, timing, weight_copies, evaluate=lambda: evaluate(ctx.run, s, model),
+                       environment=environment, peak_flops=matmul_peak_flops, stage=stage, stage_busy_s=stage_busy_s)
