@@ -56,6 +56,8 @@ ONE_SIDE_ONLY = {
         "export_weights": "stages in other processes send their weights back; TensorFlow's stages share one process",
         "to_torch_layout": "torch is NCHW, the canonical data NHWC (Keras's own)",
         "torch_sample_shape": "torch is NCHW, the canonical data NHWC (Keras's own)",
+        "Placement": "where a canonical (Keras-layout) parameter lives in torch's modules and how it converts",
+        "TorchBlock": "a block's torch modules plus its parameter placements; Keras loads the canonical layout as is",
     },
     ("tf", "training.py"): {
         "configure": "TensorFlow's threads, logical devices and determinism must be set before its runtime starts",
