@@ -3,7 +3,8 @@
 Per framework, in its own process: the same model, initial weights, batches, optimizer and thread count,
 trained by (a) xfw's single-device implementation, exactly as `xfw run` runs it, and (b) the shortest
 loop a practitioner would write. Both do the same work per step: select the step's samples from the
-in-memory training set by index (inside the tf.function on the TensorFlow side), forward, backward, update. Rounds alternate a, b, a, b, ...
+in-memory training set by index (inside the tf.function on the TensorFlow side), forward, backward, update. Rounds
+alternate a, b, a, b, ...
 so that both see the same machine state; the figure is the ratio of median throughputs, warm-up excluded.
 Target: xfw within 3% of the hand-written loop (ratio >= 0.97).
 
@@ -56,7 +57,7 @@ def hand_written_torch(run: RunSpec) -> float:
             layers.append(nn.ReLU())
     model = nn.Sequential(*layers)
     with torch.no_grad():
-        for i, linear in enumerate(l for l in model if isinstance(l, nn.Linear)):
+        for i, linear in enumerate(m for m in model if isinstance(m, nn.Linear)):
             linear.weight.copy_(torch.from_numpy(w[f"dense{i}/kernel"].T.copy()))
             linear.bias.copy_(torch.from_numpy(w[f"dense{i}/bias"]))
     opt = torch.optim.SGD(model.parameters(), lr=cfg.optimizer.lr, momentum=cfg.optimizer.momentum)
@@ -85,9 +86,10 @@ def hand_written_tf(run: RunSpec) -> float:
     cfg = run.config
     data, w = load_dataset(cfg), initial_weights(cfg.model, cfg.weights_seed)
     sizes = cfg.model.layers
-    model = keras.Sequential([keras.Input((sizes[0],))] + [
-        keras.layers.Dense(n, activation="relu" if i < len(sizes) - 2 else None) for i, n in enumerate(sizes[1:])
-    ])
+    model = keras.Sequential(
+        [keras.Input((sizes[0],))]
+        + [keras.layers.Dense(n, activation="relu" if i < len(sizes) - 2 else None) for i, n in enumerate(sizes[1:])]
+    )
     model.set_weights([a for i in range(len(sizes) - 1) for a in (w[f"dense{i}/kernel"], w[f"dense{i}/bias"])])
     opt = keras.optimizers.SGD(learning_rate=cfg.optimizer.lr, momentum=cfg.optimizer.momentum)
     mse = keras.losses.MeanSquaredError()
@@ -127,9 +129,15 @@ def worker(framework: str, config_path: str | None, rounds: int, steps: int) -> 
             hand_rates.append(hand(run))
         peak = json.loads((Path(tmp) / "round-0" / "result.json").read_text())["peak_flops_per_s"]
     xfw_median = statistics.median(xfw_rates)
-    return {"framework": framework, "xfw": xfw_median, "hand": statistics.median(hand_rates),
-            "xfw_rounds": xfw_rates, "hand_rounds": hand_rates,
-            "achieved_flops": xfw_median * training_flops_per_sample(cfg.model), "peak_flops": peak}
+    return {
+        "framework": framework,
+        "xfw": xfw_median,
+        "hand": statistics.median(hand_rates),
+        "xfw_rounds": xfw_rates,
+        "hand_rounds": hand_rates,
+        "achieved_flops": xfw_median * training_flops_per_sample(cfg.model),
+        "peak_flops": peak,
+    }
 
 
 def main() -> None:
@@ -146,19 +154,41 @@ def main() -> None:
     env = os.environ | {k: v for k, v in base_env(RunSpec(cfg, "tf", "single", "single", "."), "bench").items()}
     rows = []
     for fw in ("tf", "torch"):  # one framework per process
-        cmd = [sys.executable, __file__, "--worker", fw, "--rounds", str(args.rounds), "--steps", str(args.steps)] + (["--config", args.config] if args.config else [])
+        cmd = [sys.executable, __file__, "--worker", fw, "--rounds", str(args.rounds), "--steps", str(args.steps)] + (
+            ["--config", args.config] if args.config else []
+        )
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
         if out.returncode != 0:
             raise SystemExit(f"{fw} benchmark failed:\n{out.stderr[-3000:]}")
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    table = Table(title=f"xfw loop vs hand-written loop ({args.rounds} alternating rounds, median, "
-                        f"{args.steps} steps, {cfg.parallel.threads_per_replica} thread(s), batch {cfg.training.global_batch})", title_justify="left")
-    for h in ("framework", "hand-written samples/s", "xfw samples/s", "xfw / hand", "within 3%", "xfw GFLOP/s", "matmul peak GFLOP/s", "utilization"):
+    table = Table(
+        title=f"xfw loop vs hand-written loop ({args.rounds} alternating rounds, median, "
+        f"{args.steps} steps, {cfg.parallel.threads_per_replica} thread(s), batch {cfg.training.global_batch})",
+        title_justify="left",
+    )
+    for h in (
+        "framework",
+        "hand-written samples/s",
+        "xfw samples/s",
+        "xfw / hand",
+        "within 3%",
+        "xfw GFLOP/s",
+        "matmul peak GFLOP/s",
+        "utilization",
+    ):
         table.add_column(h)
     for r in rows:
         ratio = r["xfw"] / r["hand"]
-        table.add_row(r["framework"], f"{r['hand']:,.0f}", f"{r['xfw']:,.0f}", f"{ratio:.3f}", "yes" if ratio >= 0.97 else "NO",
-                      f"{r['achieved_flops'] / 1e9:.2f}", f"{r['peak_flops'] / 1e9:.1f}", f"{r['achieved_flops'] / r['peak_flops']:.2%}")
+        table.add_row(
+            r["framework"],
+            f"{r['hand']:,.0f}",
+            f"{r['xfw']:,.0f}",
+            f"{ratio:.3f}",
+            "yes" if ratio >= 0.97 else "NO",
+            f"{r['achieved_flops'] / 1e9:.2f}",
+            f"{r['peak_flops'] / 1e9:.1f}",
+            f"{r['achieved_flops'] / r['peak_flops']:.2%}",
+        )
     console = Console()
     (console if console.is_terminal else Console(width=160)).print(table)
 

@@ -32,8 +32,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for m in [int(v) for v in args.micro_batches.split(",")]:
             out = Path(tmp) / f"m{m}"
-            cmd = [XFW, "compare", "--strategy", "pipeline", "--set", f"model_parallel.micro_batches={m}", "--out", str(out)]
-            cmd += (["--config", args.config] if args.config else []) + [a for o in args.overrides for a in ("--set", o)]
+            cmd = [
+                XFW,
+                "compare",
+                "--strategy",
+                "pipeline",
+                "--set",
+                f"model_parallel.micro_batches={m}",
+                "--out",
+                str(out),
+            ]
+            cmd += (["--config", args.config] if args.config else []) + [
+                a for o in args.overrides for a in ("--set", o)
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if not (out / "summary.json").exists():
                 raise SystemExit(f"M={m}: {proc.stderr.strip()}")
@@ -48,8 +59,16 @@ def main() -> None:
                     continue
                 single = runs[f"{r['framework']}-single"]["throughput_samples_per_s"]
                 idle = " / ".join(f"{s['idle_fraction']:.0%}" for s in r["model_parallel"]["per_stage"])
-                rows.append([r["id"], str(m), f"{r['throughput_samples_per_s']:,.0f}", f"{r['throughput_samples_per_s'] / single:.2f}",
-                             idle, f"{cmps[r['id']]['max_rel_loss_diff']:.1e}"])
+                rows.append(
+                    [
+                        r["id"],
+                        str(m),
+                        f"{r['throughput_samples_per_s']:,.0f}",
+                        f"{r['throughput_samples_per_s'] / single:.2f}",
+                        idle,
+                        f"{cmps[r['id']]['max_rel_loss_diff']:.1e}",
+                    ]
+                )
     table = Table(title="pipeline throughput vs micro-batches (one xfw compare per M)", title_justify="left")
     for h in ("run", "M", "samples/s", "vs single device", "idle per stage", "max rel loss diff vs single"):
         table.add_column(h)

@@ -15,23 +15,39 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from xfw.cli.progress import RichProgress
 from xfw.common import registry
 from xfw.common.config import load_config
+from xfw.common.diff import diff_runs
 from xfw.common.errors import UserError
 from xfw.common.launch import under_engine_launcher
 from xfw.common.loop import write_json_atomic
-from xfw.common.diff import diff_runs
-from xfw.common.records import NetworksResult, read_result
 from xfw.common.orchestrate import compare_strategy, execute_run, preflight
+from xfw.common.records import NetworksResult, read_result
 from xfw.common.report import print_tables, write_report
 from xfw.common.runspec import RunSpec
-from xfw.cli.progress import RichProgress
 
 config_options = [
-    click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML run config (default: configs/default.yaml)."),
-    click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. --set training.steps=100."),
+    click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        help="YAML run config (default: configs/default.yaml).",
+    ),
+    click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override a config key, e.g. --set training.steps=100.",
+    ),
     click.option("--replicas", type=click.IntRange(min=1), help="Data-parallel replicas (parallel.replicas)."),
-    click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), help="Per-run deadline in seconds (runtime.timeout_s)."),
+    click.option(
+        "--timeout",
+        "timeout_s",
+        type=click.FloatRange(min=0, min_open=True),
+        help="Per-run deadline in seconds (runtime.timeout_s).",
+    ),
 ]
 
 
@@ -57,13 +73,23 @@ def list_cmd() -> None:
     """Every (framework, strategy, implementation), and whether it can run on this machine."""
     machine = registry.this_machine()
     defaults = load_config()
-    table = Table(title=f"xfw implementations on this machine ({machine.cpu_cores} CPU cores, {machine.gpus} GPUs)", title_justify="left")
+    table = Table(
+        title=f"xfw implementations on this machine ({machine.cpu_cores} CPU cores, {machine.gpus} GPUs)",
+        title_justify="left",
+    )
     for h in ("framework", "strategy", "implementation", "launcher", "runs here", "what it is"):
         table.add_column(h, overflow="fold")
     for impl in registry.REGISTRY:
         devices = registry.run_devices(impl, defaults)
         reason = registry.unavailable_reason(impl, machine, devices)
-        table.add_row(impl.framework, impl.strategy, impl.name, impl.launcher, "yes" if reason is None else f"no: {reason}", impl.description)
+        table.add_row(
+            impl.framework,
+            impl.strategy,
+            impl.name,
+            impl.launcher,
+            "yes" if reason is None else f"no: {reason}",
+            impl.description,
+        )
     table_console().print(table)
 
 
@@ -71,7 +97,12 @@ def list_cmd() -> None:
 @click.option("--framework", required=True, help="tf or torch.")
 @click.option("--impl", "implementation", required=True, help="Implementation name, as `xfw list` shows it.")
 @with_config_options
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where result.json goes (default: runs/<framework>-<impl>).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    help="Where result.json goes (default: runs/<framework>-<impl>).",
+)
 def run(framework, implementation, config_path, overrides, replicas, timeout_s, out_dir) -> None:
     """Run one implementation. Under horovodrun, torchrun or TF_CONFIG it acts as that launcher's worker."""
     impl = registry.find(framework, implementation)
@@ -92,7 +123,9 @@ def run(framework, implementation, config_path, overrides, replicas, timeout_s, 
         out.mkdir(parents=True, exist_ok=True)
         run_worker(spec, launcher)
         if launcher_rank() == 0:  # rank 0 wrote the result, after gathering every rank's
-            sys.exit(print_result(impl.id, read_result(json.loads((out / "result.json").read_text())), out / "result.json"))
+            sys.exit(
+                print_result(impl.id, read_result(json.loads((out / "result.json").read_text())), out / "result.json")
+            )
         return
     machine = registry.this_machine()
     reason = registry.unavailable_reason(impl, machine, spec.devices, config)
@@ -107,8 +140,10 @@ def run(framework, implementation, config_path, overrides, replicas, timeout_s, 
         console.print(f"[red]{impl.id} failed[/]: {escape(result['error'])}", highlight=False)
         sys.exit(1)
     if result.teardown_error:
-        console.print(f"[yellow]{impl.id}: a process failed after the result was written[/]: {escape(result.teardown_error)}",
-                      highlight=False)
+        console.print(
+            f"[yellow]{impl.id}: a process failed after the result was written[/]: {escape(result.teardown_error)}",
+            highlight=False,
+        )
     sys.exit(print_result(impl.id, result, out / "result.json"))
 
 
@@ -137,9 +172,22 @@ def _launcher_world_size(launcher: str) -> int:
 @cli.command()
 @click.option("--strategy", required=True, help=f"One of: {', '.join(registry.STRATEGIES)}.")
 @with_config_options
-@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True, help="Runs of each implementation; throughput is the median over all.")
-@click.option("--only", multiple=True, metavar="RUN_ID", help="Run only this implementation of the strategy (repeatable), e.g. --only torch-ddp.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output folder (default: runs/<strategy>-<time>).")
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Runs of each implementation; throughput is the median over all.",
+)
+@click.option(
+    "--only",
+    multiple=True,
+    metavar="RUN_ID",
+    help="Run only this implementation of the strategy (repeatable), e.g. --only torch-ddp.",
+)
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False), help="Output folder (default: runs/<strategy>-<time>)."
+)
 def compare(strategy, config_path, overrides, replicas, timeout_s, repeats, only, out_dir) -> None:
     """Run every available implementation of STRATEGY and each framework's single-device reference on one
     config, then diff them: table on stdout, summary.json and report.md (with plots) in --out."""
@@ -149,8 +197,16 @@ def compare(strategy, config_path, overrides, replicas, timeout_s, repeats, only
     out = Path(out_dir or f"runs/{strategy}-{stamp}")
     console = Console(stderr=True)
     with RichProgress(console) as progress:
-        summary = compare_strategy(strategy, config, out, repeats, timeout_s or config.runtime.timeout_s,
-                                   registry.this_machine(), progress, list(only))
+        summary = compare_strategy(
+            strategy,
+            config,
+            out,
+            repeats,
+            timeout_s or config.runtime.timeout_s,
+            registry.this_machine(),
+            progress,
+            list(only),
+        )
     report = write_report(summary, out)
     print_tables(summary, table_console())
     click.echo(f"summary: {out / 'summary.json'}\nreport:  {report}")
@@ -178,8 +234,11 @@ def exit_status(summary) -> int:
     """1 when a run failed or diverged or a comparison is outside its tolerance; else 0."""
     failed_parity = [c for c in summary.comparisons if c.status == "ok" and c.within_tolerance is False]
     failed_runs = [r for r in summary.runs if r.status == "failed"]
-    diverged = [r for r in summary.runs if r.status == "ok" and (r.diverged_at_step is not None or
-                                                                getattr(r, "non_finite_metrics", []))]
+    diverged = [
+        r
+        for r in summary.runs
+        if r.status == "ok" and (r.diverged_at_step is not None or getattr(r, "non_finite_metrics", []))
+    ]
     return 1 if failed_runs or failed_parity or diverged else 0
 
 

@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 from xfw.common.launch import TOKEN_VAR, base_env, device_cores, under_engine_launcher
-from xfw.common.registry import this_machine
-from xfw.common.registry import find
+from xfw.common.registry import find, this_machine
 from xfw.common.runspec import RunSpec
 
 # Test hook: XFW_INJECT_FAULT="<run-id>:crash|hang|abort-at-exit[:rank],..." makes that run's worker(s) fail on

@@ -12,8 +12,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from xfw.common.config import Config
-from xfw.common.records import (AnyRun, Comparison, Flops, RatioRange, RunBase, RunEntry, RunResult, Spread,
-                                first_non_finite, non_finite_keys)
+from xfw.common.records import (
+    AnyRun,
+    Comparison,
+    Flops,
+    RatioRange,
+    RunBase,
+    RunEntry,
+    RunResult,
+    Spread,
+    first_non_finite,
+    non_finite_keys,
+)
 from xfw.common.registry import Parity, find
 
 
@@ -26,7 +36,9 @@ def throughput_stats(results: list[RunResult]) -> Spread:
     """Median (returned separately) and spread of samples/s over every timed window of every repeat."""
     rates = np.concatenate([window_rates(r.timing.global_batch, r.timing.windows) for r in results])
     p25, p75 = np.percentile(rates, [25, 75])
-    return Spread(p25=float(p25), p75=float(p75), min=float(rates.min()), max=float(rates.max()), windows=int(rates.size))
+    return Spread(
+        p25=float(p25), p75=float(p75), min=float(rates.min()), max=float(rates.max()), windows=int(rates.size)
+    )
 
 
 def run_entry(base: RunBase, results: list[RunResult]) -> RunEntry:
@@ -55,8 +67,12 @@ def run_entry(base: RunBase, results: list[RunResult]) -> RunEntry:
         processes=first.processes,
         replicas=first.replicas,
         devices=first.devices,
-        flops=Flops(training_flops_per_sample=flops_per_sample, achieved_flops_per_s=achieved, peak_flops_per_s=peak,
-                    utilization=achieved / peak),
+        flops=Flops(
+            training_flops_per_sample=flops_per_sample,
+            achieved_flops_per_s=achieved,
+            peak_flops_per_s=peak,
+            utilization=achieved / peak,
+        ),
         parameters=first.model.parameters,
         repeats=len(results),
         loss_identical_across_repeats=bool((losses == losses[0]).all()),
@@ -96,7 +112,9 @@ def curve_diff(a: list[float], b: list[float], tolerance: float | None, names: t
     absd, reld = loss_diff(a, b)
     notes = []
     bad = np.flatnonzero(np.isnan(reld))
-    diverged = [f"{name} diverged at step {step}" for name, c in zip(names, (a, b)) if (step := first_non_finite(c)) is not None]
+    diverged = [
+        f"{name} diverged at step {step}" for name, c in zip(names, (a, b)) if (step := first_non_finite(c)) is not None
+    ]
     if diverged:
         notes.append("; ".join(diverged) + (" (both diverging is not parity)" if len(diverged) == 2 else ""))
     if len(a) != len(b):
@@ -139,7 +157,9 @@ def pairs_for(runs: list[AnyRun]) -> list[tuple[AnyRun, AnyRun, Parity]]:
     return pairs
 
 
-def throughput_verdict(ratio: float, spread: RatioRange, band: float, words: tuple[str, str] = ("faster", "slower")) -> str:
+def throughput_verdict(
+    ratio: float, spread: RatioRange, band: float, words: tuple[str, str] = ("faster", "slower")
+) -> str:
     """a is faster (or slower) than b only when the ratio is beyond the band AND the window-to-window spread
     of both runs cannot turn it into no change: one noisy run gives no verdict."""
     if ratio > 1 + band and spread.low > 1:
@@ -149,8 +169,9 @@ def throughput_verdict(ratio: float, spread: RatioRange, band: float, words: tup
     return "no clear difference"
 
 
-def verdict_fields(a: AnyRun, b: AnyRun, ratio: float, spread: RatioRange, band: float,
-                   words: tuple[str, str] = ("faster", "slower")) -> dict:
+def verdict_fields(
+    a: AnyRun, b: AnyRun, ratio: float, spread: RatioRange, band: float, words: tuple[str, str] = ("faster", "slower")
+) -> dict:
     """The throughput verdict of a comparison, or why it has none."""
     crowded = [r.id for r in (a, b) if r.oversubscribed]
     if crowded:
@@ -171,8 +192,15 @@ def not_compared(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> Comparis
     if a.status == "ok" and b.status == "ok":
         return None
     missing = [r.id for r in (a, b) if r.status != "ok"]
-    return Comparison(a=a.id, b=b.id, kind=kind.value, tolerance=tolerance_for(kind, config), status="not compared",
-                      size=a.size, reason=f"{', '.join(missing)} did not run ({a.status}/{b.status})")
+    return Comparison(
+        a=a.id,
+        b=b.id,
+        kind=kind.value,
+        tolerance=tolerance_for(kind, config),
+        status="not compared",
+        size=a.size,
+        reason=f"{', '.join(missing)} did not run ({a.status}/{b.status})",
+    )
 
 
 def compare_pair(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> Comparison:
@@ -188,7 +216,11 @@ def compare_pair(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> Comparis
     band = config.training.verdict_band
     against_reference_strategy = kind != Parity.CROSS_FRAMEWORK and a.strategy != b.strategy  # e.g. mirrored vs single
     return Comparison(
-        a=a.id, b=b.id, kind=kind.value, tolerance=tolerance, status="ok",
+        a=a.id,
+        b=b.id,
+        kind=kind.value,
+        tolerance=tolerance,
+        status="ok",
         max_abs_loss_diff=curve.max_abs,
         max_rel_loss_diff=curve.max_rel,
         first_step_over_tolerance=curve.first_over,

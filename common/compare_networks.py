@@ -12,8 +12,20 @@ import numpy as np
 
 from xfw.common.compare import curve_diff, not_compared, tolerance_for, verdict_fields, window_rates
 from xfw.common.config import Config
-from xfw.common.records import (Comparison, NetworkDiff, NetworkEntry, NetworksResult, NetworksRunEntry, RatioRange,
-                                RunBase, Spread, SweepLine, SweepPoint, first_non_finite, non_finite_keys)
+from xfw.common.records import (
+    Comparison,
+    NetworkDiff,
+    NetworkEntry,
+    NetworksResult,
+    NetworksRunEntry,
+    RatioRange,
+    RunBase,
+    Spread,
+    SweepLine,
+    SweepPoint,
+    first_non_finite,
+    non_finite_keys,
+)
 from xfw.common.registry import Parity
 
 
@@ -28,17 +40,25 @@ def network_run_entry(base: RunBase, results: list[NetworksResult]) -> NetworksR
         p25, median, p75 = np.percentile(rates, [25, 50, 75])
         busy = [n.busy_s_per_step for n in per if n.busy_s_per_step is not None]
         step_time = batch / float(median)
-        networks.append(NetworkEntry(
-            index=net.index, name=net.name, device=net.device, loss=net.loss, eval=net.eval,
-            throughput_samples_per_s=float(median),
-            throughput_spread=Spread(p25=float(p25), p75=float(p75), windows=int(rates.size)),
-            step_time_s=step_time,
-            busy_s_per_step=float(np.median(busy)) if busy else None,
-            # Waiting: the step time the network does not spend on its own passes (its partner, the exchange).
-            wait_s_per_step=max(0.0, step_time - float(np.median(busy))) if busy else None,
-            parameters=net.parameters, training_flops_per_sample=net.training_flops_per_sample,
-            diverged_at_step=first_non_finite(net.loss), non_finite_metrics=non_finite_keys(net.eval),
-        ))
+        networks.append(
+            NetworkEntry(
+                index=net.index,
+                name=net.name,
+                device=net.device,
+                loss=net.loss,
+                eval=net.eval,
+                throughput_samples_per_s=float(median),
+                throughput_spread=Spread(p25=float(p25), p75=float(p75), windows=int(rates.size)),
+                step_time_s=step_time,
+                busy_s_per_step=float(np.median(busy)) if busy else None,
+                # Waiting: the step time the network does not spend on its own passes (its partner, the exchange).
+                wait_s_per_step=max(0.0, step_time - float(np.median(busy))) if busy else None,
+                parameters=net.parameters,
+                training_flops_per_sample=net.training_flops_per_sample,
+                diverged_at_step=first_non_finite(net.loss),
+                non_finite_metrics=non_finite_keys(net.eval),
+            )
+        )
     curves = [[n.loss for n in r.networks] for r in results]
     combined = float(np.median([r.combined_throughput_samples_per_s for r in results]))
     return NetworksRunEntry(
@@ -68,11 +88,14 @@ def network_run_entry(base: RunBase, results: list[NetworksResult]) -> NetworksR
 def ratio_spread(a: NetworksRunEntry, b: NetworksRunEntry, ratio: float) -> RatioRange:
     """The combined-throughput ratio's plausible range: each run's networks' interquartile ranges, taken at
     their most unfavourable (the lowest p25 / median and the highest p75 / median of its networks)."""
+
     def scale(run: NetworksRunEntry, key: str, pick) -> float:
         return pick(getattr(n.throughput_spread, key) / n.throughput_samples_per_s for n in run.networks)
 
-    return RatioRange(low=ratio * scale(a, "p25", min) / scale(b, "p75", max),
-                      high=ratio * scale(a, "p75", max) / scale(b, "p25", min))
+    return RatioRange(
+        low=ratio * scale(a, "p25", min) / scale(b, "p75", max),
+        high=ratio * scale(a, "p75", max) / scale(b, "p25", min),
+    )
 
 
 def compare_networks_pair(a, b, kind: Parity, config: Config) -> Comparison:
@@ -89,8 +112,10 @@ def compare_networks_pair(a, b, kind: Parity, config: Config) -> Comparison:
             continue
         curve = curve_diff(n.loss, m.loss, tolerance, (f"{a.id} {n.name}", f"{b.id} {m.name}"))
         per_network[n.name] = NetworkDiff(
-            max_abs_loss_diff=curve.max_abs, max_rel_loss_diff=curve.max_rel,
-            first_step_over_tolerance=curve.first_over, note=curve.note,
+            max_abs_loss_diff=curve.max_abs,
+            max_rel_loss_diff=curve.max_rel,
+            first_step_over_tolerance=curve.first_over,
+            note=curve.note,
             final_metric_diff={k: n.eval[k] - m.eval[k] for k in n.eval if k in m.eval},
             # Throughput alone (the reference trains the networks one at a time) over together: >1 = slowed down.
             slowdown=m.throughput_samples_per_s / n.throughput_samples_per_s if kind == Parity.IDENTICAL else None,
@@ -99,8 +124,10 @@ def compare_networks_pair(a, b, kind: Parity, config: Config) -> Comparison:
         return Comparison(**entry, status="not compared", reason="no network with a loss curve in both runs")
     firsts = [p.first_step_over_tolerance for p in per_network.values() if p.first_step_over_tolerance is not None]
     notes = [f"{name}: {p.note}" for name, p in per_network.items() if p.note]
-    maxima = {k: [getattr(p, k) for p in per_network.values() if getattr(p, k) is not None]
-              for k in ("max_abs_loss_diff", "max_rel_loss_diff")}
+    maxima = {
+        k: [getattr(p, k) for p in per_network.values() if getattr(p, k) is not None]
+        for k in ("max_abs_loss_diff", "max_rel_loss_diff")
+    }
     ratio = a.combined_throughput_samples_per_s / b.combined_throughput_samples_per_s
     spread = ratio_spread(a, b, ratio)
     # Against the reference: does training the networks together help; across frameworks: which is faster.
@@ -108,14 +135,18 @@ def compare_networks_pair(a, b, kind: Parity, config: Config) -> Comparison:
     band = config.shared_device.verdict_band
     judged = verdict_fields(a, b, ratio, spread, band, words)
     return Comparison(
-        **entry, status="ok", networks=per_network,
+        **entry,
+        status="ok",
+        networks=per_network,
         max_abs_loss_diff=max(maxima["max_abs_loss_diff"], default=None),
         max_rel_loss_diff=max(maxima["max_rel_loss_diff"], default=None),
         first_step_over_tolerance=min(firsts) if firsts else None,
         within_tolerance=None if tolerance is None else not firsts and not notes,
         note="; ".join(notes) or None,
         # Both runs train the same samples, so this is also the ratio of their timed wall times, b / a.
-        throughput_ratio=ratio, throughput_ratio_spread=spread, **judged,
+        throughput_ratio=ratio,
+        throughput_ratio_spread=spread,
+        **judged,
     )
 
 
@@ -126,14 +157,22 @@ def sweep(comparisons: list[Comparison]) -> list[SweepLine]:
     for c in comparisons:
         if c.kind != Parity.IDENTICAL or c.size is None or c.status != "ok":
             continue
-        lines.setdefault(c.a.split("@")[0], []).append(SweepPoint(
-            hidden_width=c.size["hidden_width"], throughput_ratio=c.throughput_ratio,
-            throughput_ratio_spread=c.throughput_ratio_spread, verdict=c.verdict,
-            slowdown={k: v.slowdown for k, v in c.networks.items()}))
+        lines.setdefault(c.a.split("@")[0], []).append(
+            SweepPoint(
+                hidden_width=c.size["hidden_width"],
+                throughput_ratio=c.throughput_ratio,
+                throughput_ratio_spread=c.throughput_ratio_spread,
+                verdict=c.verdict,
+                slowdown={k: v.slowdown for k, v in c.networks.items()},
+            )
+        )
     out = []
     for impl_id, points in lines.items():
         points.sort(key=lambda p: p.hidden_width)
-        flips = [{"from": p.hidden_width, "to": q.hidden_width, "verdict_from": p.verdict, "verdict_to": q.verdict}
-                 for p, q in zip(points, points[1:]) if p.verdict != q.verdict]
+        flips = [
+            {"from": p.hidden_width, "to": q.hidden_width, "verdict_from": p.verdict, "verdict_to": q.verdict}
+            for p, q in zip(points, points[1:])
+            if p.verdict != q.verdict
+        ]
         out.append(SweepLine(run=impl_id, points=points, flips=flips))
     return out

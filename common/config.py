@@ -7,7 +7,7 @@ can only differ by the framework and the strategy, never by a default that one s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -30,7 +30,11 @@ class MLPSpec(_Strict):
 
 class CNNSpec(_Strict):
     kind: Literal["cnn"] = "cnn"
-    input_shape: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] = (8, 8, 1)
+    input_shape: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] = (
+        8,
+        8,
+        1,
+    )
     # One block per entry: conv (stride 1, 'same' padding, odd kernel) -> activation -> 2x2 max-pool.
     conv_channels: list[Annotated[int, Field(gt=0)]] = Field(default=[8, 16], min_length=1)
     kernel_size: Annotated[int, Field(gt=0)] = 3
@@ -39,20 +43,22 @@ class CNNSpec(_Strict):
     activation: Literal["relu", "tanh"] = "relu"
 
     @model_validator(mode="after")
-    def _check_shape(self) -> "CNNSpec":
+    def _check_shape(self) -> CNNSpec:
         if self.kernel_size % 2 == 0:
             raise ValueError("kernel_size must be odd ('same' padding is then symmetric in both frameworks)")
         h, w, _ = self.input_shape
         for _ in self.conv_channels:
             if h < 2 or w < 2:
-                raise ValueError(f"input_shape {self.input_shape} is too small for {len(self.conv_channels)} pooling blocks")
+                raise ValueError(
+                    f"input_shape {self.input_shape} is too small for {len(self.conv_channels)} pooling blocks"
+                )
             h, w = h // 2, w // 2
         return self
 
 
 # One spec class per model kind; what each kind is made of (blocks, data, stages) is its entry in
 # common.models.MODEL_KINDS.
-ModelSpec = Annotated[Union[MLPSpec, CNNSpec], Field(discriminator="kind")]
+ModelSpec = Annotated[MLPSpec | CNNSpec, Field(discriminator="kind")]
 
 
 class DataConfig(_Strict):
@@ -63,7 +69,7 @@ class DataConfig(_Strict):
     noise: Annotated[float, Field(ge=0)] = 0.1
 
     @model_validator(mode="after")
-    def _check_path(self) -> "DataConfig":
+    def _check_path(self) -> DataConfig:
         if self.kind == "npz" and not self.path:
             raise ValueError("data.path is required when data.kind is npz")
         if self.kind != "npz" and self.path:
@@ -86,7 +92,7 @@ class AdamConfig(_Strict):
     epsilon: Annotated[float, Field(gt=0)] = 1e-7
 
 
-OptimizerConfig = Annotated[Union[SGDConfig, AdamConfig], Field(discriminator="kind")]
+OptimizerConfig = Annotated[SGDConfig | AdamConfig, Field(discriminator="kind")]
 
 
 class TrainingConfig(_Strict):
@@ -101,10 +107,11 @@ class TrainingConfig(_Strict):
     verdict_band: Annotated[float, Field(ge=0, lt=1)] = 0.05
 
     @model_validator(mode="after")
-    def _check_steps(self) -> "TrainingConfig":
+    def _check_steps(self) -> TrainingConfig:
         if self.steps - self.warmup_steps < self.timing_windows:
             raise ValueError(
-                f"steps ({self.steps}) must exceed warmup_steps ({self.warmup_steps}) by at least timing_windows ({self.timing_windows})"
+                f"steps ({self.steps}) must exceed warmup_steps ({self.warmup_steps}) by at least timing_windows "
+                f"({self.timing_windows})"
             )
         return self
 
@@ -119,13 +126,14 @@ class ParallelConfig(_Strict):
 class ModelParallelConfig(_Strict):
     # Stages the model's layers are split into (model-parallel, pipeline, hybrid).
     stages: Annotated[int, Field(gt=0)] = 2
-    # Names of the layers that begin stages 2..S (dense0, dense1, ... for an MLP; conv0, pool0, flatten, dense0, ... for a CNN); empty: an even split by parameter count.
+    # Names of the layers that begin stages 2..S (dense0, dense1, ... for an MLP; conv0, pool0, flatten, dense0, ...
+    # for a CNN); empty: an even split by parameter count.
     split_points: list[str] = []
     # Pipeline: the global batch (hybrid: each replica's share) is cut into this many micro-batches.
     micro_batches: Annotated[int, Field(gt=0)] = 4
 
     @model_validator(mode="after")
-    def _check(self) -> "ModelParallelConfig":
+    def _check(self) -> ModelParallelConfig:
         if self.split_points and len(self.split_points) != self.stages - 1:
             raise ValueError(f"{self.stages} stages need {self.stages - 1} split_points, got {len(self.split_points)}")
         return self
@@ -162,7 +170,8 @@ class CollaborativeConfig(_Strict):
     # Mutual learning: each network's loss is its task loss + mutual_weight x the divergence of its
     # predictions from its partner's (KL for classification, mean squared difference for regression).
     mutual_weight: Annotated[float, Field(ge=0)] = 1.0
-    # Chain: the top-level model cut into an encoder and a head network at this layer (a name as in model_parallel.split_points);
+    # Chain: the top-level model cut into an encoder and a head network at this layer (a name as in
+    # model_parallel.split_points);
     # unset: the split that balances parameters. The head may use its own optimizer.
     chain_split: str | None = None
     head_optimizer: OptimizerConfig | None = None
@@ -201,17 +210,18 @@ class Config(_Strict):
         return self.seed if self.init_seed is None else self.init_seed
 
     @model_validator(mode="after")
-    def _check_networks(self) -> "Config":
+    def _check_networks(self) -> Config:
         names = [n.name for n in self.networks]
         if len(set(names)) != len(names):
             raise ValueError(f"networks: names must be unique, got {names}")
         return self
 
     @model_validator(mode="after")
-    def _check_consistency(self) -> "Config":
+    def _check_consistency(self) -> Config:
         if self.training.global_batch % self.parallel.replicas:
             raise ValueError(
-                f"training.global_batch {self.training.global_batch} is not divisible by parallel.replicas {self.parallel.replicas}"
+                f"training.global_batch {self.training.global_batch} is not divisible by parallel.replicas "
+                f"{self.parallel.replicas}"
             )
         classification = self.data.kind in ("synthetic_classification", "digits")
         if classification and self.loss != "cross_entropy":
@@ -327,10 +337,13 @@ def network_configs(config: Config) -> list[Config]:
 def with_hidden_width(config: Config, width: int) -> Config:
     """The config with every MLP network's hidden layers replaced by two of `width` units (the shared-device
     size sweep); the networks' own model entries are resized the same way."""
+
     def resized(model) -> dict:
         if model.kind != "mlp":
             raise UserError(f"shared_device.hidden_widths resizes mlp networks only (found a {model.kind})")
-        return model.model_copy(update={"layers": [model.layers[0], width, width, model.layers[-1]]}).model_dump(mode="json")
+        return model.model_copy(update={"layers": [model.layers[0], width, width, model.layers[-1]]}).model_dump(
+            mode="json"
+        )
 
     raw = config.model_dump(mode="json")
     raw["model"] = resized(config.model)

@@ -79,7 +79,9 @@ def _npz(path: str, classification: bool) -> tuple[np.ndarray, ...]:
             elif {"x", "y"} <= names:
                 parts = [arrays["x"], arrays["y"]]
             else:
-                raise UserError(f"data.path {path}: expected arrays x and y (or x_train and y_train), found {sorted(names)}")
+                raise UserError(
+                    f"data.path {path}: expected arrays x and y (or x_train and y_train), found {sorted(names)}"
+                )
     except (OSError, ValueError) as exc:
         raise UserError(f"data.path {path}: not a readable .npz file ({exc})") from None
     out = []
@@ -95,8 +97,9 @@ def _check_shapes(ds: Dataset, spec: ModelSpec, source: str) -> Dataset:
     if kind.input_layout == "image" and x_train.ndim == 3:  # (n, h, w) grayscale: add the channel axis
         x_train, x_test = x_train[..., None], x_test[..., None]
     if tuple(x_train.shape[1:]) != want:
-        raise UserError(f"{kind.input_key} expects samples of shape {want}, "
-                        f"but {source} has {tuple(x_train.shape[1:])}")
+        raise UserError(
+            f"{kind.input_key} expects samples of shape {want}, but {source} has {tuple(x_train.shape[1:])}"
+        )
     n_out = output_width(spec)
     if ds.classification:
         if ds.y_train.ndim != 1:
@@ -118,10 +121,17 @@ def load_dataset(config: Config) -> Dataset:
         ds = _split(*_digits(spec), data.test_fraction, config.seed, classification)
     else:
         parts = _npz(data.path, classification)
-        ds = Dataset(*parts, classification) if len(parts) == 4 else _split(*parts, data.test_fraction, config.seed, classification)
+        ds = (
+            Dataset(*parts, classification)
+            if len(parts) == 4
+            else _split(*parts, data.test_fraction, config.seed, classification)
+        )
     ds = _check_shapes(ds, spec, data.path or data.kind)
     if ds.train_size < config.training.global_batch:
-        raise UserError(f"the training set has {ds.train_size} samples, fewer than training.global_batch {config.training.global_batch}")
+        raise UserError(
+            f"the training set has {ds.train_size} samples, fewer than training.global_batch "
+            f"{config.training.global_batch}"
+        )
     return ds
 
 

@@ -90,8 +90,14 @@ def diff_runs(path_a: Path, path_b: Path) -> Summary:
         first = results[0]
         impl = find(first.framework, first.implementation)
         run_id = first.id if a.id != b.id else f"{first.id} ({side})"  # the same run twice: tell them apart
-        base = RunBase(id=run_id, framework=first.framework, strategy=first.strategy,
-                       implementation=first.implementation, launcher=impl.launcher, description=impl.description)
+        base = RunBase(
+            id=run_id,
+            framework=first.framework,
+            strategy=first.strategy,
+            implementation=first.implementation,
+            launcher=impl.launcher,
+            description=impl.description,
+        )
         entry = (network_run_entry if several else run_entry)(base, results)
         entry.result_files = [str(f) for f in result_files(path_a if side == "a" else path_b)]
         entries.append(entry)
@@ -101,7 +107,7 @@ def diff_runs(path_a: Path, path_b: Path) -> Summary:
     return Summary(
         command=f"xfw diff {path_a} {path_b}",
         strategy=a.strategy,
-        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         repeats=max(len(a_results), len(b_results)),
         timeout_s=config.runtime.timeout_s,
         machine=MachineInfo(cpu_cores=machine.cpu_cores, gpus=machine.gpus),

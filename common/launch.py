@@ -63,7 +63,9 @@ def horovodrun_executable() -> str:
     return found
 
 
-def plan(impl: Implementation, run: RunSpec, run_json: Path, machine: Machine, token: str, ports: list[int] | None = None) -> LaunchPlan:
+def plan(
+    impl: Implementation, run: RunSpec, run_json: Path, machine: Machine, token: str, ports: list[int] | None = None
+) -> LaunchPlan:
     worker = [sys.executable, "-m", WORKER_MODULE, str(run_json)]
     env = base_env(run, token)
     n = run.processes
@@ -71,8 +73,17 @@ def plan(impl: Implementation, run: RunSpec, run_json: Path, machine: Machine, t
         return LaunchPlan([worker], [env])
     if impl.launcher == "torchrun":
         # --standalone: a local rendezvous on a free port; --max-restarts 0: a failure fails the run.
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", "--max-restarts=0",
-               "-m", WORKER_MODULE, str(run_json)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={n}",
+            "--max-restarts=0",
+            "-m",
+            WORKER_MODULE,
+            str(run_json),
+        ]
         return LaunchPlan([cmd], [env | {"MASTER_ADDR": "127.0.0.1"}])
     if impl.launcher == "horovodrun":
         cmd = [horovodrun_executable(), "-np", str(n), "-H", f"localhost:{n}", "--gloo", *worker]
@@ -82,7 +93,9 @@ def plan(impl: Implementation, run: RunSpec, run_json: Path, machine: Machine, t
         cluster = {"worker": [f"localhost:{p}" for p in ports]}
         envs = []
         for index in range(n):
-            worker_env = env | {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+            worker_env = env | {
+                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+            }
             if machine.gpus:
                 # One GPU per worker, or all on the first where the networks share one device.
                 worker_env["CUDA_VISIBLE_DEVICES"] = str(index % min(machine.gpus, run.devices))

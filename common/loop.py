@@ -22,8 +22,17 @@ import numpy as np
 
 from xfw.common.models import parameter_count, training_flops_per_sample
 from xfw.common.partition import boundary_bytes_per_step, plan_stages
-from xfw.common.records import (ModelInfo, RunResult, StageReport, StageTiming, Timing, Window, first_non_finite,
-                                non_finite_keys, strict_json)
+from xfw.common.records import (
+    ModelInfo,
+    RunResult,
+    StageReport,
+    StageTiming,
+    Timing,
+    Window,
+    first_non_finite,
+    non_finite_keys,
+    strict_json,
+)
 from xfw.common.runspec import RunSpec
 from xfw.common.semantics import loss_function_name, notes_for, optimizer_hyperparameters
 
@@ -176,16 +185,23 @@ def finish_run(
         "peak_memory_bytes": max(peaks),
         "peak_memory_per_process": peaks,
         "peak_memory_kind": "largest peak resident set size of one process",
-        "timing": Timing(global_batch=cfg.training.global_batch, warmup_steps=outcome.timing.warmup_steps,
-                         warmup_s=outcome.timing.warmup_s, windows=[Window(steps=n, seconds=s) for n, s in windows]),
-        "model": ModelInfo(parameters=parameter_count(cfg.model),
-                           training_flops_per_sample=training_flops_per_sample(cfg.model)),
+        "timing": Timing(
+            global_batch=cfg.training.global_batch,
+            warmup_steps=outcome.timing.warmup_steps,
+            warmup_s=outcome.timing.warmup_s,
+            windows=[Window(steps=n, seconds=s) for n, s in windows],
+        ),
+        "model": ModelInfo(
+            parameters=parameter_count(cfg.model), training_flops_per_sample=training_flops_per_sample(cfg.model)
+        ),
         "config": cfg.model_dump(mode="json"),
     }
     if run.stages > 1:
         # Each stage's busy time as measured by the processes that run it (the slowest, where replicas do).
-        busy = [max((float(r["stage_busy_s"][str(st)]) for r in ranks if str(st) in r["stage_busy_s"]), default=np.nan)
-                for st in range(run.stages)]
+        busy = [
+            max((float(r["stage_busy_s"][str(st)]) for r in ranks if str(st) in r["stage_busy_s"]), default=np.nan)
+            for st in range(run.stages)
+        ]
         step_s = sum(t for _, t in windows) / sum(n for n, _ in windows)
         result["model_parallel"] = stage_report(run, busy, step_s)
     record = RunResult.model_validate(result | rank0_extras())
@@ -202,14 +218,20 @@ def stage_report(run: RunSpec, busy_s: list[float], step_s: float) -> StageRepor
         micro_batches=run.micro_batches,
         boundary_bytes_per_step=boundary_bytes_per_step(stages, run.config.training.global_batch),
         per_stage=[
-            StageTiming(stage=st.index, layers=st.names, parameters=st.parameters, busy_s_per_step=float(b),
-                        idle_fraction=float(max(0.0, 1.0 - b / step_s)), busy_exceeds_step=bool(b > step_s))
+            StageTiming(
+                stage=st.index,
+                layers=st.names,
+                parameters=st.parameters,
+                busy_s_per_step=float(b),
+                idle_fraction=float(max(0.0, 1.0 - b / step_s)),
+                busy_exceeds_step=bool(b > step_s),
+            )
             for st, b in zip(stages, busy_s)
         ],
-        busy_method= "after training, each stage's forward+backward passes for one step (one per micro-batch) are "
-                       "timed alone on its device, median of 20; idle = 1 - busy / measured step time, floored at 0 "
-                       "(busy_exceeds_step: the stage alone took longer than a whole training step, which happens "
-                       "when per-call overhead dominates a tiny stage)",
+        busy_method="after training, each stage's forward+backward passes for one step (one per micro-batch) are "
+        "timed alone on its device, median of 20; idle = 1 - busy / measured step time, floored at 0 "
+        "(busy_exceeds_step: the stage alone took longer than a whole training step, which happens "
+        "when per-call overhead dominates a tiny stage)",
     )
 
 
@@ -226,7 +248,11 @@ def common_env(run: RunSpec, launcher: str, world_size: int) -> dict:
         "cpu_affinity": sorted(os.sched_getaffinity(0)),  # the cores this process may run on
         "precision": cfg.runtime.precision,
         "determinism": cfg.runtime.determinism,
-        "env_vars": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "TF_ENABLE_ONEDNN_OPTS", "CUDA_VISIBLE_DEVICES") if k in os.environ},
+        "env_vars": {
+            k: os.environ[k]
+            for k in ("OMP_NUM_THREADS", "TF_ENABLE_ONEDNN_OPTS", "CUDA_VISIBLE_DEVICES")
+            if k in os.environ
+        },
         "hyperparameters": {
             "optimizer": optimizer_hyperparameters(cfg, run.framework),
             "loss": loss_function_name(cfg, run.framework),

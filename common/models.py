@@ -17,9 +17,10 @@ flatten after the last conv block in (h, w, c) order. torch_impl converts on loa
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from math import prod
-from typing import Callable, Literal
+from typing import Literal
 
 from xfw.common.config import CNNSpec, MLPSpec, ModelSpec
 
@@ -82,8 +83,10 @@ class Conv(Block):
 
     def parameter_shapes(self) -> list[tuple[str, Shape]]:
         k = self.kernel
-        return [(f"{self.name}/kernel", (k, k, self.channels_in, self.channels_out)),
-                (f"{self.name}/bias", (self.channels_out,))]
+        return [
+            (f"{self.name}/kernel", (k, k, self.channels_in, self.channels_out)),
+            (f"{self.name}/bias", (self.channels_out,)),
+        ]
 
     def output_shape(self, input_shape: Shape) -> Shape:
         return (input_shape[0], input_shape[1], self.channels_out)
@@ -136,8 +139,10 @@ class ModelKind:
 def _mlp_blocks(spec: MLPSpec) -> list[Block]:
     sizes = spec.layers
     last = len(sizes) - 2
-    return [Dense(f"dense{i}", sizes[i], sizes[i + 1], None if i == last else spec.activation)
-            for i in range(len(sizes) - 1)]
+    return [
+        Dense(f"dense{i}", sizes[i], sizes[i + 1], None if i == last else spec.activation)
+        for i in range(len(sizes) - 1)
+    ]
 
 
 def _cnn_blocks(spec: CNNSpec) -> list[Block]:
@@ -158,11 +163,26 @@ def _cnn_blocks(spec: CNNSpec) -> list[Block]:
 MODEL_KINDS: dict[str, ModelKind] = {
     kind.name: kind
     for kind in (
-        ModelKind("mlp", MLPSpec, _mlp_blocks, lambda spec: (spec.layers[0],), lambda spec: spec.layers[-1],
-                  input_layout="flat", input_key="model.layers[0]",
-                  data_kinds=("synthetic_regression", "synthetic_classification", "digits", "npz")),
-        ModelKind("cnn", CNNSpec, _cnn_blocks, lambda spec: tuple(spec.input_shape), lambda spec: spec.outputs,
-                  input_layout="image", input_key="model.input_shape", data_kinds=("digits", "npz")),
+        ModelKind(
+            "mlp",
+            MLPSpec,
+            _mlp_blocks,
+            lambda spec: (spec.layers[0],),
+            lambda spec: spec.layers[-1],
+            input_layout="flat",
+            input_key="model.layers[0]",
+            data_kinds=("synthetic_regression", "synthetic_classification", "digits", "npz"),
+        ),
+        ModelKind(
+            "cnn",
+            CNNSpec,
+            _cnn_blocks,
+            lambda spec: tuple(spec.input_shape),
+            lambda spec: spec.outputs,
+            input_layout="image",
+            input_key="model.input_shape",
+            data_kinds=("digits", "npz"),
+        ),
     )
 }
 

@@ -18,8 +18,8 @@ from xfw.common.config import Config, network_config
 from xfw.common.data import load_dataset
 from xfw.common.loop import Gather, LoopTiming, gather_json, peak_rss_bytes, write_json_atomic
 from xfw.common.models import output_width, parameter_count, training_flops_per_sample
-from xfw.common.registry import STRATEGY
 from xfw.common.records import Ensemble, NetworksResult, first_non_finite, non_finite_keys
+from xfw.common.registry import STRATEGY
 from xfw.common.runspec import RunSpec
 
 
@@ -82,8 +82,10 @@ def ensemble_report(config: Config, predictions: np.ndarray, evals: dict[str, di
     y = load_dataset(first).y_test
     mean = predictions.mean(axis=0)  # averaged probabilities (classification) or outputs (regression)
     if first.loss == "cross_entropy":
-        metrics = {"test_loss": float(-np.mean(np.log(np.maximum(mean[np.arange(len(y)), y], 1e-12)))),
-                   "test_accuracy": float(np.mean(mean.argmax(axis=1) == y))}
+        metrics = {
+            "test_loss": float(-np.mean(np.log(np.maximum(mean[np.arange(len(y)), y], 1e-12)))),
+            "test_accuracy": float(np.mean(mean.argmax(axis=1) == y)),
+        }
         key, better = "test_accuracy", max
     else:
         metrics = {"test_loss": float(np.mean((mean - y) ** 2))}
@@ -91,31 +93,50 @@ def ensemble_report(config: Config, predictions: np.ndarray, evals: dict[str, di
     best = better(names, key=lambda n: evals[n][key])
     return Ensemble(
         members=names,
-        method="mean of the members' softmax probabilities" if first.loss == "cross_entropy" else "mean of the members' outputs",
+        method="mean of the members' softmax probabilities"
+        if first.loss == "cross_entropy"
+        else "mean of the members' outputs",
         **metrics,
         best_member=best,
         best_member_metric={key: evals[best][key]},
-        gain_over_best_member=metrics[key] - evals[best][key] if key == "test_accuracy" else evals[best][key] - metrics[key],
+        gain_over_best_member=metrics[key] - evals[best][key]
+        if key == "test_accuracy"
+        else evals[best][key] - metrics[key],
         gain_metric=key,
     )
 
 
-def finish_networks(run: RunSpec, outcomes: list[NetworkOutcome], gather: Gather, rank: int,
-                    rank0_extras: Callable[[], dict], ensemble: bool = False) -> None:
+def finish_networks(
+    run: RunSpec,
+    outcomes: list[NetworkOutcome],
+    gather: Gather,
+    rank: int,
+    rank0_extras: Callable[[], dict],
+    ensemble: bool = False,
+) -> None:
     """Gather every process's networks (losses, timings, evaluation, memory) and, for `ensemble`, the test
     predictions; rank 0 writes result.json."""
     cfg = run.config
     mine = {
         "rank": rank,
         "peak_memory_bytes": peak_rss_bytes(),
-        "networks": [{
-            "index": o.index, "name": o.name, "device": o.device, "eval": o.eval,
-            "loss": None if o.losses is None else [float(v) for v in o.losses],
-            "warmup_steps": o.timing.warmup_steps, "warmup_s": o.timing.warmup_s,
-            "windows": [{"steps": n, "seconds": s} for n, s in o.timing.windows],
-            "started_at": o.timing.started_at, "timed_started_at": o.timing.timed_started_at, "ended_at": o.timing.ended_at,
-            "busy_s_per_step": o.busy_s_per_step,
-        } for o in outcomes],
+        "networks": [
+            {
+                "index": o.index,
+                "name": o.name,
+                "device": o.device,
+                "eval": o.eval,
+                "loss": None if o.losses is None else [float(v) for v in o.losses],
+                "warmup_steps": o.timing.warmup_steps,
+                "warmup_s": o.timing.warmup_s,
+                "windows": [{"steps": n, "seconds": s} for n, s in o.timing.windows],
+                "started_at": o.timing.started_at,
+                "timed_started_at": o.timing.timed_started_at,
+                "ended_at": o.timing.ended_at,
+                "busy_s_per_step": o.busy_s_per_step,
+            }
+            for o in outcomes
+        ],
     }
     processes = gather_json(mine, gather)
     predictions = ensemble_predictions(cfg, outcomes, gather) if ensemble else None
@@ -141,7 +162,9 @@ def finish_networks(run: RunSpec, outcomes: list[NetworkOutcome], gather: Gather
     timed_union = _interval_union(timed)
     # Samples every network processed in its timed steps, over the time during which any of them trained.
     # A chain's encoder is not counted: its samples are the head's (one model in two parts).
-    combined = sum(batch * sum(w["steps"] for w in n["windows"]) for n in networks if n["loss"] is not None) / timed_union
+    combined = (
+        sum(batch * sum(w["steps"] for w in n["windows"]) for n in networks if n["loss"] is not None) / timed_union
+    )
     evals = {n["name"]: n["eval"] for n in networks}
     peaks = [p["peak_memory_bytes"] for p in sorted(processes, key=lambda p: p["rank"])]
     result = {
@@ -152,7 +175,9 @@ def finish_networks(run: RunSpec, outcomes: list[NetworkOutcome], gather: Gather
         "wall_s": max(n["ended_at"] for n in networks) - min(n["started_at"] for n in networks),
         "timed_wall_s": timed_union,
         # How much of the timed stretch the networks spent training at the same time (1: all of it).
-        "overlap": (sum(hi - lo for lo, hi in timed) - timed_union) / (timed_union * (len(timed) - 1)) if len(timed) > 1 else 0.0,
+        "overlap": (sum(hi - lo for lo, hi in timed) - timed_union) / (timed_union * (len(timed) - 1))
+        if len(timed) > 1
+        else 0.0,
         "combined_throughput_samples_per_s": combined,
         "peak_memory_bytes": int(sum(peaks)),
         "peak_memory_per_process": peaks,
@@ -167,8 +192,9 @@ def finish_networks(run: RunSpec, outcomes: list[NetworkOutcome], gather: Gather
     for net in record.networks:
         net.diverged_at_step = first_non_finite(net.loss)
         net.non_finite_metrics = non_finite_keys(net.eval)
-    record.diverged_at_step = min((n.diverged_at_step for n in record.networks if n.diverged_at_step is not None),
-                                  default=None)
+    record.diverged_at_step = min(
+        (n.diverged_at_step for n in record.networks if n.diverged_at_step is not None), default=None
+    )
     write_json_atomic(Path(run.out_dir) / "result.json", record.to_json())
 
 
@@ -184,14 +210,18 @@ def check_networks(config: Config, strategy: str) -> None:
         load_dataset(cfg)  # each network's data exists and fits its model
     kind = STRATEGY[strategy]
     if len(configs) < kind.min_networks:
-        raise UserError(f"strategy {strategy} needs at least {kind.min_networks} networks in `networks` (found {len(configs)})")
+        raise UserError(
+            f"strategy {strategy} needs at least {kind.min_networks} networks in `networks` (found {len(configs)})"
+        )
     if kind.exchanges:
         first = configs[0]
         key = (first.data, first.loss, input_shape(first.model), output_width(first.model))
         for net, cfg in zip(config.networks[1:], configs[1:]):
             if (cfg.data, cfg.loss, input_shape(cfg.model), output_width(cfg.model)) != key:
-                raise UserError(f"networks: {net.name} differs from {config.networks[0].name} in data, loss or input/output "
-                                "shape; mutual learning compares their predictions on the same samples")
+                raise UserError(
+                    f"networks: {net.name} differs from {config.networks[0].name} in data, loss or input/output "
+                    "shape; mutual learning compares their predictions on the same samples"
+                )
         chain_parts(config)
 
 
@@ -199,8 +229,14 @@ def mutual_exchange(config: Config, how: str | None = None, bytes_per_value: int
     """What mutual learning exchanges per step: every network's predictions to every other one (fp32)."""
     k = len(config.networks)
     what = "predictions (logits or outputs), every network to every other"
-    return {"what": f"{what}, by {how}" if how else what,
-            "bytes_per_step": k * (k - 1) * config.training.global_batch * output_width(network_config(config, 0).model) * bytes_per_value}
+    return {
+        "what": f"{what}, by {how}" if how else what,
+        "bytes_per_step": k
+        * (k - 1)
+        * config.training.global_batch
+        * output_width(network_config(config, 0).model)
+        * bytes_per_value,
+    }
 
 
 def chain_exchange(parts: list, batch: int, how: str | None = None) -> dict:
@@ -208,8 +244,11 @@ def chain_exchange(parts: list, batch: int, how: str | None = None) -> dict:
     from xfw.common.partition import boundary_bytes_per_step
 
     what = "encoder output forward, its gradient back"
-    return {"what": f"{what}, by {how}" if how else what, "bytes_per_step": boundary_bytes_per_step(parts, batch),
-            "split": [p.names for p in parts]}
+    return {
+        "what": f"{what}, by {how}" if how else what,
+        "bytes_per_step": boundary_bytes_per_step(parts, batch),
+        "split": [p.names for p in parts],
+    }
 
 
 def head_run(run: RunSpec) -> RunSpec:

@@ -9,8 +9,8 @@ import datetime as dt
 import json
 import shutil
 import uuid
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from pydantic import ValidationError
@@ -25,8 +25,17 @@ from xfw.common.loop import write_json_atomic
 from xfw.common.networks import check_networks
 from xfw.common.partition import check_micro_batches, plan_stages
 from xfw.common.records import AnyRun, FailedRun, MachineInfo, RunBase, SkippedRun, Summary, read_result
-from xfw.common.registry import (REGISTRY, Implementation, Machine, check_devices, for_strategy, get_strategy,
-                                 oversubscription, run_devices, unavailable_reason)
+from xfw.common.registry import (
+    REGISTRY,
+    Implementation,
+    Machine,
+    check_devices,
+    for_strategy,
+    get_strategy,
+    oversubscription,
+    run_devices,
+    unavailable_reason,
+)
 from xfw.common.runspec import RunSpec
 
 
@@ -37,9 +46,14 @@ class Progress(Protocol):
 
 
 class NoProgress:
-    def start(self, label, steps): pass
-    def update(self, step): pass
-    def finish(self, label, status, detail): pass
+    def start(self, label, steps):
+        pass
+
+    def update(self, step):
+        pass
+
+    def finish(self, label, status, detail):
+        pass
 
 
 def _read_step(path: Path) -> int | None:
@@ -102,7 +116,10 @@ def execute_run(impl: Implementation, run: RunSpec, timeout_s: float, machine: M
         result = read_result(json.loads(result_file.read_text()))
     except (ValueError, ValidationError) as err:  # a worker that wrote something else is a failed run, not a crash
         first = str(err).splitlines()[0]
-        return {"status": "failed", "error": f"{result_file} is not a valid result: {first}\n{outcome.error(timeout_s)}"}
+        return {
+            "status": "failed",
+            "error": f"{result_file} is not a valid result: {first}\n{outcome.error(timeout_s)}",
+        }
     if not outcome.ok:
         # Rank 0 writes result.json only after gathering every rank's outcome, so the run's work is complete
         # and kept; a process that then fails (seen: a rare SIGABRT in gloo's teardown) is recorded, not hidden.
@@ -111,8 +128,14 @@ def execute_run(impl: Implementation, run: RunSpec, timeout_s: float, machine: M
 
 
 def base_entry(impl: Implementation) -> RunBase:
-    return RunBase(id=impl.id, framework=impl.framework, strategy=impl.strategy, implementation=impl.name,
-                   launcher=impl.launcher, description=impl.description)
+    return RunBase(
+        id=impl.id,
+        framework=impl.framework,
+        strategy=impl.strategy,
+        implementation=impl.name,
+        launcher=impl.launcher,
+        description=impl.description,
+    )
 
 
 @dataclass
@@ -144,8 +167,9 @@ def make_slot(impl: Implementation, config: Config, machine: Machine, progress: 
     return slot
 
 
-def run_repeat(slot: Slot, k: int, repeats: int, out_dir: Path, timeout_s: float, machine: Machine,
-               progress: Progress) -> None:
+def run_repeat(
+    slot: Slot, k: int, repeats: int, out_dir: Path, timeout_s: float, machine: Machine, progress: Progress
+) -> None:
     """Repeat k of the slot's implementation; its entry becomes the merge of the repeats so far, or failed."""
     impl, label = slot.impl, slot.base.id
     run = RunSpec(slot.config, impl.framework, impl.strategy, impl.name, str(out_dir / "runs" / label / f"repeat-{k}"))
@@ -173,15 +197,26 @@ def implementations_for(strategy: str, only: list[str] = ()) -> list[Implementat
     if only:
         unknown = sorted(set(only) - {i.id for i in wanted})
         if unknown:
-            raise UserError(f"--only {', '.join(unknown)}: not an implementation of {strategy} (expected: {', '.join(i.id for i in wanted)})")
+            raise UserError(
+                f"--only {', '.join(unknown)}: not an implementation of {strategy} (expected: "
+                f"{', '.join(i.id for i in wanted)})"
+            )
         wanted = [i for i in wanted if i.id in only]
     ref = get_strategy(strategy).reference_strategy
     references = [i for i in REGISTRY if ref is not None and i.strategy == ref and i not in wanted]
     return sorted(references + wanted, key=lambda i: (i.strategy != ref, i.framework != "tf"))
 
 
-def compare_strategy(strategy: str, config: Config, out_dir: Path, repeats: int, timeout_s: float,
-                     machine: Machine, progress: Progress | None = None, only: list[str] = ()) -> Summary:
+def compare_strategy(
+    strategy: str,
+    config: Config,
+    out_dir: Path,
+    repeats: int,
+    timeout_s: float,
+    machine: Machine,
+    progress: Progress | None = None,
+    only: list[str] = (),
+) -> Summary:
     progress = progress or NoProgress()
     impls = implementations_for(strategy, only)
     preflight(config, strategy)
@@ -192,7 +227,7 @@ def compare_strategy(strategy: str, config: Config, out_dir: Path, repeats: int,
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = Summary(
         strategy=strategy,
-        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         repeats=repeats,
         timeout_s=timeout_s,
         machine=MachineInfo(cpu_cores=machine.cpu_cores, gpus=machine.gpus),

@@ -42,8 +42,9 @@ def _even_split(blocks: list[Block], candidates: list[int], stages: int) -> list
         if best_cost is None or cost < best_cost:
             best, best_cost = list(starts), cost
     if best is None:
-        raise UserError(f"model_parallel.stages {stages} is more than the {len(candidates) + 1} stages "
-                        "this model can be split into")
+        raise UserError(
+            f"model_parallel.stages {stages} is more than the {len(candidates) + 1} stages this model can be split into"
+        )
     return best
 
 
@@ -52,13 +53,18 @@ def plan_stages(config: Config) -> list[Stage]:
     mp = config.model_parallel
     weighted = [b.name for b in blocks if b.has_weights]
     if mp.stages > len(weighted):
-        raise UserError(f"model_parallel.stages {mp.stages} is more than the model's {len(weighted)} layers with weights ({', '.join(weighted)})")
+        raise UserError(
+            f"model_parallel.stages {mp.stages} is more than the model's {len(weighted)} layers with weights "
+            f"({', '.join(weighted)})"
+        )
     if mp.split_points:
         names = [b.name for b in blocks]
         starts = []
         for point in mp.split_points:
             if point not in names[1:]:
-                raise UserError(f"model_parallel.split_points: no layer {point!r} to split at (layers: {', '.join(names)})")
+                raise UserError(
+                    f"model_parallel.split_points: no layer {point!r} to split at (layers: {', '.join(names)})"
+                )
             starts.append(names.index(point))
         if starts != sorted(set(starts)):
             raise UserError("model_parallel.split_points must name distinct layers in model order")
@@ -69,7 +75,9 @@ def plan_stages(config: Config) -> list[Stage]:
     stages = [_stage(index, blocks[a:z], shapes[a]) for index, (a, z) in enumerate(zip(bounds, bounds[1:]))]
     empty = [s.index for s in stages if s.parameters == 0]
     if empty:
-        raise UserError(f"model_parallel.split_points leave stage(s) {empty} without weights: split at a layer with weights")
+        raise UserError(
+            f"model_parallel.split_points leave stage(s) {empty} without weights: split at a layer with weights"
+        )
     return stages
 
 
@@ -101,9 +109,14 @@ def chain_parts(config: Config) -> list[Stage]:
     """The collaborative chain: the model cut into an encoder and a head at collaborative.chain_split
     (unset: the split that balances parameters)."""
     split = config.collaborative.chain_split
-    two = config.model_copy(update={"model_parallel": ModelParallelConfig(stages=2, split_points=[split] if split else [])})
+    two = config.model_copy(
+        update={"model_parallel": ModelParallelConfig(stages=2, split_points=[split] if split else [])}
+    )
     try:
         return plan_stages(two)
     except UserError as err:
-        raise UserError(str(err).replace("model_parallel.split_points", "collaborative.chain_split")
-                        .replace("model_parallel.stages 2", "a chain of 2 networks")) from None
+        raise UserError(
+            str(err)
+            .replace("model_parallel.split_points", "collaborative.chain_split")
+            .replace("model_parallel.stages 2", "a chain of 2 networks")
+        ) from None

@@ -95,16 +95,23 @@ def train_in_threads(names: list[str], train_one: Callable[[int, int, Callable[[
     return results
 
 
-def timed_training(run: RunSpec, step: Callable[[Any], Any], step_inputs: list, sync: Callable[[Any], Any],
-                   rank: int = 0, after_warmup: Callable[[], None] | None = None) -> tuple[list, LoopTiming]:
+def timed_training(
+    run: RunSpec,
+    step: Callable[[Any], Any],
+    step_inputs: list,
+    sync: Callable[[Any], Any],
+    rank: int = 0,
+    after_warmup: Callable[[], None] | None = None,
+) -> tuple[list, LoopTiming]:
     """common.loop.timed_loop with the run's warm-up steps and timing windows; rank 0 writes progress.json."""
     t = run.config.training
     progress = progress_writer(run, rank)
     return timed_loop(step, step_inputs, sync, t.warmup_steps, t.timing_windows, progress, after_warmup)
 
 
-def environment(ctx: RankContext, framework_versions: dict[str, str], intra_op_threads: int,
-                inter_op_threads: int) -> dict:
+def environment(
+    ctx: RankContext, framework_versions: dict[str, str], intra_op_threads: int, inter_op_threads: int
+) -> dict:
     """What result.json records about the software and the process that produced it; the framework supplies
     its versions and thread pool sizes."""
     env = common_env(ctx.run, ctx.launcher, ctx.world_size) | {
@@ -119,9 +126,18 @@ def environment(ctx: RankContext, framework_versions: dict[str, str], intra_op_t
     return env
 
 
-def report(ctx: RankContext, losses: np.ndarray, timing: LoopTiming, weight_copies: list, *,
-           evaluate: Callable[[], dict], environment: Callable[[RankContext], dict], peak_flops: Callable[[], float],
-           stage: int = 0, stage_busy_s: dict | None = None) -> None:
+def report(
+    ctx: RankContext,
+    losses: np.ndarray,
+    timing: LoopTiming,
+    weight_copies: list,
+    *,
+    evaluate: Callable[[], dict],
+    environment: Callable[[RankContext], dict],
+    peak_flops: Callable[[], float],
+    stage: int = 0,
+    stage_busy_s: dict | None = None,
+) -> None:
     """The end of a one-model run: every rank's outcome is gathered, rank 0 adds evaluation, environment and the
     machine's peak (each called on rank 0 only) and writes result.json."""
 
@@ -134,8 +150,13 @@ def report(ctx: RankContext, losses: np.ndarray, timing: LoopTiming, weight_copi
     finish_run(ctx.run, outcome, ctx.gather, ctx.rank, rank0_extras)
 
 
-def report_networks(ctx: RankContext, outcomes: list[NetworkOutcome], environment: Callable[[RankContext], dict],
-                    exchange: dict | None = None, ensemble: bool = False) -> None:
+def report_networks(
+    ctx: RankContext,
+    outcomes: list[NetworkOutcome],
+    environment: Callable[[RankContext], dict],
+    exchange: dict | None = None,
+    ensemble: bool = False,
+) -> None:
     """The end of a multi-network run (common.networks.finish_networks); `exchange`: what collaborating networks
     exchange per step, recorded next to the environment."""
 

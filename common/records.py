@@ -13,7 +13,7 @@ that do not apply to a run are written as null."""
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Tag
 
@@ -330,8 +330,10 @@ def _entry_tag(value: Any) -> str:
 
 
 AnyRun = Annotated[
-    Union[Annotated[RunEntry, Tag("ok")], Annotated[NetworksRunEntry, Tag("networks")],
-          Annotated[SkippedRun, Tag("skipped")], Annotated[FailedRun, Tag("failed")]],
+    Annotated[RunEntry, Tag("ok")]
+    | Annotated[NetworksRunEntry, Tag("networks")]
+    | Annotated[SkippedRun, Tag("skipped")]
+    | Annotated[FailedRun, Tag("failed")],
     Discriminator(_entry_tag),
 ]
 OkRun = RunEntry | NetworksRunEntry

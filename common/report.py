@@ -34,19 +34,47 @@ def run_rows(summary: Summary) -> list[list[str]]:
             rows.append([r.id, r.status, "-", "-", "-", "-", "-", "-", "-", _why(r)])
             continue
         s = r.throughput_spread
-        rows.append([
-            r.id, _status_text(r), f"{r.loss[-1]:.5g}", _test_metric(r),
-            f"{r.throughput_samples_per_s:,.0f} [{s.p25:,.0f}-{s.p75:,.0f}]",
-            f"{r.step_time_s * 1e3:.3f}", f"{r.warmup_s:.2f}", f"{r.peak_memory_bytes / 2**20:,.0f}",
-            f"{r.flops.utilization * 100:.2f}%",
-            "; ".join([f"{r.processes} proc, weights spread {r.replica_weight_max_abs_diff:.1g}"] + _flags(r)),
-        ])
+        rows.append(
+            [
+                r.id,
+                _status_text(r),
+                f"{r.loss[-1]:.5g}",
+                _test_metric(r),
+                f"{r.throughput_samples_per_s:,.0f} [{s.p25:,.0f}-{s.p75:,.0f}]",
+                f"{r.step_time_s * 1e3:.3f}",
+                f"{r.warmup_s:.2f}",
+                f"{r.peak_memory_bytes / 2**20:,.0f}",
+                f"{r.flops.utilization * 100:.2f}%",
+                "; ".join([f"{r.processes} proc, weights spread {r.replica_weight_max_abs_diff:.1g}"] + _flags(r)),
+            ]
+        )
     return rows
 
 
-RUN_HEADERS = ["run", "status", "final loss", "test", "samples/s [IQR]", "step ms", "warm-up s", "peak MiB", "FLOP util", "notes"]
-CMP_HEADERS = ["a vs b", "kind", "max rel loss diff", "tolerance", "parity", "first step over", "throughput a/b [range]",
-               "scaling eff.", "verdict", "notes"]
+RUN_HEADERS = [
+    "run",
+    "status",
+    "final loss",
+    "test",
+    "samples/s [IQR]",
+    "step ms",
+    "warm-up s",
+    "peak MiB",
+    "FLOP util",
+    "notes",
+]
+CMP_HEADERS = [
+    "a vs b",
+    "kind",
+    "max rel loss diff",
+    "tolerance",
+    "parity",
+    "first step over",
+    "throughput a/b [range]",
+    "scaling eff.",
+    "verdict",
+    "notes",
+]
 
 
 def _tolerance_text(c: Comparison) -> str:
@@ -72,11 +100,20 @@ def comparison_rows(summary: Summary) -> list[list[str]]:
         if c.status != "ok":
             rows.append([pair, kind, "-", _tolerance_text(c), "not compared", "-", "-", "-", "-", c.reason])
             continue
-        rows.append([
-            pair, kind, _fmt(c.max_rel_loss_diff, ".2e"), _tolerance_text(c), _parity_text(c),
-            _fmt(c.first_step_over_tolerance, "d"), _ratio_text(c), _fmt(c.scaling_efficiency, ".2f"),
-            _verdict_text(c), c.note or "",
-        ])
+        rows.append(
+            [
+                pair,
+                kind,
+                _fmt(c.max_rel_loss_diff, ".2e"),
+                _tolerance_text(c),
+                _parity_text(c),
+                _fmt(c.first_step_over_tolerance, "d"),
+                _ratio_text(c),
+                _fmt(c.scaling_efficiency, ".2f"),
+                _verdict_text(c),
+                c.note or "",
+            ]
+        )
     return rows
 
 
@@ -91,17 +128,57 @@ def stage_rows(summary: Summary) -> list[list[str]]:
             continue
         for st in mp.per_stage:
             idle = f"{st.idle_fraction:.0%}" + (" (busy > step)" if st.busy_exceeds_step else "")
-            rows.append([r.id, str(st.stage), ",".join(st.layers), f"{st.parameters:,}", str(mp.micro_batches),
-                         f"{st.busy_s_per_step * 1e3:.3f}", idle, f"{mp.boundary_bytes_per_step / 1024:,.1f}"])
+            rows.append(
+                [
+                    r.id,
+                    str(st.stage),
+                    ",".join(st.layers),
+                    f"{st.parameters:,}",
+                    str(mp.micro_batches),
+                    f"{st.busy_s_per_step * 1e3:.3f}",
+                    idle,
+                    f"{mp.boundary_bytes_per_step / 1024:,.1f}",
+                ]
+            )
     return rows
 
 
 # ---- several networks (independent, collaborative, shared-device) ------------------------------------
 
-NET_HEADERS = ["run", "network", "final loss", "test", "samples/s [IQR]", "step ms", "own passes ms", "wait ms", "device"]
-NET_RUN_HEADERS = ["run", "status", "wall s", "timed s", "overlap", "combined samples/s", "peak MiB", "processes", "notes"]
-NET_CMP_HEADERS = ["a vs b", "kind", "max rel loss diff", "tolerance", "parity", "first step over", "combined a/b [range]",
-                   "slowdown (alone/together)", "verdict", "notes"]
+NET_HEADERS = [
+    "run",
+    "network",
+    "final loss",
+    "test",
+    "samples/s [IQR]",
+    "step ms",
+    "own passes ms",
+    "wait ms",
+    "device",
+]
+NET_RUN_HEADERS = [
+    "run",
+    "status",
+    "wall s",
+    "timed s",
+    "overlap",
+    "combined samples/s",
+    "peak MiB",
+    "processes",
+    "notes",
+]
+NET_CMP_HEADERS = [
+    "a vs b",
+    "kind",
+    "max rel loss diff",
+    "tolerance",
+    "parity",
+    "first step over",
+    "combined a/b [range]",
+    "slowdown (alone/together)",
+    "verdict",
+    "notes",
+]
 SWEEP_HEADERS = ["run", "hidden width", "combined vs sequential [range]", "slowdown (alone/together)", "verdict"]
 
 
@@ -116,9 +193,19 @@ def network_rows(summary: Summary) -> list[list[str]]:
             continue
         for n in r.networks:
             s = n.throughput_spread
-            rows.append([r.id, n.name, "-" if n.loss is None else f"{n.loss[-1]:.5g}", _test_metric(n),
-                         f"{n.throughput_samples_per_s:,.0f} [{s.p25:,.0f}-{s.p75:,.0f}]", _ms(n.step_time_s),
-                         _ms(n.busy_s_per_step), _ms(n.wait_s_per_step), n.device])
+            rows.append(
+                [
+                    r.id,
+                    n.name,
+                    "-" if n.loss is None else f"{n.loss[-1]:.5g}",
+                    _test_metric(n),
+                    f"{n.throughput_samples_per_s:,.0f} [{s.p25:,.0f}-{s.p75:,.0f}]",
+                    _ms(n.step_time_s),
+                    _ms(n.busy_s_per_step),
+                    _ms(n.wait_s_per_step),
+                    n.device,
+                ]
+            )
     return rows
 
 
@@ -127,7 +214,10 @@ def _run_notes(r) -> str:
     if r.ensemble is not None:
         e = r.ensemble
         metric = e.gain_metric
-        notes.append(f"ensemble {metric.removeprefix('test_')} {getattr(e, metric):.4g} ({e.gain_over_best_member:+.4g} vs best member {e.best_member})")
+        notes.append(
+            f"ensemble {metric.removeprefix('test_')} {getattr(e, metric):.4g} ({e.gain_over_best_member:+.4g} vs "
+            f"best member {e.best_member})"
+        )
     if r.exchange is not None:
         notes.append(f"exchanged {r.exchange.bytes_per_step / 1024:,.1f} KiB/step ({r.exchange.what})")
     return "; ".join(notes + _flags(r))
@@ -165,9 +255,19 @@ def network_run_rows(summary: Summary) -> list[list[str]]:
         if r.status != "ok":
             rows.append([r.id, r.status, "-", "-", "-", "-", "-", "-", _why(r)])
             continue
-        rows.append([r.id, _status_text(r), f"{r.wall_s:.2f}", f"{r.timed_wall_s:.2f}", f"{r.overlap:.0%}",
-                     f"{r.combined_throughput_samples_per_s:,.0f}", f"{r.peak_memory_bytes / 2**20:,.0f}",
-                     str(r.processes), _run_notes(r)])
+        rows.append(
+            [
+                r.id,
+                _status_text(r),
+                f"{r.wall_s:.2f}",
+                f"{r.timed_wall_s:.2f}",
+                f"{r.overlap:.0%}",
+                f"{r.combined_throughput_samples_per_s:,.0f}",
+                f"{r.peak_memory_bytes / 2**20:,.0f}",
+                str(r.processes),
+                _run_notes(r),
+            ]
+        )
     return rows
 
 
@@ -197,9 +297,20 @@ def network_comparison_rows(summary: Summary) -> list[list[str]]:
         if c.status != "ok":
             rows.append([pair, kind, "-", tolerance, "not compared", "-", "-", "-", "-", c.reason])
             continue
-        rows.append([pair, kind, _fmt(c.max_rel_loss_diff, ".2e"), tolerance, _parity_text(c),
-                     _fmt(c.first_step_over_tolerance, "d"), _ratio_text(c), _slowdowns(c), _verdict_text(c),
-                     c.note or ""])
+        rows.append(
+            [
+                pair,
+                kind,
+                _fmt(c.max_rel_loss_diff, ".2e"),
+                tolerance,
+                _parity_text(c),
+                _fmt(c.first_step_over_tolerance, "d"),
+                _ratio_text(c),
+                _slowdowns(c),
+                _verdict_text(c),
+                c.note or "",
+            ]
+        )
     return rows
 
 
@@ -227,22 +338,44 @@ def _sections(summary: Summary) -> list[tuple[str, str, list[str], list[list[str
     """(heading, caption, headers, rows) of every table, in order: the console and report.md show the same."""
     runs_caption = f"{summary.command or f'xfw compare --strategy {summary.strategy}'}: runs"
     if not STRATEGY[summary.strategy].several_networks:
-        sections = [("Runs", runs_caption, RUN_HEADERS, run_rows(summary)),
-                    ("Comparisons", "comparisons (loss per step, throughput)", CMP_HEADERS, comparison_rows(summary))]
+        sections = [
+            ("Runs", runs_caption, RUN_HEADERS, run_rows(summary)),
+            ("Comparisons", "comparisons (loss per step, throughput)", CMP_HEADERS, comparison_rows(summary)),
+        ]
         if stage_rows(summary):
-            sections.append(("Stages", "stages (busy: each stage's passes for one step timed alone; idle = 1 - busy / step time)",
-                             STAGE_HEADERS, stage_rows(summary)))
+            sections.append(
+                (
+                    "Stages",
+                    "stages (busy: each stage's passes for one step timed alone; idle = 1 - busy / step time)",
+                    STAGE_HEADERS,
+                    stage_rows(summary),
+                )
+            )
         return sections
     sections = [
         ("Runs", runs_caption, NET_RUN_HEADERS, network_run_rows(summary)),
-        ("Networks", "networks (own passes: the network's forward+backward timed alone; wait = step - own passes)",
-         NET_HEADERS, network_rows(summary)),
-        ("Comparisons", "comparisons (loss per step of each network, matched by name; combined throughput)",
-         NET_CMP_HEADERS, network_comparison_rows(summary)),
+        (
+            "Networks",
+            "networks (own passes: the network's forward+backward timed alone; wait = step - own passes)",
+            NET_HEADERS,
+            network_rows(summary),
+        ),
+        (
+            "Comparisons",
+            "comparisons (loss per step of each network, matched by name; combined throughput)",
+            NET_CMP_HEADERS,
+            network_comparison_rows(summary),
+        ),
     ]
     if sweep_rows(summary):
-        sections.append(("Size sweep", "size sweep: concurrent vs one after another on the same device", SWEEP_HEADERS,
-                         sweep_rows(summary)))
+        sections.append(
+            (
+                "Size sweep",
+                "size sweep: concurrent vs one after another on the same device",
+                SWEEP_HEADERS,
+                sweep_rows(summary),
+            )
+        )
     return sections
 
 
@@ -281,8 +414,11 @@ def _curves(run) -> dict[str, list[float]]:
 def _diff_curves(c: dict, by_id: dict) -> dict[str, np.ndarray]:
     a, b = _curves(by_id[c.a]), _curves(by_id[c.b])
     several = getattr(by_id[c.a], "networks", None) is not None
-    pairs = zip(a.values(), b.values()) if not several else (
-        (a[f"{c.a} {name}"], b[f"{c.b} {name}"]) for name in c.networks)
+    pairs = (
+        zip(a.values(), b.values())
+        if not several
+        else ((a[f"{c.a} {name}"], b[f"{c.b} {name}"]) for name in c.networks)
+    )
     labels = [f"{c.a} vs {c.b}"] if not several else [f"{c.a} vs {c.b}: {n}" for n in c.networks]
     return {label: loss_diff(x, y)[1] for label, (x, y) in zip(labels, pairs)}
 
@@ -319,8 +455,12 @@ def write_plots(summary: Summary, out_dir: Path) -> list[str]:
                 ax.plot(np.maximum(np.maximum.accumulate(rel), 1e-12), label=label, linewidth=1.2)
         for tol in sorted({c.tolerance for c in compared if c.tolerance}):
             ax.axhline(tol, color="black", linestyle="--", linewidth=0.8)
-        ax.set(xlabel="step", ylabel="largest relative loss difference so far", yscale="log",
-               title="Loss difference between runs (dashed: tolerance; 1e-12 = identical)")
+        ax.set(
+            xlabel="step",
+            ylabel="largest relative loss difference so far",
+            yscale="log",
+            title="Loss difference between runs (dashed: tolerance; 1e-12 = identical)",
+        )
         ax.legend(fontsize=7 if len(compared) < 8 else 5)
         fig.tight_layout()
         fig.savefig(out_dir / "loss_diff.png", dpi=110)
@@ -348,13 +488,21 @@ def write_plots(summary: Summary, out_dir: Path) -> list[str]:
     if summary.sweep:
         fig, ax = plt.subplots(figsize=(8, 4.5))
         for line in summary.sweep:
-            ax.plot([p.hidden_width for p in line.points], [p.throughput_ratio for p in line.points],
-                    marker="o", label=line.run)
+            ax.plot(
+                [p.hidden_width for p in line.points],
+                [p.throughput_ratio for p in line.points],
+                marker="o",
+                label=line.run,
+            )
         band = summary.config["shared_device"]["verdict_band"]
         ax.axhspan(1 - band, 1 + band, color="grey", alpha=0.2)
         ax.axhline(1.0, color="black", linewidth=0.8)
-        ax.set(xscale="log", xlabel="hidden width", ylabel="combined throughput / sequential",
-               title="Sharing one device: above the band concurrency helps, below it hurts")
+        ax.set(
+            xscale="log",
+            xlabel="hidden width",
+            ylabel="combined throughput / sequential",
+            title="Sharing one device: above the band concurrency helps, below it hurts",
+        )
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out_dir / "sweep.png", dpi=110)
@@ -365,13 +513,17 @@ def write_plots(summary: Summary, out_dir: Path) -> list[str]:
 
 EXPLAIN = {
     "comparisons": (
-        "Relative loss difference per step is |a - b| / max(|a|, |b|); *parity* passes when every step is within the tolerance. "
-        "Throughput ratio a/b is the ratio of medians, with the range its interquartile ranges allow. Scaling efficiency is "
-        "throughput(parallel) / (replicas x throughput(single))."),
+        "Relative loss difference per step is |a - b| / max(|a|, |b|); *parity* passes when every step is within "
+        "the tolerance. "
+        "Throughput ratio a/b is the ratio of medians, with the range its interquartile ranges allow. Scaling "
+        "efficiency is "
+        "throughput(parallel) / (replicas x throughput(single))."
+    ),
     "stages": (
         "Busy time: after training, each stage's forward and backward passes for one step (one per micro-batch) are "
         "timed alone on its device; idle = 1 - busy / measured step time. Boundary bytes: activations sent forward "
-        "plus their gradients sent back across every stage boundary per step (fp32)."),
+        "plus their gradients sent back across every stage boundary per step (fp32)."
+    ),
     "networks": (
         "Each network's curve is diffed against the same network (matched by name) in the other run. Independent and "
         "shared-device runs must be bit-identical to their framework's sequential run (tolerance 0): training next to "
@@ -380,9 +532,11 @@ EXPLAIN = {
         "*Slowdown*: a network's throughput alone (sequential run) over its throughput together with the others. "
         "*Range*: the ratio's plausible range from both runs' per-network interquartile ranges (window to window). "
         "*Verdict*: concurrency helps (or hurts) when combined throughput beats (or trails) the reference by more than "
-        "the band (shared_device.verdict_band) and the whole range is above (or below) 1; otherwise no clear difference. *Own passes*: the network's forward and backward on one batch timed "
+        "the band (shared_device.verdict_band) and the whole range is above (or below) 1; otherwise no clear "
+        "difference. *Own passes*: the network's forward and backward on one batch timed "
         "alone after training; *wait* = step time - own passes: time spent on its partner and the exchange. "
-        "*Overlap*: share of the timed stretch during which the networks trained at the same time."),
+        "*Overlap*: share of the timed stretch during which the networks trained at the same time."
+    ),
 }
 
 
@@ -393,19 +547,28 @@ def write_report(summary: Summary, out_dir: Path) -> Path:
     multi = kind.several_networks
     optimizers = [cfg["optimizer"]]
     if multi:  # every optimizer and loss any of the networks uses
-        optimizers += [n["optimizer"] for n in cfg["networks"] if n.get("optimizer")] + [cfg["collaborative"]["head_optimizer"] or cfg["optimizer"]]
+        optimizers += [n["optimizer"] for n in cfg["networks"] if n.get("optimizer")] + [
+            cfg["collaborative"]["head_optimizer"] or cfg["optimizer"]
+        ]
     losses = [cfg["loss"]] + ([n["loss"] for n in cfg["networks"] if n.get("loss")] if multi else [])
     semantic = {o["kind"]: NOTES[o["kind"]] for o in optimizers} | {loss: NOTES[loss] for loss in losses}
     if not multi:
         semantic = {"data_parallel_loss": NOTES["data_parallel_loss"]} | semantic
     failed = [r for r in summary.runs if r.status == "failed"]
-    shape = (f"networks {', '.join(n['name'] for n in cfg['networks'])} (see the config below for each one's model and optimizer)"
-             if multi else f"{cfg['parallel']['replicas']} replicas")
+    shape = (
+        f"networks {', '.join(n['name'] for n in cfg['networks'])} (see the config below for each one's model and "
+        "optimizer)"
+        if multi
+        else f"{cfg['parallel']['replicas']} replicas"
+    )
     parts = [
         f"# xfw comparison: strategy `{summary.strategy}`",
         f"Created {summary.created} on {summary.machine.cpu_cores} CPU cores, {summary.machine.gpus} GPUs; "
-        f"model `{cfg['model']['kind']}`, data `{cfg['data']['kind']}`, loss `{cfg['loss']}`, optimizer `{cfg['optimizer']['kind']}`, "
-        f"global batch {cfg['training']['global_batch']}, {cfg['training']['steps']} steps, {shape}, {summary.repeats} repeat(s)" + (", interleaved: every run's repeat k before any repeat k+1." if summary.repeats > 1 else "."),
+        f"model `{cfg['model']['kind']}`, data `{cfg['data']['kind']}`, loss `{cfg['loss']}`, optimizer "
+        f"`{cfg['optimizer']['kind']}`, "
+        f"global batch {cfg['training']['global_batch']}, {cfg['training']['steps']} steps, {shape}, "
+        f"{summary.repeats} repeat(s)"
+        + (", interleaved: every run's repeat k before any repeat k+1." if summary.repeats > 1 else "."),
     ]
     for heading, caption, headers, rows in _sections(summary):
         parts += [f"## {heading}", _markdown_table(headers, rows)]
@@ -414,7 +577,7 @@ def write_report(summary: Summary, out_dir: Path) -> Path:
         if heading == "Stages":
             parts.append(EXPLAIN["stages"])
         if heading == "Networks":
-            parts.append(caption[len("networks "):].strip("()").capitalize() + ".")
+            parts.append(caption[len("networks ") :].strip("()").capitalize() + ".")
     parts += [f"- {line}" for line in sweep_flips(summary)]
     parts += [f"![{p}]({p})" for p in plots]
     parts += ["## Where the frameworks differ by design", *[f"- **{k}**: {v}" for k, v in semantic.items()]]

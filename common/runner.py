@@ -3,6 +3,7 @@ goes to a log file (never parsed as data), and whatever happens, nothing is left
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -70,8 +71,15 @@ def log_tail(logs: list[Path], returncodes: list[int | None]) -> str:
             texts[i] = logs[i].read_text(errors="replace").splitlines()
         except OSError:
             texts[i] = []
-    first_error = next((LAUNCHER_PREFIX.sub("", line).strip() for i in order for line in texts[i]
-                        if EXCEPTION_LINE.match(line) and "ChildFailedError" not in line), None)
+    first_error = next(
+        (
+            LAUNCHER_PREFIX.sub("", line).strip()
+            for i in order
+            for line in texts[i]
+            if EXCEPTION_LINE.match(line) and "ChildFailedError" not in line
+        ),
+        None,
+    )
     first_error = first_error or next((c for i in order if (c := _torchrun_root_cause(texts[i]))), None)
     parts = [f"first error: {first_error}"] if first_error else []
     for i in order:
@@ -84,7 +92,7 @@ def log_tail(logs: list[Path], returncodes: list[int | None]) -> str:
 def _torchrun_root_cause(lines: list[str]) -> str | None:
     """torchrun's "Root Cause" block (a rank killed by a signal raises no Python exception), in one line."""
     try:
-        block = lines[next(i for i, line in enumerate(lines) if line.startswith("Root Cause")):]
+        block = lines[next(i for i, line in enumerate(lines) if line.startswith("Root Cause")) :]
     except StopIteration:
         return None
     fields = dict(line.split(":", 1) for line in block[1:8] if ":" in line)
@@ -99,23 +107,17 @@ def kill_run(procs: list[subprocess.Popen], token: str) -> None:
     for sig, wait_s in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 2.0)):
         for p in procs:
             if p.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, sig)
-                except ProcessLookupError:
-                    pass
         for proc in _token_holders(token):
-            try:
+            with contextlib.suppress(psutil.Error):
                 proc.send_signal(sig)
-            except psutil.Error:
-                pass
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline and (any(p.poll() is None for p in procs) or _token_holders(token)):
             time.sleep(0.05)
     for p in procs:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(timeout=1)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 def _token_holders(token: str) -> list[psutil.Process]:
@@ -148,8 +150,14 @@ def execute(
         for cmd, env, log in zip(plan.commands, plan.envs, logs):
             with open(log, "wb") as out:
                 procs.append(
-                    subprocess.Popen(cmd, env=os.environ | env, stdout=out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                    subprocess.Popen(
+                        cmd,
+                        env=os.environ | env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
                 )
         failed_at = None
         while True:

@@ -25,7 +25,12 @@ class RunSpec:
     @property
     def identity(self) -> dict:
         """What names the run in result.json and summary.json."""
-        return {"id": self.id, "framework": self.framework, "strategy": self.strategy, "implementation": self.implementation}
+        return {
+            "id": self.id,
+            "framework": self.framework,
+            "strategy": self.strategy,
+            "implementation": self.implementation,
+        }
 
     @property
     def impl(self) -> Implementation:
@@ -70,7 +75,7 @@ class RunSpec:
         return json.dumps(data, indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> "RunSpec":
+    def from_json(cls, text: str) -> RunSpec:
         data = json.loads(text)
         return cls(**(data | {"config": config_from_dict(data["config"])}))
 

@@ -14,9 +14,12 @@ ROOT = Path(__file__).resolve().parent.parent
 XFW = str(Path(sys.executable).with_name("xfw"))
 
 
-def run_xfw(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([XFW, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT,
-                          env=os.environ | (env or {}))
+def run_xfw(
+    *args: str, env: dict | None = None, timeout: float = 600, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [XFW, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT, env=os.environ | (env or {})
+    )
 
 
 def load_summary(out: Path) -> dict:

@@ -1,10 +1,9 @@
 """Bad input: one line naming the problem, exit status 2, no traceback (through the real `xfw` command)."""
 
 import pytest
+from conftest import run_xfw
 
 from xfw.common.registry import this_machine
-
-from conftest import run_xfw
 
 
 def assert_one_line_error(proc, expected: str):
@@ -28,7 +27,9 @@ def assert_one_line_error(proc, expected: str):
 def test_bad_config_file(tmp_path, yaml_text, expected):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(yaml_text)
-    assert_one_line_error(run_xfw("compare", "--strategy", "mirrored", "--config", str(cfg), "--out", str(tmp_path)), expected)
+    assert_one_line_error(
+        run_xfw("compare", "--strategy", "mirrored", "--config", str(cfg), "--out", str(tmp_path)), expected
+    )
 
 
 def test_unknown_strategy():
@@ -41,20 +42,42 @@ def test_unknown_framework_and_implementation():
 
 
 def test_missing_npz(tmp_path):
-    proc = run_xfw("run", "--framework", "torch", "--impl", "single", "--set", "data.kind=npz",
-                   "--set", f"data.path={tmp_path / 'gone.npz'}", "--out", str(tmp_path / "o"))
+    proc = run_xfw(
+        "run",
+        "--framework",
+        "torch",
+        "--impl",
+        "single",
+        "--set",
+        "data.kind=npz",
+        "--set",
+        f"data.path={tmp_path / 'gone.npz'}",
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert_one_line_error(proc, "no such file")
 
 
 def test_more_replicas_than_devices(tmp_path):
     too_many = this_machine().devices + 1
-    proc = run_xfw("compare", "--strategy", "mirrored", "--replicas", str(too_many),
-                   "--set", f"training.global_batch={32 * too_many}", "--out", str(tmp_path))
+    proc = run_xfw(
+        "compare",
+        "--strategy",
+        "mirrored",
+        "--replicas",
+        str(too_many),
+        "--set",
+        f"training.global_batch={32 * too_many}",
+        "--out",
+        str(tmp_path),
+    )
     assert_one_line_error(proc, f"{too_many} replicas but this machine has")
 
 
 def test_missing_config_file_and_bad_option(tmp_path):
-    assert_one_line_error(run_xfw("compare", "--strategy", "mirrored", "--config", str(tmp_path / "x.yaml")), "cannot read config")
+    assert_one_line_error(
+        run_xfw("compare", "--strategy", "mirrored", "--config", str(tmp_path / "x.yaml")), "cannot read config"
+    )
     assert_one_line_error(run_xfw("compare", "--strategy", "mirrored", "--repeats", "0"), "--repeats")
 
 
@@ -64,5 +87,14 @@ def test_horovod_not_installed(tmp_path):
     fake = tmp_path / "horovod"
     fake.mkdir()
     (fake / "__init__.py").write_text("")
-    proc = run_xfw("run", "--framework", "torch", "--impl", "horovod", "--out", str(tmp_path / "o"), env={"PYTHONPATH": str(tmp_path)})
+    proc = run_xfw(
+        "run",
+        "--framework",
+        "torch",
+        "--impl",
+        "horovod",
+        "--out",
+        str(tmp_path / "o"),
+        env={"PYTHONPATH": str(tmp_path)},
+    )
     assert_one_line_error(proc, "Horovod is not installed with PyTorch support")

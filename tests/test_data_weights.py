@@ -8,8 +8,13 @@ from xfw.common.config import load_config
 from xfw.common.data import load_dataset, replica_slice, sample_order
 from xfw.common.errors import UserError
 from xfw.common.models import layers_of, parameter_count
-from xfw.common.weights import (conv_kernel_from_torch, conv_kernel_to_torch, dense_kernel_from_torch,
-                                dense_kernel_to_torch, initial_weights)
+from xfw.common.weights import (
+    conv_kernel_from_torch,
+    conv_kernel_to_torch,
+    dense_kernel_from_torch,
+    dense_kernel_to_torch,
+    initial_weights,
+)
 
 
 def test_sample_order_is_one_permutation_per_epoch_and_deterministic():
@@ -59,7 +64,7 @@ def test_conv_kernel_round_trip():
 
 def test_cnn_layers_and_digits_dataset():
     cfg = load_config("configs/cnn_digits.yaml")
-    dense = [l for l in layers_of(cfg.model) if type(l).__name__ == "Dense"]
+    dense = [b for b in layers_of(cfg.model) if type(b).__name__ == "Dense"]
     assert dense[0].flattened_from == (2, 2, 16) and dense[0].units_in == 64
     ds = load_dataset(cfg)
     assert ds.x_train.shape[1:] == (8, 8, 1) and ds.classification
@@ -89,5 +94,7 @@ def test_samples_take_the_model_kinds_input_layout(tmp_path):
     cnn = load_dataset(load_config("configs/cnn_digits.yaml", ["data.kind=npz", f"data.path={path}"]))
     assert cnn.x_train.shape[1:] == (8, 8, 1)
     rgb = load_config("configs/cnn_digits.yaml", ["data.kind=npz", f"data.path={path}", "model.input_shape=[8, 8, 3]"])
-    with pytest.raises(UserError, match=r"model.input_shape expects samples of shape \(8, 8, 3\), but .* has \(8, 8, 1\)"):
+    with pytest.raises(
+        UserError, match=r"model.input_shape expects samples of shape \(8, 8, 3\), but .* has \(8, 8, 1\)"
+    ):
         load_dataset(rgb)

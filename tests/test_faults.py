@@ -6,10 +6,9 @@ import time
 
 import psutil
 import pytest
+from conftest import load_summary, run_xfw
 
 from xfw.common.launch import TOKEN_VAR
-
-from conftest import load_summary, run_xfw
 
 pytestmark = pytest.mark.frameworks
 
@@ -29,8 +28,21 @@ def test_crash_and_hang_are_contained(tmp_path):
     timeout_s = 25
     start = time.monotonic()
     proc = run_xfw(
-        "compare", "--strategy", "mirrored", "--only", "torch-ddp", "--only", "tf-multi-worker", "--only", "torch-allreduce",
-        "--set", "training.steps=60", "--timeout", str(timeout_s), "--out", str(tmp_path),
+        "compare",
+        "--strategy",
+        "mirrored",
+        "--only",
+        "torch-ddp",
+        "--only",
+        "tf-multi-worker",
+        "--only",
+        "torch-allreduce",
+        "--set",
+        "training.steps=60",
+        "--timeout",
+        str(timeout_s),
+        "--out",
+        str(tmp_path),
         env={"XFW_INJECT_FAULT": "torch-ddp:crash:1,tf-multi-worker:hang:1"},
         timeout=300,
     )
@@ -50,11 +62,24 @@ def test_crash_and_hang_are_contained(tmp_path):
 def test_a_crash_after_the_result_is_written_keeps_the_result_and_says_so(tmp_path):
     # Rank 0 writes result.json only after gathering every rank: a process dying after that (a rare SIGABRT
     # in gloo's teardown was seen) must neither discard the complete result nor pass unnoticed.
-    proc = run_xfw("compare", "--strategy", "independent", "--only", "torch-processes", "--set", "training.steps=30",
-                   "--out", str(tmp_path), env={"XFW_INJECT_FAULT": "torch-processes:abort-at-exit:1"}, timeout=300)
+    proc = run_xfw(
+        "compare",
+        "--strategy",
+        "independent",
+        "--only",
+        "torch-processes",
+        "--set",
+        "training.steps=30",
+        "--out",
+        str(tmp_path),
+        env={"XFW_INJECT_FAULT": "torch-processes:abort-at-exit:1"},
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = load_summary(tmp_path)["runs"]
     assert run["status"] == "ok" and len(run["networks"][1]["loss"]) == 30
     assert "SIGABRT" in run["teardown_errors"][0]
-    assert "after the result was written: process 0 exited with status 1: rank 1" in (tmp_path / "report.md").read_text()
+    assert (
+        "after the result was written: process 0 exited with status 1: rank 1" in (tmp_path / "report.md").read_text()
+    )
     assert xfw_processes() == []

@@ -1,10 +1,9 @@
 """GPU paths (NCCL, one device per replica, nn.DataParallel). Skipped with the reason where no GPU exists."""
 
 import pytest
+from conftest import load_summary, run_xfw
 
 from xfw.common.registry import this_machine
-
-from conftest import load_summary, run_xfw
 
 machine = this_machine()
 pytestmark = [
@@ -19,5 +18,8 @@ def test_every_gpu_implementation_matches_single_device(tmp_path):
     runs = {r["id"]: r for r in summary["runs"]}
     assert runs["torch-data-parallel"]["status"] == "ok", runs["torch-data-parallel"].get("error")
     assert all(r["status"] == "ok" for r in summary["runs"]), [r.get("error") for r in summary["runs"]]
-    assert any("cuda" in d or "GPU" in d for d in runs["torch-ddp"]["env"]["devices"][0:1] + runs["tf-mirrored-strategy"]["env"]["devices"])
+    assert any(
+        "cuda" in d or "GPU" in d
+        for d in runs["torch-ddp"]["env"]["devices"][0:1] + runs["tf-mirrored-strategy"]["env"]["devices"]
+    )
     assert all(c["within_tolerance"] for c in summary["comparisons"]), proc.stdout

@@ -7,11 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, XFW
 
 from xfw.common.launch import free_ports
 from xfw.common.registry import find, this_machine, unavailable_reason
-
-from conftest import ROOT, XFW
 
 pytestmark = pytest.mark.frameworks
 BIN = Path(sys.executable).parent
@@ -34,15 +33,35 @@ def launch(cmd, env=None) -> subprocess.CompletedProcess:
 
 def test_torchrun(mirrored, tmp_path):
     _, _, out = mirrored
-    proc = launch([str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "--no-python", XFW, "run",
-                   "--framework", "torch", "--impl", "ddp", "--out", str(tmp_path)])
+    proc = launch(
+        [
+            str(BIN / "torchrun"),
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "--no-python",
+            XFW,
+            "run",
+            "--framework",
+            "torch",
+            "--impl",
+            "ddp",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert_same_run(json.loads((tmp_path / "result.json").read_text()), compare_result(out, "torch-ddp"))
     # Rank 0, and only rank 0, says where the result went.
     assert (proc.stdout + proc.stderr).count(f"torch-ddp: result: {tmp_path / 'result.json'}") == 1
 
     # xfw diff: the direct launch against the compare's single-device run, as the compare judged them.
-    diff = subprocess.run([XFW, "diff", str(tmp_path), str(out / "runs" / "torch-single")], capture_output=True,
-                          text=True, timeout=120, cwd=ROOT)
+    diff = subprocess.run(
+        [XFW, "diff", str(tmp_path), str(out / "runs" / "torch-single")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert diff.returncode == 0, diff.stdout + diff.stderr
     assert "torch-ddp vs torch-single" in diff.stdout and "same framework" in diff.stdout and "PASS" in diff.stdout
 
@@ -50,8 +69,13 @@ def test_torchrun(mirrored, tmp_path):
     other = json.loads((tmp_path / "result.json").read_text())
     other["config"]["seed"] = 7
     (tmp_path / "other.json").write_text(json.dumps(other))
-    refused = subprocess.run([XFW, "diff", str(tmp_path / "other.json"), str(tmp_path)], capture_output=True,
-                             text=True, timeout=120, cwd=ROOT)
+    refused = subprocess.run(
+        [XFW, "diff", str(tmp_path / "other.json"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0, refused.stderr
     assert "configs differ" in refused.stderr and "seed (7 vs 0)" in refused.stderr
 
@@ -62,8 +86,24 @@ def test_horovodrun(mirrored, tmp_path, framework):
     if reason:
         pytest.skip(reason)
     _, _, out = mirrored
-    launch([str(BIN / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo", XFW, "run",
-            "--framework", framework, "--impl", "horovod", "--out", str(tmp_path)])
+    launch(
+        [
+            str(BIN / "horovodrun"),
+            "-np",
+            "2",
+            "-H",
+            "localhost:2",
+            "--gloo",
+            XFW,
+            "run",
+            "--framework",
+            framework,
+            "--impl",
+            "horovod",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert_same_run(json.loads((tmp_path / "result.json").read_text()), compare_result(out, f"{framework}-horovod"))
 
 
@@ -71,9 +111,14 @@ def test_tf_config_workers(mirrored, tmp_path):
     _, _, out = mirrored
     cluster = {"worker": [f"localhost:{p}" for p in free_ports(2)]}
     procs = [
-        subprocess.Popen([XFW, "run", "--framework", "tf", "--impl", "multi-worker", "--out", str(tmp_path)], cwd=ROOT,
-                         env=os.environ | {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            [XFW, "run", "--framework", "tf", "--impl", "multi-worker", "--out", str(tmp_path)],
+            cwd=ROOT,
+            env=os.environ | {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for i in range(2)
     ]
     try:

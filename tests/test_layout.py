@@ -5,9 +5,9 @@ import ast
 import subprocess
 import sys
 
-from xfw.common.registry import FRAMEWORKS, REGISTRY, STRATEGIES
-
 from conftest import ROOT
+
+from xfw.common.registry import FRAMEWORKS, REGISTRY, STRATEGIES
 
 
 def test_common_and_cli_import_no_framework():
@@ -97,8 +97,7 @@ ONE_SIDE_ONLY = {
 
 def _public_names(path) -> set[str]:
     tree = ast.parse(path.read_text())
-    return {n.name for n in tree.body
-            if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_")}
+    return {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_")}
 
 
 def test_twin_files_have_the_same_public_names():

@@ -2,15 +2,14 @@
 through the CLI, and parity of every implementation through `xfw compare`."""
 
 import pytest
+from conftest import load_summary, run_xfw
+from test_cli_errors import assert_one_line_error
+from test_parity import max_rel
 
 from xfw.common.config import load_config
 from xfw.common.errors import UserError
 from xfw.common.partition import boundary_bytes_per_step, plan_stages
 from xfw.common.registry import this_machine
-
-from conftest import load_summary, run_xfw
-from test_cli_errors import assert_one_line_error
-from test_parity import max_rel
 
 DEEP = "model.layers=[10,64,64,64,10]"
 
@@ -23,7 +22,9 @@ def test_even_split_balances_parameters():
 
 
 def test_named_split_points_and_boundary_bytes():
-    cfg = load_config("configs/cnn_digits.yaml", ["model_parallel.stages=3", "model_parallel.split_points=[conv1, dense0]"])
+    cfg = load_config(
+        "configs/cnn_digits.yaml", ["model_parallel.stages=3", "model_parallel.split_points=[conv1, dense0]"]
+    )
     stages = plan_stages(cfg)
     assert [s.names[0] for s in stages] == ["conv0", "conv1", "dense0"]
     assert stages[1].input_shape == (4, 4, 8)  # a conv activation crosses the first boundary
@@ -31,23 +32,44 @@ def test_named_split_points_and_boundary_bytes():
     assert boundary_bytes_per_step(stages, 32) == 2 * (4 * 4 * 8 + 64) * 32 * 4
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["model_parallel.split_points=[dense7]"], "no layer 'dense7' to split at"),
-    (["model_parallel.stages=3"], "stages 3 is more than the model's 2 layers with weights"),
-    (["model_parallel.stages=3", "model_parallel.split_points=[dense1]"], "need 2 split_points"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model_parallel.split_points=[dense7]"], "no layer 'dense7' to split at"),
+        (["model_parallel.stages=3"], "stages 3 is more than the model's 2 layers with weights"),
+        (["model_parallel.stages=3", "model_parallel.split_points=[dense1]"], "need 2 split_points"),
+    ],
+)
 def test_bad_splits(overrides, message):
     with pytest.raises(UserError, match=message):
         plan_stages(load_config(None, overrides))
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--strategy", "model-parallel", "--set", "model_parallel.split_points=[dense9]"], "no layer 'dense9' to split at"),
-    (["--strategy", "pipeline", "--set", "model_parallel.stages=3"], "more than the model's 2 layers"),
-    (["--strategy", "pipeline", "--set", "model_parallel.micro_batches=5"], "micro_batches 5 does not divide training.global_batch 32"),
-    (["--strategy", "hybrid", "--set", "parallel.oversubscribe=true", "--set", "model_parallel.micro_batches=32"],
-     "micro_batches 32 does not divide each replica's batch"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--strategy", "model-parallel", "--set", "model_parallel.split_points=[dense9]"],
+            "no layer 'dense9' to split at",
+        ),
+        (["--strategy", "pipeline", "--set", "model_parallel.stages=3"], "more than the model's 2 layers"),
+        (
+            ["--strategy", "pipeline", "--set", "model_parallel.micro_batches=5"],
+            "micro_batches 5 does not divide training.global_batch 32",
+        ),
+        (
+            [
+                "--strategy",
+                "hybrid",
+                "--set",
+                "parallel.oversubscribe=true",
+                "--set",
+                "model_parallel.micro_batches=32",
+            ],
+            "micro_batches 32 does not divide each replica's batch",
+        ),
+    ],
+)
 def test_bad_input_through_the_cli(tmp_path, args, message):
     assert_one_line_error(run_xfw("compare", *args, "--out", str(tmp_path)), message)
 
@@ -55,8 +77,17 @@ def test_bad_input_through_the_cli(tmp_path, args, message):
 def test_more_stages_than_devices(tmp_path):
     stages = this_machine().devices + 1
     layers = "[" + ",".join(["10"] * (stages + 1)) + "]"
-    proc = run_xfw("compare", "--strategy", "model-parallel", "--set", f"model.layers={layers}",
-                   "--set", f"model_parallel.stages={stages}", "--out", str(tmp_path))
+    proc = run_xfw(
+        "compare",
+        "--strategy",
+        "model-parallel",
+        "--set",
+        f"model.layers={layers}",
+        "--set",
+        f"model_parallel.stages={stages}",
+        "--out",
+        str(tmp_path),
+    )
     assert_one_line_error(proc, f"{stages} stages but this machine has")
 
 
@@ -110,10 +141,27 @@ def test_hybrid_two_by_two_parity(tmp_path):
 @pytest.mark.frameworks
 def test_cnn_pipeline_with_a_conv_activation_crossing_stages(tmp_path):
     # Three stages, the first boundary after a conv block: NHWC (TF) and NCHW (torch) activations cross it.
-    proc = run_xfw("compare", "--strategy", "pipeline", "--config", "configs/cnn_digits.yaml",
-                   "--set", "model_parallel.stages=3", "--set", "model_parallel.split_points=[conv1, dense0]",
-                   "--set", "parallel.oversubscribe=true", "--set", "training.steps=100", "--only", "tf-gpipe",
-                   "--only", "torch-gpipe", "--out", str(tmp_path))
+    proc = run_xfw(
+        "compare",
+        "--strategy",
+        "pipeline",
+        "--config",
+        "configs/cnn_digits.yaml",
+        "--set",
+        "model_parallel.stages=3",
+        "--set",
+        "model_parallel.split_points=[conv1, dense0]",
+        "--set",
+        "parallel.oversubscribe=true",
+        "--set",
+        "training.steps=100",
+        "--only",
+        "tf-gpipe",
+        "--only",
+        "torch-gpipe",
+        "--out",
+        str(tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = check_parity(load_summary(tmp_path), {"tf-gpipe", "torch-gpipe"})
     assert max_rel(runs["tf-gpipe"]["loss"], runs["torch-gpipe"]["loss"]) <= 1e-5

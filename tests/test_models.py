@@ -10,9 +10,23 @@ import pytest
 
 from xfw.common.config import CNNSpec, Config, DataConfig, MLPSpec, build_config
 from xfw.common.errors import UserError
-from xfw.common.models import (MODEL_KINDS, Block, Conv, Dense, Flatten, MaxPool, blocks_of, forward_flops_per_sample,
-                               input_shape, model_kind, output_width, parameter_count, parameter_shapes, shapes_through,
-                               training_flops_per_sample)
+from xfw.common.models import (
+    MODEL_KINDS,
+    Block,
+    Conv,
+    Dense,
+    Flatten,
+    MaxPool,
+    blocks_of,
+    forward_flops_per_sample,
+    input_shape,
+    model_kind,
+    output_width,
+    parameter_count,
+    parameter_shapes,
+    shapes_through,
+    training_flops_per_sample,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_KINDS = typing.get_args(DataConfig.model_fields["kind"].annotation)
@@ -53,8 +67,12 @@ def test_mlp_counts_by_hand():
     spec = MLPSpec(layers=[4, 3, 2], activation="tanh")
     blocks = blocks_of(spec)
     assert blocks == [Dense("dense0", 4, 3, "tanh"), Dense("dense1", 3, 2, None)]
-    assert parameter_shapes(spec) == [("dense0/kernel", (4, 3)), ("dense0/bias", (3,)),
-                                      ("dense1/kernel", (3, 2)), ("dense1/bias", (2,))]
+    assert parameter_shapes(spec) == [
+        ("dense0/kernel", (4, 3)),
+        ("dense0/bias", (3,)),
+        ("dense1/kernel", (3, 2)),
+        ("dense1/bias", (2,)),
+    ]
     assert parameter_count(spec) == 4 * 3 + 3 + 3 * 2 + 2 == 23
     assert forward_flops_per_sample(spec) == 2 * (4 * 3 + 3 * 2) == 36
     assert training_flops_per_sample(spec) == 3 * 36
@@ -68,8 +86,14 @@ def test_cnn_counts_by_hand():
     assert [type(b) for b in blocks] == [Conv, MaxPool, Flatten, Dense, Dense]
     assert blocks[3].flattened_from == (2, 3, 3) and blocks[3].units_in == 18
     assert shapes_through(blocks, input_shape(spec)) == [(4, 6, 2), (4, 6, 3), (2, 3, 3), (18,), (5,), (4,)]
-    assert parameter_shapes(spec) == [("conv0/kernel", (3, 3, 2, 3)), ("conv0/bias", (3,)), ("dense0/kernel", (18, 5)),
-                                      ("dense0/bias", (5,)), ("dense1/kernel", (5, 4)), ("dense1/bias", (4,))]
+    assert parameter_shapes(spec) == [
+        ("conv0/kernel", (3, 3, 2, 3)),
+        ("conv0/bias", (3,)),
+        ("dense0/kernel", (18, 5)),
+        ("dense0/bias", (5,)),
+        ("dense1/kernel", (5, 4)),
+        ("dense1/bias", (4,)),
+    ]
     assert parameter_count(spec) == (3 * 3 * 2 * 3 + 3) + (18 * 5 + 5) + (5 * 4 + 4) == 176
     # conv: every one of the 4x6x3 outputs sums 3x3x2 products; dense: in x out
     assert forward_flops_per_sample(spec) == 2 * (4 * 6 * 3 * 3 * 3 * 2 + 18 * 5 + 5 * 4) == 2812
@@ -87,8 +111,11 @@ def test_cnn_digits_counts_by_hand():
 def test_data_kinds_a_model_cannot_train_on_are_rejected_by_name(name):
     kind = MODEL_KINDS[name]
     for data in set(DATA_KINDS) - set(kind.data_kinds):
-        raw = {"model": {"kind": name}, "data": {"kind": data, **({"path": "x.npz"} if data == "npz" else {})},
-               "loss": "mse" if data == "synthetic_regression" else "cross_entropy"}
+        raw = {
+            "model": {"kind": name},
+            "data": {"kind": data, **({"path": "x.npz"} if data == "npz" else {})},
+            "loss": "mse" if data == "synthetic_regression" else "cross_entropy",
+        }
         with pytest.raises(UserError, match=f"model {name} needs {kind.input_layout} data: data.kind "):
             build_config(raw)
 
@@ -109,7 +136,9 @@ def _block_types() -> set[str]:
 def _registered(path: Path) -> set[str]:
     """The keys of the module's BUILDERS dict literal."""
     for node in ast.parse(path.read_text()).body:
-        targets = [node.target] if isinstance(node, ast.AnnAssign) else node.targets if isinstance(node, ast.Assign) else []
+        targets = (
+            [node.target] if isinstance(node, ast.AnnAssign) else node.targets if isinstance(node, ast.Assign) else []
+        )
         target = targets[0] if targets else None
         if isinstance(target, ast.Name) and target.id == "BUILDERS" and isinstance(node.value, ast.Dict):
             return {key.id for key in node.value.keys if isinstance(key, ast.Name)}

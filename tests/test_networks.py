@@ -8,11 +8,10 @@ import os
 import numpy as np
 import pytest
 import yaml
+from conftest import ROOT, load_summary, run_xfw
 
 from xfw.common.config import load_config, network_config
 from xfw.common.registry import this_machine
-
-from conftest import ROOT, load_summary, run_xfw
 
 pytestmark = pytest.mark.frameworks
 STEPS = 200
@@ -56,7 +55,9 @@ def collaborative(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
-    return compare(tmp_path_factory, "shared-device", "configs/shared_device.yaml", "shared_device.hidden_widths=[8,64]")
+    return compare(
+        tmp_path_factory, "shared-device", "configs/shared_device.yaml", "shared_device.hidden_widths=[8,64]"
+    )
 
 
 # ---- independent ------------------------------------------------------------------------------------
@@ -74,7 +75,17 @@ def test_independent_runs_and_networks_match_their_solo_runs(independent, tmp_pa
             # The network's solo run: its own config, through the single-device implementation.
             solo_cfg = tmp_path / f"{fw}-{net.name}.yaml"
             solo_cfg.write_text(yaml.safe_dump(network_config(config, i).model_dump(mode="json")))
-            proc = run_xfw("run", "--framework", fw, "--impl", "single", "--config", str(solo_cfg), "--out", str(tmp_path / f"{fw}-{net.name}"))
+            proc = run_xfw(
+                "run",
+                "--framework",
+                fw,
+                "--impl",
+                "single",
+                "--config",
+                str(solo_cfg),
+                "--out",
+                str(tmp_path / f"{fw}-{net.name}"),
+            )
             assert proc.returncode == 0, proc.stderr[-3000:]
             import json
 
@@ -104,9 +115,13 @@ def test_independent_ensemble_is_gathered_and_agrees(independent):
     # The processes' all-gather of predictions gives the same ensemble as the one-process runs.
     for fw in ("tf", "torch"):
         assert ensembles[f"{fw}-processes"]["test_accuracy"] == ensembles[f"{fw}-sequential"]["test_accuracy"]
-        assert ensembles[f"{fw}-processes"]["test_loss"] == pytest.approx(ensembles[f"{fw}-sequential"]["test_loss"], rel=1e-12)
+        assert ensembles[f"{fw}-processes"]["test_loss"] == pytest.approx(
+            ensembles[f"{fw}-sequential"]["test_loss"], rel=1e-12
+        )
     best = max(n["eval"]["test_accuracy"] for n in runs["tf-sequential"]["networks"])
-    assert ensembles["tf-sequential"]["gain_over_best_member"] == pytest.approx(ensembles["tf-sequential"]["test_accuracy"] - best)
+    assert ensembles["tf-sequential"]["gain_over_best_member"] == pytest.approx(
+        ensembles["tf-sequential"]["test_accuracy"] - best
+    )
 
 
 def test_independent_comparisons_and_report(independent):
@@ -116,12 +131,17 @@ def test_independent_comparisons_and_report(independent):
         for name, curve in curves(runs[f"{fw}-sequential"]).items():
             assert max_rel(curve, curves(runs["tf-sequential" if fw == "torch" else "torch-sequential"])[name]) <= 1e-5
     identical = [c for c in summary["comparisons"] if c["kind"] == "identical"]
-    assert {(c["a"], c["b"]) for c in identical} == {("tf-placed", "tf-sequential"), ("tf-processes", "tf-sequential"),
-                                                     ("torch-processes", "torch-sequential")}
+    assert {(c["a"], c["b"]) for c in identical} == {
+        ("tf-placed", "tf-sequential"),
+        ("tf-processes", "tf-sequential"),
+        ("torch-processes", "torch-sequential"),
+    }
     for c in identical:
         assert c["tolerance"] == 0.0 and c["max_rel_loss_diff"] == 0.0 and c["within_tolerance"]
         a, b = runs[c["a"]], runs[c["b"]]
-        assert c["throughput_ratio"] == pytest.approx(a["combined_throughput_samples_per_s"] / b["combined_throughput_samples_per_s"])
+        assert c["throughput_ratio"] == pytest.approx(
+            a["combined_throughput_samples_per_s"] / b["combined_throughput_samples_per_s"]
+        )
         assert c["verdict"] == expected_verdict(c["throughput_ratio"], c["throughput_ratio_spread"], 0.05)
     for text in ("tf-placed vs", "identical", "ensemble accuracy", "combined samples/s"):
         assert text in proc.stdout, text
@@ -139,16 +159,24 @@ def test_collaborative_runs_and_tf_torch_parity(collaborative):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = {r["id"]: r for r in summary["runs"]}
     assert all(r["status"] == "ok" for r in runs.values()), [r.get("error") for r in runs.values()]
-    pairs = [("tf-mutual", "torch-mutual"), ("tf-chain", "torch-chain"), ("tf-mutual-placed", "torch-mutual-distributed"),
-             ("tf-chain-placed", "torch-chain-send-recv")]
+    pairs = [
+        ("tf-mutual", "torch-mutual"),
+        ("tf-chain", "torch-chain"),
+        ("tf-mutual-placed", "torch-mutual-distributed"),
+        ("tf-chain-placed", "torch-chain-send-recv"),
+    ]
     for a, b in pairs:
         ca, cb = curves(runs[a]), curves(runs[b])
         assert ca.keys() == cb.keys() and ca, (a, b)
         for name in ca:
             assert max_rel(ca[name], cb[name]) <= 1e-5, (a, b, name)
     # Across devices or processes, the exchange changes nothing.
-    for a, b in (("tf-mutual-placed", "tf-mutual"), ("torch-mutual-distributed", "torch-mutual"),
-                 ("tf-chain-placed", "tf-chain"), ("torch-chain-send-recv", "torch-chain")):
+    for a, b in (
+        ("tf-mutual-placed", "tf-mutual"),
+        ("torch-mutual-distributed", "torch-mutual"),
+        ("tf-chain-placed", "tf-chain"),
+        ("torch-chain-send-recv", "torch-chain"),
+    ):
         for name, curve in curves(runs[a]).items():
             assert max_rel(curve, curves(runs[b])[name]) <= 1e-5, (a, b, name)
     assert all(c["within_tolerance"] for c in summary["comparisons"])
@@ -240,7 +268,9 @@ def test_shared_device_verdicts_follow_from_the_throughputs(shared):
         assert c["verdict"] == expected_verdict(ratio, spread, band)
         alone = {n["name"]: n["throughput_samples_per_s"] for n in b["networks"]}
         for n in a["networks"]:
-            assert c["networks"][n["name"]]["slowdown"] == pytest.approx(alone[n["name"]] / n["throughput_samples_per_s"])
+            assert c["networks"][n["name"]]["slowdown"] == pytest.approx(
+                alone[n["name"]] / n["throughput_samples_per_s"]
+            )
         assert a["peak_memory_bytes"] > 0
         checked += 1
     assert checked == 8  # threads and processes, 2 frameworks, 2 widths
@@ -276,34 +306,69 @@ def test_more_networks_than_devices_is_refused_unless_oversubscribed(tmp_path):
     nets = "[" + ",".join(f"{{name: n{i}}}" for i in range(count)) + "]"
     proc = run_xfw("compare", "--strategy", "independent", "--set", f"networks={nets}", "--out", str(tmp_path))
     one_line_error(proc, f"{count} networks, one device each, but this machine has {this_machine().devices}")
-    proc = run_xfw("run", "--framework", "torch", "--impl", "processes", "--set", f"networks={nets}", "--out", str(tmp_path))
+    proc = run_xfw(
+        "run", "--framework", "torch", "--impl", "processes", "--set", f"networks={nets}", "--out", str(tmp_path)
+    )
     one_line_error(proc, "parallel.oversubscribe")
 
 
-@pytest.mark.parametrize("strategy, overrides, expected", [
-    ("collaborative", ["networks=[{name: a}, {name: b, model: {kind: mlp, layers: [10, 8, 3]}}]"], "networks: b differs from a"),
-    ("shared-device", ["networks=[{name: only}]"], "needs at least 2 networks"),
-    ("independent", ["networks=[{name: a}, {name: a}]"], "names must be unique"),
-    ("independent", ["networks=[{name: 'a b'}]"], "networks.0.name"),
-    ("shared-device", ["shared_device.hidden_widths=[0]"], "shared_device.hidden_widths.0"),
-    ("collaborative", ["collaborative.chain_split=nope"], "collaborative.chain_split: no layer 'nope'"),
-    ("independent", ["networks=[{name: a}, {name: b, data: {kind: digits}}]"], "networks[1] (b): data.kind digits is a classification set"),
-])
+@pytest.mark.parametrize(
+    "strategy, overrides, expected",
+    [
+        (
+            "collaborative",
+            ["networks=[{name: a}, {name: b, model: {kind: mlp, layers: [10, 8, 3]}}]"],
+            "networks: b differs from a",
+        ),
+        ("shared-device", ["networks=[{name: only}]"], "needs at least 2 networks"),
+        ("independent", ["networks=[{name: a}, {name: a}]"], "names must be unique"),
+        ("independent", ["networks=[{name: 'a b'}]"], "networks.0.name"),
+        ("shared-device", ["shared_device.hidden_widths=[0]"], "shared_device.hidden_widths.0"),
+        ("collaborative", ["collaborative.chain_split=nope"], "collaborative.chain_split: no layer 'nope'"),
+        (
+            "independent",
+            ["networks=[{name: a}, {name: b, data: {kind: digits}}]"],
+            "networks[1] (b): data.kind digits is a classification set",
+        ),
+    ],
+)
 def test_bad_network_config(tmp_path, strategy, overrides, expected):
     args = [a for o in overrides for a in ("--set", o)]
     one_line_error(run_xfw("compare", "--strategy", strategy, *args, "--out", str(tmp_path)), expected)
 
 
 def test_sweep_needs_mlp_networks(tmp_path):
-    proc = run_xfw("compare", "--strategy", "shared-device", "--config", "configs/cnn_digits.yaml",
-                   "--set", "shared_device.hidden_widths=[32]", "--out", str(tmp_path))
+    proc = run_xfw(
+        "compare",
+        "--strategy",
+        "shared-device",
+        "--config",
+        "configs/cnn_digits.yaml",
+        "--set",
+        "shared_device.hidden_widths=[32]",
+        "--out",
+        str(tmp_path),
+    )
     one_line_error(proc, "shared_device.hidden_widths resizes mlp networks only")
 
 
 def test_oversubscribed_networks_run(tmp_path):
     count = min(os.cpu_count() or 2, this_machine().devices) + 1
     nets = "[" + ",".join(f"{{name: n{i}}}" for i in range(count)) + "]"
-    proc = run_xfw("run", "--framework", "torch", "--impl", "processes", "--set", f"networks={nets}", "--set", "parallel.oversubscribe=true",
-                   "--set", "training.steps=30", "--out", str(tmp_path))
+    proc = run_xfw(
+        "run",
+        "--framework",
+        "torch",
+        "--impl",
+        "processes",
+        "--set",
+        f"networks={nets}",
+        "--set",
+        "parallel.oversubscribe=true",
+        "--set",
+        "training.steps=30",
+        "--out",
+        str(tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("final loss") == count

@@ -4,10 +4,9 @@ does not trust xfw's own comparison code."""
 
 import numpy as np
 import pytest
+from conftest import load_summary, run_xfw
 
 from xfw.common.registry import for_strategy, this_machine, unavailable_reason
-
-from conftest import load_summary, run_xfw
 
 pytestmark = pytest.mark.frameworks
 
@@ -59,14 +58,37 @@ def test_tf_and_torch_single_device_agree_for_the_mlp(mirrored):
 def test_summary_schema_and_report(mirrored):
     _, summary, out = mirrored
     ok = next(r for r in summary["runs"] if r["status"] == "ok")
-    for key in ("id", "framework", "strategy", "implementation", "status", "loss", "eval", "throughput_samples_per_s",
-                "throughput_spread", "step_time_s", "peak_memory_bytes", "env", "flops"):
+    for key in (
+        "id",
+        "framework",
+        "strategy",
+        "implementation",
+        "status",
+        "loss",
+        "eval",
+        "throughput_samples_per_s",
+        "throughput_spread",
+        "step_time_s",
+        "peak_memory_bytes",
+        "env",
+        "flops",
+    ):
         assert key in ok, key
     for key in ("framework_versions", "devices", "threads_per_replica", "precision", "determinism", "hyperparameters"):
         assert key in ok["env"], key
     cmp = next(c for c in summary["comparisons"] if c["status"] == "ok" and c["kind"] == "same_framework")
-    for key in ("a", "b", "max_abs_loss_diff", "max_rel_loss_diff", "first_step_over_tolerance", "tolerance",
-                "final_metric_diff", "throughput_ratio", "throughput_ratio_spread", "scaling_efficiency"):
+    for key in (
+        "a",
+        "b",
+        "max_abs_loss_diff",
+        "max_rel_loss_diff",
+        "first_step_over_tolerance",
+        "tolerance",
+        "final_metric_diff",
+        "throughput_ratio",
+        "throughput_ratio_spread",
+        "scaling_efficiency",
+    ):
         assert key in cmp, key
     assert all(c["within_tolerance"] for c in summary["comparisons"] if c["status"] == "ok")
     for name in ("report.md", "loss.png", "loss_diff.png", "throughput.png"):
@@ -89,8 +111,21 @@ def test_cnn_on_digits_tf_vs_torch(tmp_path):
 
 def test_cnn_under_ddp_and_mirrored_strategy(tmp_path):
     # The conv/flatten layout conversion also holds when the batch is split across replicas.
-    proc = run_xfw("compare", "--strategy", "mirrored", "--config", "configs/cnn_digits.yaml", "--only", "tf-mirrored-strategy",
-                   "--only", "torch-ddp", "--set", "training.steps=100", "--out", str(tmp_path))
+    proc = run_xfw(
+        "compare",
+        "--strategy",
+        "mirrored",
+        "--config",
+        "configs/cnn_digits.yaml",
+        "--only",
+        "tf-mirrored-strategy",
+        "--only",
+        "torch-ddp",
+        "--set",
+        "training.steps=100",
+        "--out",
+        str(tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = {r["id"]: r for r in load_summary(tmp_path)["runs"]}
     for fw, impl in (("tf", "tf-mirrored-strategy"), ("torch", "torch-ddp")):
@@ -112,10 +147,14 @@ def test_adam_divergence_is_measured_and_explained(tmp_path):
     assert hp["tf"]["epsilon"] == hp["torch"]["eps"] == 1e-7
 
 
-@pytest.mark.parametrize("overrides", [
-    ["optimizer.nesterov=true"],
-    ["data.kind=synthetic_classification", "loss=cross_entropy"],
-], ids=["nesterov", "classification"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["optimizer.nesterov=true"],
+        ["data.kind=synthetic_classification", "loss=cross_entropy"],
+    ],
+    ids=["nesterov", "classification"],
+)
 def test_tf_vs_torch_other_optimizer_and_loss_settings(tmp_path, overrides):
     args = [a for o in overrides for a in ("--set", o)]
     proc = run_xfw("compare", "--strategy", "single", *args, "--out", str(tmp_path))

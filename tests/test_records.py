@@ -2,20 +2,28 @@
 summary.json and result.json read back into the records they were written from. No framework is imported."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from xfw.common.compare import compare_pair, pairs_for
 from xfw.common.config import load_config
-from xfw.common.records import (Comparison, RunBase, RunEntry, SkippedRun, Spread, Summary, read_result)
+from xfw.common.records import Comparison, RunBase, RunEntry, SkippedRun, Spread, Summary, read_result
 from xfw.common.registry import REGISTRY, STRATEGY, Parity, find
 
 
 def skipped(run_id: str, size: dict | None = None) -> SkippedRun:
     impl = next(i for i in REGISTRY if i.id == run_id)
-    return SkippedRun(id=run_id if size is None else f"{run_id}@h{size['hidden_width']}", framework=impl.framework,
-                      strategy=impl.strategy, implementation=impl.name, launcher=impl.launcher,
-                      description=impl.description, size=size, reason="test")
+    return SkippedRun(
+        id=run_id if size is None else f"{run_id}@h{size['hidden_width']}",
+        framework=impl.framework,
+        strategy=impl.strategy,
+        implementation=impl.name,
+        launcher=impl.launcher,
+        description=impl.description,
+        size=size,
+        reason="test",
+    )
 
 
 def names(pairs) -> list[tuple[str, str, str]]:
@@ -23,8 +31,10 @@ def names(pairs) -> list[tuple[str, str, str]]:
 
 
 def test_data_parallel_pairs_come_from_the_registry():
-    runs = [skipped(i) for i in ("tf-single", "torch-single", "tf-mirrored-strategy", "tf-horovod", "torch-ddp",
-                                 "torch-horovod")]
+    runs = [
+        skipped(i)
+        for i in ("tf-single", "torch-single", "tf-mirrored-strategy", "tf-horovod", "torch-ddp", "torch-horovod")
+    ]
     assert names(pairs_for(runs)) == [
         ("tf-mirrored-strategy", "tf-single", "same_framework"),
         ("tf-horovod", "tf-single", "same_framework"),
@@ -82,15 +92,41 @@ def test_descriptors_declare_what_the_runs_need():
 
 def entry(run_id: str, loss: list[float], rate: float) -> RunEntry:
     impl = next(i for i in REGISTRY if i.id == run_id)
-    base = RunBase(id=run_id, framework=impl.framework, strategy=impl.strategy, implementation=impl.name,
-                   launcher=impl.launcher, description=impl.description)
-    return RunEntry(**base.model_dump(), loss=loss, eval={"test_loss": loss[-1]}, throughput_samples_per_s=rate,
-                    throughput_spread=Spread(p25=rate * 0.9, p75=rate * 1.1, windows=10), step_time_s=32 / rate,
-                    warmup_s=0.1, warmup_steps=1, peak_memory_bytes=1, peak_memory_kind="x",
-                    peak_memory_per_process=[1], replica_weight_max_abs_diff=0.0, processes=2, replicas=2, devices=2,
-                    flops={"training_flops_per_sample": 1, "achieved_flops_per_s": 1.0, "peak_flops_per_s": 1.0,
-                           "utilization": 1.0},
-                    parameters=1, repeats=1, loss_identical_across_repeats=True, env={})
+    base = RunBase(
+        id=run_id,
+        framework=impl.framework,
+        strategy=impl.strategy,
+        implementation=impl.name,
+        launcher=impl.launcher,
+        description=impl.description,
+    )
+    return RunEntry(
+        **base.model_dump(),
+        loss=loss,
+        eval={"test_loss": loss[-1]},
+        throughput_samples_per_s=rate,
+        throughput_spread=Spread(p25=rate * 0.9, p75=rate * 1.1, windows=10),
+        step_time_s=32 / rate,
+        warmup_s=0.1,
+        warmup_steps=1,
+        peak_memory_bytes=1,
+        peak_memory_kind="x",
+        peak_memory_per_process=[1],
+        replica_weight_max_abs_diff=0.0,
+        processes=2,
+        replicas=2,
+        devices=2,
+        flops={
+            "training_flops_per_sample": 1,
+            "achieved_flops_per_s": 1.0,
+            "peak_flops_per_s": 1.0,
+            "utilization": 1.0,
+        },
+        parameters=1,
+        repeats=1,
+        loss_identical_across_repeats=True,
+        env={},
+    )
 
 
 def test_not_judged_parity_reports_the_diff_without_a_verdict():
@@ -111,5 +147,5 @@ def test_summary_and_results_read_back_into_their_records(mirrored):
     assert all(isinstance(c, Comparison) for c in typed.comparisons)
     for run in typed.runs:
         for path in getattr(run, "result_files", []):
-            result = read_result(json.loads(open(path).read()))
+            result = read_result(json.loads(Path(path).read_text()))
             assert result.loss == run.loss and result.id == run.id

@@ -6,11 +6,10 @@ import json
 import math
 
 import pytest
+from conftest import load_summary, run_xfw
 
 from xfw.common.compare import curve_diff, throughput_verdict
 from xfw.common.records import RatioRange, RunResult, strict_json
-
-from conftest import load_summary, run_xfw
 
 NAMES = ("a", "b")
 
@@ -65,17 +64,41 @@ def test_non_finite_numbers_are_written_as_null_and_read_back_as_nan():
     assert data == {"loss": [1.0, None, None], "x": {"y": None}, "ok": 2.5}
     json.dumps(data, allow_nan=False)  # strict
     timing = {"global_batch": 1, "warmup_steps": 1, "warmup_s": 0.1, "windows": []}
-    result = RunResult(id="x", framework="tf", strategy="single", implementation="single", loss=[1.0, None],
-                       replicas=1, devices=1, processes=1, replica_weight_max_abs_diff=None, peak_memory_bytes=1,
-                       peak_memory_per_process=[1], peak_memory_kind="x", timing=timing,
-                       model={"parameters": 1, "training_flops_per_sample": 1}, eval={}, env={}, peak_flops_per_s=1.0)
+    result = RunResult(
+        id="x",
+        framework="tf",
+        strategy="single",
+        implementation="single",
+        loss=[1.0, None],
+        replicas=1,
+        devices=1,
+        processes=1,
+        replica_weight_max_abs_diff=None,
+        peak_memory_bytes=1,
+        peak_memory_per_process=[1],
+        peak_memory_kind="x",
+        timing=timing,
+        model={"parameters": 1, "training_flops_per_sample": 1},
+        eval={},
+        env={},
+        peak_flops_per_s=1.0,
+    )
     assert math.isnan(result.loss[1]) and math.isnan(result.replica_weight_max_abs_diff)
 
 
 @pytest.mark.frameworks
 def test_a_diverging_compare_exits_1_with_strict_json(tmp_path):
-    proc = run_xfw("compare", "--strategy", "single", "--set", "optimizer.lr=50", "--set", "training.steps=40",
-                   "--out", str(tmp_path))
+    proc = run_xfw(
+        "compare",
+        "--strategy",
+        "single",
+        "--set",
+        "optimizer.lr=50",
+        "--set",
+        "training.steps=40",
+        "--out",
+        str(tmp_path),
+    )
     assert proc.returncode == 1, proc.stderr
     text = (tmp_path / "summary.json").read_text()
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))

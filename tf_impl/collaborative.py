@@ -48,7 +48,9 @@ def _member(run: RunSpec, i: int, device: str) -> tuple[Member, training.Setup]:
 
 def _busy(m: Member) -> float:
     """The network's own forward+backward on one batch, timed alone: what it does when it does not wait."""
-    return training.stage_seconds(m.run, m.model, whole_model(m.run.config), m.run.config.training.global_batch, True, m.device)
+    return training.stage_seconds(
+        m.run, m.model, whole_model(m.run.config), m.run.config.training.global_batch, True, m.device
+    )
 
 
 def _devices(run: RunSpec) -> list[str]:
@@ -75,12 +77,24 @@ def run_mutual(run: RunSpec, launcher: str) -> None:
                 with tf.device(m.device):  # exchange: the others' predictions are copied to this device
                     losses.append(mutual_loss(run, m.index, outputs, y, loss_fn))
         for m, loss in zip(members, losses):
-            m.optimizer.apply_gradients(zip(tape.gradient(loss, m.model.trainable_variables), m.model.trainable_variables))
+            m.optimizer.apply_gradients(
+                zip(tape.gradient(loss, m.model.trainable_variables), m.model.trainable_variables)
+            )
         return tf.stack(losses)
 
     losses, timing = training.train(run, train_step, [tf.constant(row) for row in s.order])
-    outcomes = [NetworkOutcome(m.index, m.name, losses[:, m.index], timing, training.evaluate(m.run, s, m.model), m.device,
-                               busy_s_per_step=_busy(m)) for m in members]
+    outcomes = [
+        NetworkOutcome(
+            m.index,
+            m.name,
+            losses[:, m.index],
+            timing,
+            training.evaluate(m.run, s, m.model),
+            m.device,
+            busy_s_per_step=_busy(m),
+        )
+        for m in members
+    ]
     report_networks(RankContext(run, launcher), outcomes, training.environment, mutual_exchange(run.config))
 
 
@@ -107,16 +121,32 @@ def run_chain(run: RunSpec, launcher: str) -> None:
                 loss = tf.reduce_mean(loss_fn(y, head(h, training=True)))
         # exchange: the gradient of h flows back to the encoder's device inside tape.gradient
         head_optimizer.apply_gradients(zip(tape.gradient(loss, head.trainable_variables), head.trainable_variables))
-        encoder_optimizer.apply_gradients(zip(tape.gradient(loss, encoder.trainable_variables), encoder.trainable_variables))
+        encoder_optimizer.apply_gradients(
+            zip(tape.gradient(loss, encoder.trainable_variables), encoder.trainable_variables)
+        )
         return loss
 
     losses, timing = training.train(run, train_step, [tf.constant(row) for row in s.order])
     batch = run.config.training.global_batch
     chain = keras.Sequential([encoder, head])
     outcomes = [
-        NetworkOutcome(0, "encoder", None, timing, {}, devices[0],
-                       busy_s_per_step=training.stage_seconds(run, encoder, parts[0], batch, False, devices[0])),
-        NetworkOutcome(1, "head", losses, timing, training.evaluate(run, s, chain), devices[1],
-                       busy_s_per_step=training.stage_seconds(run, head, parts[1], batch, True, devices[1])),
+        NetworkOutcome(
+            0,
+            "encoder",
+            None,
+            timing,
+            {},
+            devices[0],
+            busy_s_per_step=training.stage_seconds(run, encoder, parts[0], batch, False, devices[0]),
+        ),
+        NetworkOutcome(
+            1,
+            "head",
+            losses,
+            timing,
+            training.evaluate(run, s, chain),
+            devices[1],
+            busy_s_per_step=training.stage_seconds(run, head, parts[1], batch, True, devices[1]),
+        ),
     ]
     report_networks(RankContext(run, launcher), outcomes, training.environment, chain_exchange(parts, batch))

@@ -77,7 +77,9 @@ def run_multi_worker(run: RunSpec, launcher: str) -> None:
     rank, world_size = resolver.task_id, strategy.num_replicas_in_sync
     if world_size != run.replicas:
         raise RuntimeError(f"TF_CONFIG has {world_size} workers but the run asks for {run.replicas} replicas")
-    ctx = RankContext(run, launcher, rank, world_size, (training.default_device(),), training.collective_gather(strategy))
+    ctx = RankContext(
+        run, launcher, rank, world_size, (training.default_device(),), training.collective_gather(strategy)
+    )
     _run_strategy(ctx, s, strategy)
 
 
@@ -109,5 +111,11 @@ def run_manual_placement(run: RunSpec, launcher: str) -> None:
 
     step_inputs = [tf.constant(row) for row in s.order]
     losses, timing = training.train(run, train_step, step_inputs)
-    training.report(RankContext(run, launcher, devices=tuple(devices)), s, model, losses, timing,
-                    [flat_weights(model.trainable_variables)])
+    training.report(
+        RankContext(run, launcher, devices=tuple(devices)),
+        s,
+        model,
+        losses,
+        timing,
+        [flat_weights(model.trainable_variables)],
+    )

@@ -60,7 +60,9 @@ def run_placed_stages(run: RunSpec, launcher: str) -> None:
     step_inputs = [tf.constant(row) for row in s.order]
     losses, timing = training.train(run, train_step, step_inputs)
     busy = {
-        st.index: training.stage_seconds(run, models[st.index], st, micro, st.index == n_stages - 1, devices[st.index], count=micro_batches)
+        st.index: training.stage_seconds(
+            run, models[st.index], st, micro, st.index == n_stages - 1, devices[st.index], count=micro_batches
+        )
         for st in stages
     }
     full_model = keras.Sequential(models)  # the stages chained, for evaluation

@@ -6,7 +6,7 @@ in order, the block's parameter_shapes() in the canonical layout (Keras's own, s
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -19,8 +19,9 @@ def _dense(block: Dense) -> keras.layers.Layer:
 
 
 def _conv(block: Conv) -> keras.layers.Layer:
-    return keras.layers.Conv2D(block.channels_out, block.kernel, padding="same", activation=block.activation,
-                               name=block.name)
+    return keras.layers.Conv2D(
+        block.channels_out, block.kernel, padding="same", activation=block.activation, name=block.name
+    )
 
 
 def _max_pool(block: MaxPool) -> keras.layers.Layer:

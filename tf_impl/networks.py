@@ -44,12 +44,13 @@ def train_alone(net: Network, rank: int = 0, after_warmup=None) -> NetworkOutcom
 
 
 def outcome(net: Network, losses: np.ndarray, timing) -> NetworkOutcome:
-    return NetworkOutcome(net.index, net.name, losses, timing, training.evaluate(net.run, net.s, net.model), net.device,
-                          predictions(net))
+    return NetworkOutcome(
+        net.index, net.name, losses, timing, training.evaluate(net.run, net.s, net.model), net.device, predictions(net)
+    )
 
 
 def _finish(ctx: RankContext, outcomes: list[NetworkOutcome]) -> None:
-    report_networks(ctx, outcomes, training.environment, ensemble=ctx.run.strategy == "independent")
+    report_networks(ctx, outcomes, training.environment, ensemble=ctx.run.kind.ensemble)
 
 
 def run_sequential(run: RunSpec, launcher: str) -> None:
@@ -86,8 +87,10 @@ def run_threads(run: RunSpec, launcher: str) -> None:
     training.configure(run, inter_op_threads=run.networks)
     device = training.default_device()
     nets = [prepare(run, i, device) for i in range(run.networks)]
-    outcomes = train_in_threads([net.name for net in nets],  # threads: one per network
-                                lambda k, rank, after_warmup: train_alone(nets[k], rank, after_warmup))
+    outcomes = train_in_threads(
+        [net.name for net in nets],  # threads: one per network
+        lambda k, rank, after_warmup: train_alone(nets[k], rank, after_warmup),
+    )
     _finish(RankContext(run, launcher), outcomes)
 
 

@@ -78,7 +78,9 @@ def logical_devices(count: int) -> list[str]:
     gpus = tf.config.list_logical_devices("GPU")
     devices = gpus or tf.config.list_logical_devices("CPU")
     if len(devices) < count:
-        raise RuntimeError(f"the run needs {count} devices but TensorFlow sees {len(devices)}: {[d.name for d in devices]}")
+        raise RuntimeError(
+            f"the run needs {count} devices but TensorFlow sees {len(devices)}: {[d.name for d in devices]}"
+        )
     return [d.name for d in devices[:count]]
 
 
@@ -95,7 +97,9 @@ def collective_gather(strategy):
 
 def make_optimizer(run: RunSpec):
     params = optimizer_hyperparameters(run.config, "tf")
-    cls = {"keras.optimizers.SGD": keras.optimizers.SGD, "keras.optimizers.Adam": keras.optimizers.Adam}[params.pop("class")]
+    cls = {"keras.optimizers.SGD": keras.optimizers.SGD, "keras.optimizers.Adam": keras.optimizers.Adam}[
+        params.pop("class")
+    ]
     return cls(**params)
 
 
@@ -135,7 +139,9 @@ def matmul_peak_flops(n: int = 1024, repeats: int = 5) -> float:
     return 2 * n**3 / best
 
 
-def stage_seconds(run: RunSpec, model, stage, batch: int, last: bool, device: str, count: int = 1, repeats: int = 20) -> float:
+def stage_seconds(
+    run: RunSpec, model, stage, batch: int, last: bool, device: str, count: int = 1, repeats: int = 20
+) -> float:
     """Median time of `count` forward+backward passes of one stage on `batch` samples, alone on its device,
     in one call (so that one call's dispatch cost is paid once per step, as in training)."""
     loss_fn = loss_function(run)
@@ -168,12 +174,30 @@ def environment(ctx: RankContext) -> dict:
     """What result.json records about the software and the process that produced it."""
     threads = tf.config.threading
     versions = {"tensorflow": tf.__version__, "keras": keras.__version__}
-    return common_rank.environment(ctx, versions, threads.get_intra_op_parallelism_threads(),
-                                   threads.get_inter_op_parallelism_threads())
+    return common_rank.environment(
+        ctx, versions, threads.get_intra_op_parallelism_threads(), threads.get_inter_op_parallelism_threads()
+    )
 
 
-def report(ctx: RankContext, s: Setup, model, losses: np.ndarray, timing, weight_copies: list, stage: int = 0,
-           stage_busy_s: dict | None = None) -> None:
+def report(
+    ctx: RankContext,
+    s: Setup,
+    model,
+    losses: np.ndarray,
+    timing,
+    weight_copies: list,
+    stage: int = 0,
+    stage_busy_s: dict | None = None,
+) -> None:
     """Gather, then rank 0 evaluates `model` and writes result.json (common.rank.report)."""
-    common_rank.report(ctx, losses, timing, weight_copies, evaluate=lambda: evaluate(ctx.run, s, model),
-                       environment=environment, peak_flops=matmul_peak_flops, stage=stage, stage_busy_s=stage_busy_s)
+    common_rank.report(
+        ctx,
+        losses,
+        timing,
+        weight_copies,
+        evaluate=lambda: evaluate(ctx.run, s, model),
+        environment=environment,
+        peak_flops=matmul_peak_flops,
+        stage=stage,
+        stage_busy_s=stage_busy_s,
+    )

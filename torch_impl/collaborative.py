@@ -46,12 +46,16 @@ def _member(run: RunSpec, i: int, device: torch.device) -> tuple[Member, trainin
     net_run = dataclasses.replace(run, config=network_config(run.config, i))
     s = training.setup(net_run, device)  # same data and sample order for every network; own weights
     model = build_model(net_run.config.model, s.weights).to(device)
-    return Member(i, run.config.networks[i].name, net_run, model, training.make_optimizer(net_run, model.parameters()), device), s
+    return Member(
+        i, run.config.networks[i].name, net_run, model, training.make_optimizer(net_run, model.parameters()), device
+    ), s
 
 
 def _busy(m: Member) -> float:
     """The network's own forward+backward on one batch, timed alone: what it does when it does not wait."""
-    return training.stage_seconds(m.run, m.model, whole_model(m.run.config), m.run.config.training.global_batch, True, m.device)
+    return training.stage_seconds(
+        m.run, m.model, whole_model(m.run.config), m.run.config.training.global_batch, True, m.device
+    )
 
 
 def run_mutual(run: RunSpec, launcher: str) -> None:
@@ -75,8 +79,18 @@ def run_mutual(run: RunSpec, launcher: str) -> None:
         return stacked.detach()
 
     losses, timing = training.train(run, train_step, [torch.from_numpy(row).to(device) for row in s.order])
-    outcomes = [NetworkOutcome(m.index, m.name, losses[:, m.index], timing, training.evaluate(m.run, s, m.model), str(device),
-                               busy_s_per_step=_busy(m)) for m in members]
+    outcomes = [
+        NetworkOutcome(
+            m.index,
+            m.name,
+            losses[:, m.index],
+            timing,
+            training.evaluate(m.run, s, m.model),
+            str(device),
+            busy_s_per_step=_busy(m),
+        )
+        for m in members
+    ]
     report_networks(RankContext(run, launcher), outcomes, training.environment, mutual_exchange(run.config))
 
 
@@ -101,8 +115,15 @@ def run_mutual_distributed(run: RunSpec, launcher: str) -> None:
         return loss.detach()
 
     losses, timing = training.train(run, train_step, [torch.from_numpy(row).to(device) for row in s.order], rank)
-    outcome = NetworkOutcome(m.index, m.name, losses, timing, training.evaluate(m.run, s, m.model), f"rank {rank}: {device}",
-                             busy_s_per_step=_busy(m))
+    outcome = NetworkOutcome(
+        m.index,
+        m.name,
+        losses,
+        timing,
+        training.evaluate(m.run, s, m.model),
+        f"rank {rank}: {device}",
+        busy_s_per_step=_busy(m),
+    )
     report_networks(ctx, [outcome], training.environment, mutual_exchange(run.config, "dist.all_gather"))
     dist.barrier()  # rank 0 writes before anyone tears the group down
     dist.destroy_process_group()
@@ -131,10 +152,24 @@ def run_chain(run: RunSpec, launcher: str) -> None:
     batch = run.config.training.global_batch
     chain = torch.nn.Sequential(encoder, head)
     outcomes = [
-        NetworkOutcome(0, "encoder", None, timing, {}, str(device),
-                       busy_s_per_step=training.stage_seconds(run, encoder, parts[0], batch, False, device)),
-        NetworkOutcome(1, "head", losses, timing, training.evaluate(run, s, chain), str(device),
-                       busy_s_per_step=training.stage_seconds(run, head, parts[1], batch, True, device)),
+        NetworkOutcome(
+            0,
+            "encoder",
+            None,
+            timing,
+            {},
+            str(device),
+            busy_s_per_step=training.stage_seconds(run, encoder, parts[0], batch, False, device),
+        ),
+        NetworkOutcome(
+            1,
+            "head",
+            losses,
+            timing,
+            training.evaluate(run, s, chain),
+            str(device),
+            busy_s_per_step=training.stage_seconds(run, head, parts[1], batch, True, device),
+        ),
     ]
     report_networks(RankContext(run, launcher), outcomes, training.environment, chain_exchange(parts, batch))
 
@@ -185,8 +220,9 @@ def run_chain_send_recv(run: RunSpec, launcher: str) -> None:
         outcome = NetworkOutcome(0, "encoder", None, timing, {}, f"rank 0: {device}", busy_s_per_step=busy)
     else:
         chain = build_model(run.config.model, {k: v for w in weights for k, v in w.items()}).to(device)
-        outcome = NetworkOutcome(1, "head", losses, timing, training.evaluate(run, s, chain), f"rank 1: {device}",
-                                 busy_s_per_step=busy)
+        outcome = NetworkOutcome(
+            1, "head", losses, timing, training.evaluate(run, s, chain), f"rank 1: {device}", busy_s_per_step=busy
+        )
     report_networks(ctx, [outcome], training.environment, chain_exchange(parts, batch, "dist.send/recv"))
     dist.barrier()  # rank 0 writes before anyone tears the group down
     dist.destroy_process_group()

@@ -34,8 +34,14 @@ def _full_model_on_rank0(run: RunSpec, stage, module, rank: int):
 
 def _stage_context(run: RunSpec, launcher: str, stage, device: torch.device) -> RankContext:
     rank = dist.get_rank()
-    return RankContext(run, launcher, rank, dist.get_world_size(), (f"rank {rank}: stage {stage.index} on {device}",),
-                       training.collective_gather(device))
+    return RankContext(
+        run,
+        launcher,
+        rank,
+        dist.get_world_size(),
+        (f"rank {rank}: stage {stage.index} on {device}",),
+        training.collective_gather(device),
+    )
 
 
 def _finish(ctx: RankContext, s, stage, module, losses, timing, device, busy_batch: int) -> None:
@@ -51,7 +57,9 @@ def _finish(ctx: RankContext, s, stage, module, losses, timing, device, busy_bat
 
 def run_placed_stages(run: RunSpec, launcher: str) -> None:
     if torch.cuda.device_count() < run.stages:
-        raise RuntimeError(f"{run.stages} stages on separate GPUs need {run.stages} GPUs, found {torch.cuda.device_count()}")
+        raise RuntimeError(
+            f"{run.stages} stages on separate GPUs need {run.stages} GPUs, found {torch.cuda.device_count()}"
+        )
     s = training.setup(run, torch.device("cuda", 0))
     stages = plan_stages(run.config)
     devices = [torch.device("cuda", i) for i in range(run.stages)]
@@ -73,7 +81,10 @@ def run_placed_stages(run: RunSpec, launcher: str) -> None:
     step_inputs = [torch.from_numpy(row).to(s.device) for row in s.order]
     losses, timing = training.train(run, train_step, step_inputs)
     batch = run.config.training.global_batch
-    busy = {st.index: training.stage_seconds(run, m, st, batch, st.index == run.stages - 1, d) for st, m, d in zip(stages, modules, devices)}
+    busy = {
+        st.index: training.stage_seconds(run, m, st, batch, st.index == run.stages - 1, d)
+        for st, m, d in zip(stages, modules, devices)
+    }
     full = torch.nn.Sequential(*[m.to(devices[0]) for m in modules])
     ctx = RankContext(run, launcher, devices=tuple(str(d) for d in devices))
     training.report(ctx, s, full, losses, timing, [flat_weights(parameters)], stage_busy_s=busy)

@@ -9,16 +9,21 @@ both ways (common/weights.py).
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from xfw.common.models import Block, Conv, Dense, Flatten, MaxPool, blocks_of
-from xfw.common.weights import conv_kernel_from_torch, conv_kernel_to_torch, dense_kernel_from_torch, dense_kernel_to_torch
+from xfw.common.weights import (
+    conv_kernel_from_torch,
+    conv_kernel_to_torch,
+    dense_kernel_from_torch,
+    dense_kernel_to_torch,
+)
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -56,8 +61,11 @@ def _dense_parameters(block: Dense) -> dict[str, Placement]:
     # After a conv stack the kernel rows are permuted: torch flattens NCHW in (c, h, w) order.
     flat = block.flattened_from
     return {
-        f"{block.name}/kernel": Placement(f"{block.name}.weight", partial(dense_kernel_to_torch, flattened_from=flat),
-                                          partial(dense_kernel_from_torch, flattened_from=flat)),
+        f"{block.name}/kernel": Placement(
+            f"{block.name}.weight",
+            partial(dense_kernel_to_torch, flattened_from=flat),
+            partial(dense_kernel_from_torch, flattened_from=flat),
+        ),
         f"{block.name}/bias": Placement(f"{block.name}.bias"),
     }
 
@@ -124,8 +132,11 @@ class ContiguousBoundary(nn.Module):
 def build_stage(stage, weights: dict[str, np.ndarray]) -> nn.Sequential:
     """One model-parallel stage (common.partition.Stage) as its own module."""
     layers = build_layers(stage.layers, weights)
-    return nn.Sequential(OrderedDict([("entry", ContiguousBoundary("entry")), *layers.named_children(),
-                                      ("exit", ContiguousBoundary("exit"))]))
+    return nn.Sequential(
+        OrderedDict(
+            [("entry", ContiguousBoundary("entry")), *layers.named_children(), ("exit", ContiguousBoundary("exit"))]
+        )
+    )
 
 
 def build_layers(spec_layers, weights: dict[str, np.ndarray]) -> nn.Sequential:
@@ -139,8 +150,11 @@ def build_layers(spec_layers, weights: dict[str, np.ndarray]) -> nn.Sequential:
 
 def export_weights(module: nn.Sequential, spec_layers) -> dict[str, np.ndarray]:
     """The module's current weights in the canonical (Keras) layout: the inverse of build_layers."""
-    return {name: place.from_torch(module.get_parameter(place.path).detach().cpu().numpy())
-            for block in spec_layers for name, place in _builder(block).parameters(block).items()}
+    return {
+        name: place.from_torch(module.get_parameter(place.path).detach().cpu().numpy())
+        for block in spec_layers
+        for name, place in _builder(block).parameters(block).items()
+    }
 
 
 def torch_sample_shape(shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -45,12 +45,19 @@ def train_alone(net: Network, rank: int = 0, after_warmup=None) -> NetworkOutcom
 
 
 def outcome(net: Network, losses: np.ndarray, timing) -> NetworkOutcome:
-    return NetworkOutcome(net.index, net.name, losses, timing, training.evaluate(net.run, net.s, net.model), str(net.device),
-                          predictions(net))
+    return NetworkOutcome(
+        net.index,
+        net.name,
+        losses,
+        timing,
+        training.evaluate(net.run, net.s, net.model),
+        str(net.device),
+        predictions(net),
+    )
 
 
 def _finish(ctx: RankContext, outcomes: list[NetworkOutcome]) -> None:
-    report_networks(ctx, outcomes, training.environment, ensemble=ctx.run.strategy == "independent")
+    report_networks(ctx, outcomes, training.environment, ensemble=ctx.run.kind.ensemble)
 
 
 def run_sequential(run: RunSpec, launcher: str) -> None:

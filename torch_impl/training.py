@@ -124,13 +124,19 @@ def matmul_peak_flops(n: int = 1024, repeats: int = 5) -> float:
     return 2 * n**3 / best
 
 
-def stage_seconds(run: RunSpec, model, stage, batch: int, last: bool, device: torch.device, count: int = 1, repeats: int = 20) -> float:
+def stage_seconds(
+    run: RunSpec, model, stage, batch: int, last: bool, device: torch.device, count: int = 1, repeats: int = 20
+) -> float:
     """Median time of `count` forward+backward passes of one stage on `batch` samples, alone on its device."""
     from xfw.torch_impl.models import torch_sample_shape
 
     x = torch.randn(batch, *torch_sample_shape(stage.input_shape), device=device, requires_grad=True)
     out_shape = (batch, *torch_sample_shape(stage.output_shape))
-    y = torch.zeros(batch, dtype=torch.int64, device=device) if run.config.loss == "cross_entropy" else torch.zeros(out_shape, device=device)
+    y = (
+        torch.zeros(batch, dtype=torch.int64, device=device)
+        if run.config.loss == "cross_entropy"
+        else torch.zeros(out_shape, device=device)
+    )
     out_grad = torch.ones(out_shape, device=device)
 
     def forward_backward():
@@ -158,8 +164,25 @@ def environment(ctx: RankContext) -> dict:
     return common_rank.environment(ctx, versions, torch.get_num_threads(), torch.get_num_interop_threads())
 
 
-def report(ctx: RankContext, s: Setup, model, losses: np.ndarray, timing, weight_copies: list, stage: int = 0,
-           stage_busy_s: dict | None = None) -> None:
+def report(
+    ctx: RankContext,
+    s: Setup,
+    model,
+    losses: np.ndarray,
+    timing,
+    weight_copies: list,
+    stage: int = 0,
+    stage_busy_s: dict | None = None,
+) -> None:
     """Gather, then rank 0 evaluates `model` and writes result.json (common.rank.report)."""
-    common_rank.report(ctx, losses, timing, weight_copies, evaluate=lambda: evaluate(ctx.run, s, model),
-                       environment=environment, peak_flops=matmul_peak_flops, stage=stage, stage_busy_s=stage_busy_s)
+    common_rank.report(
+        ctx,
+        losses,
+        timing,
+        weight_copies,
+        evaluate=lambda: evaluate(ctx.run, s, model),
+        environment=environment,
+        peak_flops=matmul_peak_flops,
+        stage=stage,
+        stage_busy_s=stage_busy_s,
+    )
