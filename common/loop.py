@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from xfw.common.models import parameter_count, training_flops_per_sample
-from xfw.common.partition import boundary_bytes_per_step, plan_stages
+from xfw.common.partition import boundary_bytes, boundary_bytes_per_step, plan_stages, theoretical_bubble
 from xfw.common.records import (
     ModelInfo,
     RunResult,
@@ -212,11 +212,13 @@ def finish_run(
 
 def stage_report(run: RunSpec, busy_s: list[float], step_s: float) -> StageReport:
     stages = plan_stages(run.config)
+    crossing = [*boundary_bytes(stages, run.config.training.global_batch), None]
     return StageReport(
         stages=run.stages,
         devices=run.devices,
         micro_batches=run.micro_batches,
         boundary_bytes_per_step=boundary_bytes_per_step(stages, run.config.training.global_batch),
+        theoretical_bubble=theoretical_bubble(run.stages, run.micro_batches),
         per_stage=[
             StageTiming(
                 stage=st.index,
@@ -225,8 +227,9 @@ def stage_report(run: RunSpec, busy_s: list[float], step_s: float) -> StageRepor
                 busy_s_per_step=float(b),
                 idle_fraction=float(max(0.0, 1.0 - b / step_s)),
                 busy_exceeds_step=bool(b > step_s),
+                to_next_stage_bytes_per_step=out,
             )
-            for st, b in zip(stages, busy_s)
+            for st, b, out in zip(stages, busy_s, crossing)
         ],
         busy_method="after training, each stage's forward+backward passes for one step (one per micro-batch) are "
         "timed alone on its device, median of 20; idle = 1 - busy / measured step time, floored at 0 "

@@ -81,10 +81,19 @@ def plan_stages(config: Config) -> list[Stage]:
     return stages
 
 
+def boundary_bytes(stages: list[Stage], global_batch: int, bytes_per_value: int = 4) -> list[int]:
+    """Per boundary (stage i to i+1): activations sent forward plus their gradients sent back, per step."""
+    return [2 * _size(s.output_shape) * global_batch * bytes_per_value for s in stages[:-1]]
+
+
 def boundary_bytes_per_step(stages: list[Stage], global_batch: int, bytes_per_value: int = 4) -> int:
     """Activations sent forward plus their gradients sent back, across every stage boundary, per step."""
-    per_sample = sum(_size(s.output_shape) for s in stages[:-1])
-    return 2 * per_sample * global_batch * bytes_per_value
+    return sum(boundary_bytes(stages, global_batch, bytes_per_value))
+
+
+def theoretical_bubble(stages: int, micro_batches: int) -> float:
+    """Idle share of each stage in a GPipe or 1F1B schedule with even stages and free transfers."""
+    return (stages - 1) / (micro_batches + stages - 1)
 
 
 def _size(shape: tuple[int, ...]) -> int:

@@ -83,6 +83,8 @@ class StageTiming(Record):
     busy_s_per_step: Real
     idle_fraction: Real
     busy_exceeds_step: bool
+    # Across the boundary to the next stage per step: activations forward + their gradients back (last: null).
+    to_next_stage_bytes_per_step: int | None = None
 
 
 class StageReport(Record):
@@ -91,7 +93,10 @@ class StageReport(Record):
     stages: int
     devices: int
     micro_batches: int
-    boundary_bytes_per_step: int
+    boundary_bytes_per_step: int  # all boundaries together
+    # The share of a step each stage idles under the schedule with perfectly even stages and free transfers:
+    # (S - 1) / (M + S - 1) for GPipe and 1F1B alike (1F1B saves memory, not bubble); M = 1 without micro-batches.
+    theoretical_bubble: Real | None = None
     per_stage: list[StageTiming]
     busy_method: str
 

@@ -117,7 +117,17 @@ def comparison_rows(summary: Summary) -> list[list[str]]:
     return rows
 
 
-STAGE_HEADERS = ["run", "stage", "layers", "params", "micro-batches", "busy ms/step", "idle", "boundary KiB/step"]
+STAGE_HEADERS = [
+    "run",
+    "stage",
+    "layers",
+    "params",
+    "micro-batches",
+    "busy ms/step",
+    "idle (measured)",
+    "bubble (schedule)",
+    "to next stage KiB/step",
+]
 
 
 def stage_rows(summary: Summary) -> list[list[str]]:
@@ -137,7 +147,11 @@ def stage_rows(summary: Summary) -> list[list[str]]:
                     str(mp.micro_batches),
                     f"{st.busy_s_per_step * 1e3:.3f}",
                     idle,
-                    f"{mp.boundary_bytes_per_step / 1024:,.1f}",
+                    _fmt(mp.theoretical_bubble, ".0%"),
+                    _fmt(
+                        None if st.to_next_stage_bytes_per_step is None else st.to_next_stage_bytes_per_step / 1024,
+                        ",.1f",
+                    ),
                 ]
             )
     return rows
@@ -521,8 +535,10 @@ EXPLAIN = {
     ),
     "stages": (
         "Busy time: after training, each stage's forward and backward passes for one step (one per micro-batch) are "
-        "timed alone on its device; idle = 1 - busy / measured step time. Boundary bytes: activations sent forward "
-        "plus their gradients sent back across every stage boundary per step (fp32)."
+        "timed alone on its device; idle = 1 - busy / measured step time. Bubble (schedule): the idle share GPipe "
+        "and 1F1B leave each stage with even stages and free transfers, (S - 1) / (M + S - 1); measured idle above "
+        "it is uneven stages, transfers and scheduling. To next stage: activations sent forward plus their "
+        "gradients sent back across that stage's boundary per step (fp32)."
     ),
     "networks": (
         "Each network's curve is diffed against the same network (matched by name) in the other run. Independent and "
