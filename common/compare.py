@@ -34,11 +34,27 @@ def window_rates(global_batch: int, windows) -> np.ndarray:
 
 def throughput_stats(results: list[RunResult]) -> Spread:
     """Median (returned separately) and spread of samples/s over every timed window of every repeat."""
-    rates = np.concatenate([window_rates(r.timing.global_batch, r.timing.windows) for r in results])
+    per_repeat = [window_rates(r.timing.global_batch, r.timing.windows) for r in results]
+    rates = np.concatenate(per_repeat)
     p25, p75 = np.percentile(rates, [25, 75])
     return Spread(
-        p25=float(p25), p75=float(p75), min=float(rates.min()), max=float(rates.max()), windows=int(rates.size)
+        p25=float(p25),
+        p75=float(p75),
+        min=float(rates.min()),
+        max=float(rates.max()),
+        windows=int(rates.size),
+        repeat_medians=[float(np.median(r)) for r in per_repeat],
     )
+
+
+def ratio_range(low: float, high: float, a: list[float] | None, b: list[float] | None) -> RatioRange:
+    """The window-to-window range, widened to the ratio of every pair of repeats (repeat k of a over repeat k of
+    b: interleaved, they ran close in time) so that run-to-run drift cannot hide behind one run's steadiness."""
+    pairs = list(zip(a or [], b or []))
+    if len(pairs) > 1:
+        ratios = [x / y for x, y in pairs]
+        low, high = min(low, *ratios), max(high, *ratios)
+    return RatioRange(low=low, high=high)
 
 
 def run_entry(base: RunBase, results: list[RunResult]) -> RunEntry:
@@ -176,7 +192,12 @@ def verdict_fields(
     crowded = [r.id for r in (a, b) if r.oversubscribed]
     if crowded:
         return {"verdict": f"none: {', '.join(crowded)} oversubscribed"}
-    return {"verdict": throughput_verdict(ratio, spread, band, words), "verdict_band": band, "change": ratio - 1}
+    return {
+        "verdict": throughput_verdict(ratio, spread, band, words),
+        "verdict_band": band,
+        "change": ratio - 1,
+        "repeats": min(a.repeats, b.repeats),
+    }
 
 
 def tolerance_for(kind: Parity, config: Config) -> float | None:
@@ -212,7 +233,7 @@ def compare_pair(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> Comparis
     ta, tb = a.throughput_samples_per_s, b.throughput_samples_per_s
     sa, sb = a.throughput_spread, b.throughput_spread
     # From the interquartile ranges: the ratio's plausible range given both runs' window-to-window spread.
-    spread = RatioRange(low=sa.p25 / sb.p75, high=sa.p75 / sb.p25)
+    spread = ratio_range(sa.p25 / sb.p75, sa.p75 / sb.p25, sa.repeat_medians, sb.repeat_medians)
     band = config.training.verdict_band
     against_reference_strategy = kind != Parity.CROSS_FRAMEWORK and a.strategy != b.strategy  # e.g. mirrored vs single
     return Comparison(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xfw.common.compare import curve_diff, not_compared, tolerance_for, verdict_fields, window_rates
+from xfw.common.compare import curve_diff, not_compared, ratio_range, tolerance_for, verdict_fields, window_rates
 from xfw.common.config import Config
 from xfw.common.records import (
     Comparison,
@@ -68,6 +68,7 @@ def network_run_entry(base: RunBase, results: list[NetworksResult]) -> NetworksR
         timed_wall_s=float(np.median([r.timed_wall_s for r in results])),
         overlap=float(np.median([r.overlap for r in results])),
         combined_throughput_samples_per_s=combined,
+        combined_per_repeat=[r.combined_throughput_samples_per_s for r in results],
         throughput_samples_per_s=combined,
         peak_memory_bytes=max(r.peak_memory_bytes for r in results),
         peak_memory_kind=first.peak_memory_kind,
@@ -92,9 +93,11 @@ def ratio_spread(a: NetworksRunEntry, b: NetworksRunEntry, ratio: float) -> Rati
     def scale(run: NetworksRunEntry, key: str, pick) -> float:
         return pick(getattr(n.throughput_spread, key) / n.throughput_samples_per_s for n in run.networks)
 
-    return RatioRange(
-        low=ratio * scale(a, "p25", min) / scale(b, "p75", max),
-        high=ratio * scale(a, "p75", max) / scale(b, "p25", min),
+    return ratio_range(
+        ratio * scale(a, "p25", min) / scale(b, "p75", max),
+        ratio * scale(a, "p75", max) / scale(b, "p25", min),
+        a.combined_per_repeat,
+        b.combined_per_repeat,
     )
 
 

@@ -109,6 +109,8 @@ class Spread(Record):
     windows: int | None = None
     min: Real | None = None
     max: Real | None = None
+    # Each repeat's own median (the run's combined throughput for several networks): run-to-run drift.
+    repeat_medians: list[Real] | None = None
 
 
 class Flops(Record):
@@ -310,6 +312,7 @@ class NetworksRunEntry(RunBase):
     timed_wall_s: Real
     overlap: Real
     combined_throughput_samples_per_s: Real
+    combined_per_repeat: list[Real] | None = None  # each repeat's: run-to-run drift
     throughput_samples_per_s: Real  # = combined, so that every ok entry has one throughput
     peak_memory_bytes: int
     peak_memory_kind: str
@@ -348,6 +351,9 @@ OkRun = RunEntry | NetworksRunEntry
 
 
 class RatioRange(Record):
+    """The plausible range of a throughput ratio: from both runs' interquartile ranges (window to window) and,
+    with repeats, widened to every repeat's ratio (repeat k of a over repeat k of b: run to run)."""
+
     low: Real
     high: Real
 
@@ -384,6 +390,8 @@ class Comparison(Record):
     verdict: str | None = None
     verdict_band: Real | None = None
     change: Real | None = None
+    # Repeats behind the verdict (the fewer of the two runs'): with 1, the range is window-to-window spread only.
+    repeats: int | None = None
 
 
 class SweepPoint(Record):

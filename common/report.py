@@ -295,7 +295,8 @@ def _verdict_text(c: Comparison) -> str:
         return "-"
     if c.change is None:  # no verdict could be given, c.verdict says why
         return c.verdict
-    return f"{c.verdict} ({c.change:+.0%}, band ±{c.verdict_band:.0%})"
+    once = "; 1 repeat" if c.repeats == 1 else ""  # the range is window-to-window spread only
+    return f"{c.verdict} ({c.change:+.0%}, band ±{c.verdict_band:.0%}{once})"
 
 
 def _ratio_text(c: Comparison) -> str:

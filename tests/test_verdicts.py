@@ -130,3 +130,14 @@ def test_oversubscribed_threads_are_refused_with_one_line():
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("xfw: error: "), proc.stderr
     assert "threads each (parallel.threads_per_replica)" in lines[0] and "parallel.oversubscribe" in lines[0]
+
+
+def test_repeats_widen_the_range_to_every_repeat_pair():
+    from xfw.common.compare import ratio_range
+
+    steady = ratio_range(1.3, 1.5, [140.0], [100.0])  # one repeat: the window range as it is
+    assert (steady.low, steady.high) == (1.3, 1.5)
+    drifting = ratio_range(1.3, 1.5, [140.0, 80.0], [100.0, 100.0])  # repeat 2 of a ran slower than b
+    assert (drifting.low, drifting.high) == (0.8, 1.5)
+    assert throughput_verdict(1.4, drifting, 0.05) == "no clear difference"
+    assert throughput_verdict(1.4, steady, 0.05) == "faster"
