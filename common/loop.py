@@ -232,9 +232,10 @@ def stage_report(run: RunSpec, busy_s: list[float], step_s: float) -> StageRepor
             for st, b, out in zip(stages, busy_s, crossing)
         ],
         busy_method="after training, each stage's forward+backward passes for one step (one per micro-batch) are "
-        "timed alone on its device, median of 20; idle = 1 - busy / measured step time, floored at 0 "
-        "(busy_exceeds_step: the stage alone took longer than a whole training step, which happens "
-        "when per-call overhead dominates a tiny stage)",
+        "timed alone on its device, one process at a time (stages timed at once on a CPU time each other), "
+        "median of 20; idle = 1 - busy / measured step time, floored at 0 (busy_exceeds_step: the stage alone "
+        "took longer than a whole training step: per-call overhead, e.g. M small convolutions cost more than "
+        "one large one)",
     )
 
 

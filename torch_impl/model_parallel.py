@@ -47,7 +47,16 @@ def _stage_context(run: RunSpec, launcher: str, stage, device: torch.device) -> 
 def _finish(ctx: RankContext, s, stage, module, losses, timing, device, busy_batch: int) -> None:
     run = ctx.run
     last = stage.index == run.stages - 1
-    busy = {stage.index: training.stage_seconds(run, module, stage, busy_batch, last, device, count=run.micro_batches)}
+    # One rank at a time: on a CPU the "devices" share caches and memory bandwidth, so stages timed at once
+    # would time each other.
+    for turn in range(dist.get_world_size()):
+        if turn == dist.get_rank():
+            busy = {
+                stage.index: training.stage_seconds(
+                    run, module, stage, busy_batch, last, device, count=run.micro_batches
+                )
+            }
+        dist.barrier()
     full = _full_model_on_rank0(run, stage, module, ctx.rank)
     weights = [flat_weights(module.parameters())]
     training.report(ctx, s, full, losses, timing, weights, stage=stage.index, stage_busy_s=busy)
