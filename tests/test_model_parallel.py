@@ -125,7 +125,15 @@ def test_pipeline_parity_and_tf_vs_torch(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = load_summary(tmp_path)
     runs = check_parity(summary, {"tf-gpipe", "torch-gpipe", "torch-1f1b"})
-    assert runs["torch-1f1b"]["model_parallel"]["micro_batches"] == 4
+    mp = runs["torch-1f1b"]["model_parallel"]
+    assert mp["micro_batches"] == 4
+    # The schedule's bubble beside the measured idle: (S - 1) / (M + S - 1) = 1 / 5 for 2 stages, 4 micro-batches.
+    assert mp["theoretical_bubble"] == pytest.approx(1 / 5)
+    # Boundary traffic once per boundary: the first stage sends 50 activations per sample forward and gets their
+    # gradients back; the last stage sends nothing.
+    sends = [st["to_next_stage_bytes_per_step"] for st in mp["per_stage"]]
+    assert sends == [2 * 50 * 32 * 4, None] and mp["boundary_bytes_per_step"] == 2 * 50 * 32 * 4
+    assert "bubble (schedule)" in proc.stdout
     (cross,) = [c for c in summary["comparisons"] if (c["a"], c["b"]) == ("tf-gpipe", "torch-gpipe")]
     assert cross["within_tolerance"]
 

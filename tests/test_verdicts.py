@@ -4,6 +4,7 @@ End to end: a diverging run through the real CLI."""
 
 import json
 import math
+import os
 
 import pytest
 from conftest import load_summary, run_xfw
@@ -141,3 +142,38 @@ def test_repeats_widen_the_range_to_every_repeat_pair():
     assert (drifting.low, drifting.high) == (0.8, 1.5)
     assert throughput_verdict(1.4, drifting, 0.05) == "no clear difference"
     assert throughput_verdict(1.4, steady, 0.05) == "faster"
+
+
+@pytest.mark.frameworks
+def test_repeats_run_round_robin_and_oversubscribed_runs_get_no_verdict(tmp_path):
+    proc = run_xfw(
+        "compare",
+        "--strategy",
+        "single",
+        "--repeats",
+        "2",
+        "--set",
+        "training.steps=40",
+        "--set",
+        "parallel.threads_per_replica=4",
+        "--set",
+        "parallel.oversubscribe=true",
+        "--out",
+        str(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Every implementation's repeat 1 before any repeat 2 (progress lines, in the order the runs ended).
+    order = [line.split(" in ")[0] for line in proc.stderr.splitlines() if line.startswith("ok ")]
+    assert order == [
+        "ok tf-single (repeat 1/2)",
+        "ok torch-single (repeat 1/2)",
+        "ok tf-single (repeat 2/2)",
+        "ok torch-single (repeat 2/2)",
+    ]
+    summary = load_summary(tmp_path)
+    for run in summary["runs"]:
+        assert run["repeats"] == 2 and run["loss_identical_across_repeats"] and run["oversubscribed"]
+        assert len(run["throughput_spread"]["repeat_medians"]) == 2
+    (cmp,) = summary["comparisons"]
+    assert cmp["verdict"] == "none: tf-single, torch-single oversubscribed" and cmp["change"] is None
+    assert "OVERSUBSCRIBED" in proc.stdout
