@@ -4,7 +4,6 @@ End to end: a diverging run through the real CLI."""
 
 import json
 import math
-import os
 
 import pytest
 from conftest import load_summary, run_xfw
