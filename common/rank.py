@@ -69,6 +69,12 @@ class Member:
     optimizer: Any
     device: Any
 
+    def outcome(self, losses: np.ndarray, timing: LoopTiming, evaluation: dict, device: str, busy_s: float):
+        """What the member reports at the end: its column of the per-step losses, evaluation, device, own passes."""
+        return NetworkOutcome(
+            self.index, self.name, losses[:, self.index], timing, evaluation, device, busy_s_per_step=busy_s
+        )
+
 
 def train_in_threads(names: list[str], train_one: Callable[[int, int, Callable[[], None]], Any]) -> list:
     """Calls train_one(k, rank, after_warmup) for network k in a thread of its own and returns their results in
@@ -126,15 +132,21 @@ def environment(
     return env
 
 
+@dataclass(frozen=True)
+class FrameworkEnd:
+    """What rank 0 asks the framework for at the end of a run: its environment and the machine's peak."""
+
+    environment: Callable[[RankContext], dict]
+    peak_flops: Callable[[], float]
+
+
 def report(
     ctx: RankContext,
     losses: np.ndarray,
     timing: LoopTiming,
     weight_copies: list,
-    *,
     evaluate: Callable[[], dict],
-    environment: Callable[[RankContext], dict],
-    peak_flops: Callable[[], float],
+    framework: FrameworkEnd,
     stage: int = 0,
     stage_busy_s: dict | None = None,
 ) -> None:
@@ -142,9 +154,9 @@ def report(
     machine's peak (each called on rank 0 only) and writes result.json."""
 
     def rank0_extras() -> dict:
-        env = environment(ctx)
+        env = framework.environment(ctx)
         # Peak of one device's share of the machine, times the devices: what the run could reach at most.
-        return {"eval": evaluate(), "env": env, "peak_flops_per_s": peak_flops() * ctx.run.devices}
+        return {"eval": evaluate(), "env": env, "peak_flops_per_s": framework.peak_flops() * ctx.run.devices}
 
     outcome = RankOutcome(losses, timing, weight_copies, peak_rss_bytes(), stage, stage_busy_s or {})
     finish_run(ctx.run, outcome, ctx.gather, ctx.rank, rank0_extras)

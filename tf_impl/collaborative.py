@@ -83,18 +83,7 @@ def run_mutual(run: RunSpec, launcher: str) -> None:
         return tf.stack(losses)
 
     losses, timing = training.train(run, train_step, [tf.constant(row) for row in s.order])
-    outcomes = [
-        NetworkOutcome(
-            m.index,
-            m.name,
-            losses[:, m.index],
-            timing,
-            training.evaluate(m.run, s, m.model),
-            m.device,
-            busy_s_per_step=_busy(m),
-        )
-        for m in members
-    ]
+    outcomes = [m.outcome(losses, timing, training.evaluate(m.run, s, m.model), m.device, _busy(m)) for m in members]
     report_networks(RankContext(run, launcher), outcomes, training.environment, mutual_exchange(run.config))
 
 

@@ -164,25 +164,11 @@ def environment(ctx: RankContext) -> dict:
     return common_rank.environment(ctx, versions, torch.get_num_threads(), torch.get_num_interop_threads())
 
 
-def report(
-    ctx: RankContext,
-    s: Setup,
-    model,
-    losses: np.ndarray,
-    timing,
-    weight_copies: list,
-    stage: int = 0,
-    stage_busy_s: dict | None = None,
-) -> None:
-    """Gather, then rank 0 evaluates `model` and writes result.json (common.rank.report)."""
-    common_rank.report(
-        ctx,
-        losses,
-        timing,
-        weight_copies,
-        evaluate=lambda: evaluate(ctx.run, s, model),
-        environment=environment,
-        peak_flops=matmul_peak_flops,
-        stage=stage,
-        stage_busy_s=stage_busy_s,
-    )
+def report(ctx: RankContext, s: Setup, model, losses: np.ndarray, timing, weight_copies: list, **stages) -> None:
+    """Gather, then rank 0 evaluates `model` and writes result.json (common.rank.report; `stages`: stage=,
+    stage_busy_s= of a model-parallel process)."""
+    common_rank.report(ctx, losses, timing, weight_copies, lambda: evaluate(ctx.run, s, model), END, **stages)
+
+
+# What rank 0 asks this framework for at the end of a run (common.rank.report).
+END = common_rank.FrameworkEnd(environment=environment, peak_flops=matmul_peak_flops)
