@@ -4,6 +4,7 @@ Bad input ends as one line `xfw: error: ...` and exit status 2, never a tracebac
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -23,6 +24,7 @@ from xfw.common.errors import UserError
 from xfw.common.launch import under_engine_launcher
 from xfw.common.loop import write_json_atomic
 from xfw.common.orchestrate import compare_strategy, execute_run, preflight
+from xfw.common.outdir import OutputError, claim
 from xfw.common.records import NetworksResult, read_result
 from xfw.common.report import print_tables, write_report
 from xfw.common.runspec import RunSpec
@@ -120,8 +122,9 @@ def run(framework, implementation, config_path, overrides, replicas, timeout_s, 
             raise UserError(f"{impl.id} is started by {impl.launcher}, not {launcher}")
         from xfw.cli.worker import launcher_rank, run_worker
 
-        out.mkdir(parents=True, exist_ok=True)
-        run_worker(spec, launcher)
+        # Rank 0 alone writes into --out, so it alone holds the folder (the ranks share one command line).
+        with claim(out) if launcher_rank() == 0 else contextlib.nullcontext():
+            run_worker(spec, launcher)
         if launcher_rank() == 0:  # rank 0 wrote the result, after gathering every rank's
             sys.exit(
                 print_result(impl.id, read_result(json.loads((out / "result.json").read_text())), out / "result.json")
@@ -133,7 +136,7 @@ def run(framework, implementation, config_path, overrides, replicas, timeout_s, 
         raise UserError(f"{impl.id} cannot run here: {reason}")
     registry.check_devices(impl, machine, config)
     console = Console(stderr=True)
-    with RichProgress(console) as progress:
+    with claim(out), RichProgress(console) as progress:
         progress.start(impl.id, config.training.steps)
         result = execute_run(impl, spec, timeout_s or config.runtime.timeout_s, machine, progress)
     if isinstance(result, dict):  # the run failed
@@ -196,21 +199,28 @@ def compare(strategy, config_path, overrides, replicas, timeout_s, repeats, only
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(out_dir or f"runs/{strategy}-{stamp}")
     console = Console(stderr=True)
-    with RichProgress(console) as progress:
-        summary = compare_strategy(
-            strategy,
-            config,
-            out,
-            repeats,
-            timeout_s or config.runtime.timeout_s,
-            registry.this_machine(),
-            progress,
-            list(only),
-        )
-    report = write_report(summary, out)
+    with claim(out) as folder:  # no other xfw writes here meanwhile; refused in one line if one does
+        try:
+            with RichProgress(console) as progress:
+                summary = compare_strategy(
+                    strategy,
+                    config,
+                    out,
+                    repeats,
+                    timeout_s or config.runtime.timeout_s,
+                    registry.this_machine(),
+                    progress,
+                    list(only),
+                    folder,
+                )
+        except OutputError as err:
+            click.echo(f"xfw: error: {err} (the summary.json there holds the runs finished before)", err=True)
+            sys.exit(1)
+        folder.release_reserve()  # summary.json is complete: the report may use the space kept for it
+        report = report_or_error(summary, out)
     print_tables(summary, table_console())
-    click.echo(f"summary: {out / 'summary.json'}\nreport:  {report}")
-    sys.exit(exit_status(summary))
+    click.echo(f"summary: {out / 'summary.json'}\nreport:  {report or 'not written'}")
+    sys.exit(max(exit_status(summary), int(report is None)))
 
 
 @cli.command()
@@ -221,13 +231,30 @@ def diff(run_a, run_b, out_dir) -> None:
     """Compare two finished runs (result.json files or run folders), e.g. from direct horovodrun / torchrun
     launches or from two compares, as `xfw compare` would. Their configs must match."""
     summary = diff_runs(run_a, run_b)
+    report = ""
     if out_dir:
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "summary.json", summary.to_json())
-        click.echo(f"report: {write_report(summary, out)}")
+        with claim(out):
+            try:
+                write_json_atomic(out / "summary.json", summary.to_json())
+            except OSError as exc:
+                raise UserError(f"cannot write {out / 'summary.json'}: {exc.strerror}") from None
+            report = report_or_error(summary, out)
+        if report:
+            click.echo(f"report: {report}")
     print_tables(summary, table_console())
-    sys.exit(exit_status(summary))
+    sys.exit(max(exit_status(summary), int(report is None)))
+
+
+def report_or_error(summary, out: Path) -> Path | None:
+    """report.md and its plots, written after summary.json; a failure to write them is said in one line (the
+    summary stays complete) and makes the exit status 1."""
+    try:
+        return write_report(summary, out)
+    except OSError as exc:
+        where = exc.filename or out
+        click.echo(f"xfw: error: report not written: {where}: {exc.strerror} (summary.json is complete)", err=True)
+        return None
 
 
 def exit_status(summary) -> int:

@@ -64,7 +64,7 @@ ModelSpec = Annotated[MLPSpec | CNNSpec, Field(discriminator="kind")]
 class DataConfig(_Strict):
     kind: Literal["synthetic_regression", "synthetic_classification", "digits", "npz"] = "synthetic_regression"
     samples: Annotated[int, Field(gt=0)] = 4096  # synthetic sets only
-    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    test_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2  # 0: no held-out split, no evaluation
     path: str | None = None  # npz only: arrays x and y (or x_train/y_train[/x_test/y_test])
     noise: Annotated[float, Field(ge=0)] = 0.1
 

@@ -7,6 +7,7 @@ put together are exactly the single-device batch.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,8 @@ class Dataset:
 
 def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int, classification: bool) -> Dataset:
     order = np.random.default_rng([seed, 0x5B117]).permutation(len(x))
-    n_test = max(1, int(round(len(x) * test_fraction)))
+    # test_fraction 0: no held-out split, and no evaluation (the workers' `evaluate` returns {}).
+    n_test = max(1, int(round(len(x) * test_fraction))) if test_fraction > 0 else 0
     test, train = order[:n_test], order[n_test:]
     return Dataset(x[train], y[train], x[test], y[test], classification)
 
@@ -65,51 +67,130 @@ def _digits(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
     return x, digits.target.astype(np.int64)
 
 
-def _npz(path: str, classification: bool) -> tuple[np.ndarray, ...]:
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"data.path: no such file {path}")
+# Conversions already announced in this process: the parent loads a dataset several times (preflight, each
+# network), and the user is told once.
+_ANNOUNCED: set[str] = set()
+
+
+def _notice(message: str) -> None:
+    if message not in _ANNOUNCED:
+        _ANNOUNCED.add(message)
+        print(f"xfw: note: {message}", file=sys.stderr)
+
+
+def _npz_arrays(file: Path, path: str) -> dict[str, np.ndarray]:
+    """The arrays xfw uses from the file, by name: x, y or x_train, y_train[, x_test, y_test]."""
     try:
         with np.load(file) as arrays:
             names = set(arrays.files)
             if {"x_train", "y_train"} <= names:
-                parts = [arrays["x_train"], arrays["y_train"]]
-                if {"x_test", "y_test"} <= names:
-                    parts += [arrays["x_test"], arrays["y_test"]]
+                wanted = ["x_train", "y_train"]
+                if len(names & {"x_test", "y_test"}) == 1:
+                    given, missing = sorted(names & {"x_test", "y_test"})[0], sorted({"x_test", "y_test"} - names)[0]
+                    raise UserError(f"data.path {path}: has {given} but no {missing} (give both, or neither)")
+                wanted += ["x_test", "y_test"] if {"x_test", "y_test"} <= names else []
             elif {"x", "y"} <= names:
-                parts = [arrays["x"], arrays["y"]]
+                wanted = ["x", "y"]
             else:
                 raise UserError(
                     f"data.path {path}: expected arrays x and y (or x_train and y_train), found {sorted(names)}"
                 )
-    except (OSError, ValueError) as exc:
+            return {name: arrays[name] for name in wanted}
+    except (OSError, ValueError, EOFError) as exc:  # ValueError: not a zip, or an object array (no pickles)
         raise UserError(f"data.path {path}: not a readable .npz file ({exc})") from None
-    out = []
-    for i, arr in enumerate(parts):
-        is_label = i % 2 == 1
-        out.append(arr.astype(np.int64 if (is_label and classification) else np.float32))
-    return tuple(out)
 
 
-def _check_shapes(ds: Dataset, spec: ModelSpec, source: str) -> Dataset:
+def _convert(name: str, arr: np.ndarray, label: bool, path: str, notes: list[str]) -> np.ndarray:
+    """`arr` as the dtype training uses (float32 samples and targets, int64 class ids), refusing what cannot
+    be converted without changing its meaning; conversions that may round are listed in `notes`."""
+    if arr.ndim == 0 or arr.dtype.kind not in "biuf":
+        what = "a scalar" if arr.ndim == 0 else f"dtype {arr.dtype}"
+        raise UserError(f"data.path {path}: {name} is {what}; expected an array of numbers, one row per sample")
+    if label:  # class ids
+        if arr.dtype.kind == "f":
+            whole = np.isfinite(arr) & (arr == np.round(arr))
+            if not whole.all():
+                bad = int(np.argmin(whole))
+                raise UserError(
+                    f"data.path {path}: {name} must hold integer class ids, but sample {bad} is "
+                    f"{arr.flat[bad].item()!r}"
+                )
+            notes.append(f"{name} {arr.dtype} -> int64 class ids")
+        elif arr.dtype.kind == "b":
+            raise UserError(f"data.path {path}: {name} is boolean; expected integer class ids 0..outputs-1")
+        return arr.astype(np.int64)
+    if arr.dtype != np.float32:
+        notes.append(f"{name} {arr.dtype} -> float32")
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf: refused below, named
+        out = arr.astype(np.float32)
+    finite = np.isfinite(out)
+    if not finite.all():
+        rows = np.flatnonzero(~finite.reshape(len(out), -1).all(axis=1)) if out.ndim > 1 else np.flatnonzero(~finite)
+        rounded = " after conversion to float32" if np.isfinite(arr).all() else ""
+        raise UserError(
+            f"data.path {path}: {name} has {int((~finite).sum())} non-finite value(s) (NaN or inf){rounded}, "
+            f"first in sample {int(rows[0])}"
+        )
+    return out
+
+
+def _npz(path: str, classification: bool) -> tuple[np.ndarray, ...]:
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"data.path: no such file {path}")
+    arrays = _npz_arrays(file, path)
+    names = list(arrays)
+    for x_name, y_name in zip(names[::2], names[1::2]):
+        x, y = arrays[x_name], arrays[y_name]
+        if x.ndim and y.ndim and len(x) != len(y):
+            raise UserError(
+                f"data.path {path}: {x_name} has {len(x)} samples but {y_name} has {len(y)} (one label per sample)"
+            )
+    notes: list[str] = []
+    out = tuple(_convert(n, arrays[n], i % 2 == 1 and classification, path, notes) for i, n in enumerate(names))
+    if notes:
+        _notice(f"data.path {path}: converted {', '.join(notes)}")
+    return out
+
+
+def _check_shapes(ds: Dataset, spec: ModelSpec, source: str, given_labels: bool) -> Dataset:
+    """`given_labels`: the labels come from the user's file (generated sets have one class per output)."""
     want, kind = input_shape(spec), model_kind(spec)
     x_train, x_test = ds.x_train, ds.x_test
     if kind.input_layout == "image" and x_train.ndim == 3:  # (n, h, w) grayscale: add the channel axis
         x_train, x_test = x_train[..., None], x_test[..., None]
-    if tuple(x_train.shape[1:]) != want:
-        raise UserError(
-            f"{kind.input_key} expects samples of shape {want}, but {source} has {tuple(x_train.shape[1:])}"
+    got = tuple(x_train.shape[1:])
+    if got != want or tuple(x_test.shape[1:]) != want:
+        got = got if got != want else tuple(x_test.shape[1:])
+        hint = (
+            " (channels first? images are (samples, height, width, channels))"
+            if len(want) == 3 and got == (want[2], *want[:2])
+            else ""
         )
+        raise UserError(f"{kind.input_key} expects samples of shape {want}, but {source} has {got}{hint}")
     n_out = output_width(spec)
+    y_train, y_test = ds.y_train, ds.y_test
     if ds.classification:
-        if ds.y_train.ndim != 1:
-            raise UserError(f"{source}: classification labels must be a 1-D array of class ids")
-        top = int(max(ds.y_train.max(), ds.y_test.max()))
-        if top >= n_out or min(ds.y_train.min(), ds.y_test.min()) < 0:
-            raise UserError(f"{source} has class ids up to {top}, but the model has {n_out} outputs")
-    elif ds.y_train.shape[1:] != (n_out,):
-        raise UserError(f"{source} targets have shape {ds.y_train.shape[1:]}, but the model has {n_out} outputs")
-    return Dataset(x_train, ds.y_train, x_test, ds.y_test, ds.classification)
+        if y_train.ndim != 1 or y_test.ndim != 1:
+            raise UserError(f"{source}: classification labels must be a 1-D array of class ids (not one-hot)")
+        labels = np.concatenate([y_train, y_test])
+        low, top = int(labels.min()), int(labels.max())
+        if top >= n_out or low < 0:
+            raise UserError(
+                f"{source} has class ids {low}..{top}, but the model has {n_out} outputs (ids 0..{n_out - 1})"
+            )
+        if given_labels and top + 1 < n_out:
+            raise UserError(
+                f"{source} has class ids 0..{top} ({top + 1} classes), but the model has {n_out} outputs: "
+                f"make its output width {top + 1}"
+            )
+    else:
+        if n_out == 1:  # one target per sample may come as a flat vector
+            y_train, y_test = (y.reshape(len(y), 1) if y.ndim == 1 else y for y in (y_train, y_test))
+        if y_train.shape[1:] != (n_out,) or y_test.shape[1:] != (n_out,):
+            shape = y_train.shape[1:] if y_train.shape[1:] != (n_out,) else y_test.shape[1:]
+            raise UserError(f"{source} targets have shape {shape}, but the model has {n_out} outputs")
+    return Dataset(x_train, y_train, x_test, y_test, ds.classification)
 
 
 def load_dataset(config: Config) -> Dataset:
@@ -126,7 +207,7 @@ def load_dataset(config: Config) -> Dataset:
             if len(parts) == 4
             else _split(*parts, data.test_fraction, config.seed, classification)
         )
-    ds = _check_shapes(ds, spec, data.path or data.kind)
+    ds = _check_shapes(ds, spec, data.path or data.kind, given_labels=data.kind == "npz")
     if ds.train_size < config.training.global_batch:
         raise UserError(
             f"the training set has {ds.train_size} samples, fewer than training.global_batch "

@@ -7,6 +7,7 @@ boundaries only, after forcing the last step's result (the one sync point per wi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -93,8 +94,14 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """Write to a temporary file and rename: readers see the old file or the whole new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(strict_json(data), indent=2, allow_nan=False))
-    os.replace(tmp, path)
+    text = json.dumps(strict_json(data), indent=2, allow_nan=False)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or a lost permission: the old file stays, and no half-written copy
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def progress_writer(run: RunSpec, rank: int) -> Callable[[int], None]:

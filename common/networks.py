@@ -213,6 +213,12 @@ def check_networks(config: Config, strategy: str) -> None:
         raise UserError(
             f"strategy {strategy} needs at least {kind.min_networks} networks in `networks` (found {len(configs)})"
         )
+    if kind.ensemble and len(ensemble_members(config)) > 1 and not len(load_dataset(configs[0]).y_test):
+        # The ensemble is judged on held-out samples; refused rather than silently left out of the result.
+        raise UserError(
+            f"strategy {strategy} evaluates the networks' ensemble on held-out samples, and data.test_fraction 0 "
+            "leaves none: set it above 0 (or give x_test and y_test in the .npz)"
+        )
     if kind.exchanges:
         first = configs[0]
         key = (first.data, first.loss, input_shape(first.model), output_width(first.model))

@@ -23,6 +23,7 @@ from xfw.common.data import load_dataset
 from xfw.common.errors import UserError
 from xfw.common.loop import write_json_atomic
 from xfw.common.networks import check_networks
+from xfw.common.outdir import OutputFolder
 from xfw.common.partition import check_micro_batches, plan_stages
 from xfw.common.records import AnyRun, FailedRun, MachineInfo, RunBase, SkippedRun, Summary, read_result
 from xfw.common.registry import (
@@ -92,13 +93,41 @@ def sized_configs(config: Config, strategy: str) -> dict[int | None, Config]:
     return {w: with_hidden_width(config, w) for w in widths} or {None: config}
 
 
+# What a run writes into its folder. A previous run's copies are removed (a stale result.json must never pass for
+# this run's) and nothing else: the folder, and whatever else is in it, may not be this invocation's to delete.
+RUN_FILES = ("run.json", "result.json", "progress.json", "worker-*.log", ".result.json.*.tmp", ".progress.json.*.tmp")
+# A worker that finds the disk full may not even manage to log why; below this much free space, the parent says so.
+LOW_SPACE_BYTES = 256 * 1024
+
+
+def _clear_run_files(run_dir: Path) -> None:
+    if run_dir.is_dir():
+        for pattern in RUN_FILES:
+            for file in run_dir.glob(pattern):
+                file.unlink(missing_ok=True)
+
+
+def _space_note(run_dir: Path, error: str) -> str:
+    """The error of a run that wrote no result, led by the likely cause when its file system is (nearly) full."""
+    try:
+        free = shutil.disk_usage(run_dir).free
+    except OSError:
+        return error
+    if free >= LOW_SPACE_BYTES:
+        return error
+    head, _, tail = error.partition("\n")
+    return f"no space left on the output folder's file system ({free // 1024} KiB free); {head}\n{tail}"
+
+
 def execute_run(impl: Implementation, run: RunSpec, timeout_s: float, machine: Machine, progress: Progress):
     """One process tree for one run; returns the rank-0 result (RunResult or NetworksResult), or a failure
     as {"status": "failed", "error": the root cause and the log's tail}."""
     run_dir = Path(run.out_dir)
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # a stale result.json must never pass for this run's
-    run_json = run.write(run_dir / "run.json")
+    try:
+        _clear_run_files(run_dir)
+        run_json = run.write(run_dir / "run.json")
+    except OSError as exc:  # the output folder filled up or lost its permissions since it was checked
+        return {"status": "failed", "error": f"cannot write {exc.filename or run_dir}: {exc.strerror}"}
     token = uuid.uuid4().hex
     plan = launch.plan(impl, run, run_json, machine, token)
     progress_file = run_dir / "progress.json"
@@ -108,10 +137,13 @@ def execute_run(impl: Implementation, run: RunSpec, timeout_s: float, machine: M
         if step is not None:
             progress.update(step)
 
-    outcome = runner.execute(plan, run_dir, timeout_s, token, poll)
+    try:
+        outcome = runner.execute(plan, run_dir, timeout_s, token, poll)
+    except OSError as exc:  # its log files could not be created
+        return {"status": "failed", "error": f"cannot write {exc.filename or run_dir}: {exc.strerror}"}
     result_file = run_dir / "result.json"
     if not result_file.exists():
-        return {"status": "failed", "error": outcome.error(timeout_s)}
+        return {"status": "failed", "error": _space_note(run_dir, outcome.error(timeout_s))}
     try:
         result = read_result(json.loads(result_file.read_text()))
     except (ValueError, ValidationError) as err:  # a worker that wrote something else is a failed run, not a crash
@@ -216,7 +248,10 @@ def compare_strategy(
     machine: Machine,
     progress: Progress | None = None,
     only: list[str] = (),
+    folder: OutputFolder | None = None,
 ) -> Summary:
+    """`folder`: the claimed output folder (common.outdir), whose reserve keeps summary.json writable on a full
+    disk; an OutputError if summary.json cannot be written even so."""
     progress = progress or NoProgress()
     impls = implementations_for(strategy, only)
     preflight(config, strategy)
@@ -240,14 +275,23 @@ def compare_strategy(
         summary.comparisons = comparisons(summary.runs, config)
         if get_strategy(strategy).sweep:
             summary.sweep = sweep(summary.comparisons)
-        write_json_atomic(out_dir / "summary.json", summary.to_json())
+        if folder is None:
+            write_json_atomic(out_dir / "summary.json", summary.to_json())
+        else:
+            folder.write_json(out_dir / "summary.json", summary.to_json())
 
     publish()
     # Round robin: every implementation's repeat k before any repeat k+1, so that a stretch of background load
     # falls on several implementations' repeats rather than on all of one implementation's.
     for k in range(repeats):
         for slot in slots:
-            if slot.open:
+            if slot.open and not (folder and folder.full):
                 run_repeat(slot, k, repeats, out_dir, timeout_s, machine, progress)
                 publish()
+    if folder and folder.full:  # the disk is full: the runs not started yet could not write anything either
+        for slot in slots:
+            if slot.entry is None:
+                progress.finish(slot.base.id, "failed", f"not run: {folder.full}")
+                slot.entry = FailedRun(**slot.base.model_dump(), error=f"not run: {folder.full}")
+        publish()
     return summary

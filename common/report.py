@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -438,6 +441,30 @@ def _diff_curves(c: dict, by_id: dict) -> dict[str, np.ndarray]:
     return {label: loss_diff(x, y)[1] for label, (x, y) in zip(labels, pairs)}
 
 
+def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """`write` into a temporary file, renamed to `path` when whole: a full disk leaves no half-written plot or
+    report and no temporary file; the OSError names `path`."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+        raise
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    try:
+        _write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
+
+
 def write_plots(summary: Summary, out_dir: Path) -> list[str]:
     import matplotlib
 
@@ -455,8 +482,7 @@ def write_plots(summary: Summary, out_dir: Path) -> list[str]:
     ax.set(xlabel="step", ylabel="training loss (global batch)", yscale="log", title="Loss curves, overlaid")
     ax.legend(fontsize=7 if len(ok) < 12 else 5)
     fig.tight_layout()
-    fig.savefig(out_dir / "loss.png", dpi=110)
-    plt.close(fig)
+    _save(fig, out_dir / "loss.png")
     files.append("loss.png")
 
     compared = [c for c in summary.comparisons if c.status == "ok"]
@@ -478,8 +504,7 @@ def write_plots(summary: Summary, out_dir: Path) -> list[str]:
         )
         ax.legend(fontsize=7 if len(compared) < 8 else 5)
         fig.tight_layout()
-        fig.savefig(out_dir / "loss_diff.png", dpi=110)
-        plt.close(fig)
+        _save(fig, out_dir / "loss_diff.png")
         files.append("loss_diff.png")
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -496,8 +521,7 @@ def write_plots(summary: Summary, out_dir: Path) -> list[str]:
     ax.set(title="Throughput (orange: TensorFlow, blue: PyTorch)")
     ax.tick_params(axis="x", rotation=30, labelsize=7)
     fig.tight_layout()
-    fig.savefig(out_dir / "throughput.png", dpi=110)
-    plt.close(fig)
+    _save(fig, out_dir / "throughput.png")
     files.append("throughput.png")
 
     if summary.sweep:
@@ -520,8 +544,7 @@ def write_plots(summary: Summary, out_dir: Path) -> list[str]:
         )
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out_dir / "sweep.png", dpi=110)
-        plt.close(fig)
+        _save(fig, out_dir / "sweep.png")
         files.append("sweep.png")
     return files
 
@@ -558,6 +581,8 @@ EXPLAIN = {
 
 
 def write_report(summary: Summary, out_dir: Path) -> Path:
+    # An earlier compare's report.md must not pass for this one's if this one cannot be written.
+    (out_dir / "report.md").unlink(missing_ok=True)
     plots = write_plots(summary, out_dir)
     cfg = summary.config
     kind = STRATEGY[summary.strategy]
@@ -603,5 +628,5 @@ def write_report(summary: Summary, out_dir: Path) -> Path:
     if failed:
         parts += ["## Failures"] + [f"### {r.id}\n```\n{r.error}\n```" for r in failed]
     path = out_dir / "report.md"
-    path.write_text("\n\n".join(parts) + "\n")
+    _write_atomically(path, lambda tmp: tmp.write_text("\n\n".join(parts) + "\n"))
     return path

@@ -120,6 +120,8 @@ def train(run: RunSpec, step, step_inputs: list, rank: int = 0, after_warmup=Non
 
 
 def evaluate(run: RunSpec, s: Setup, model) -> dict:
+    if not len(s.data.y_test):  # data.test_fraction 0: nothing held out, no evaluation
+        return {}
     logits = model(tf.constant(s.data.x_test), training=False)
     metrics = {"test_loss": float(tf.reduce_mean(loss_function(run)(tf.constant(s.data.y_test), logits)))}
     if s.data.classification:

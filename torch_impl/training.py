@@ -102,6 +102,8 @@ def train(run: RunSpec, step, step_inputs: list, rank: int = 0, after_warmup=Non
 
 @torch.no_grad()
 def evaluate(run: RunSpec, s: Setup, model) -> dict:
+    if not len(s.data.y_test):  # data.test_fraction 0: nothing held out, no evaluation
+        return {}
     x = torch.from_numpy(to_torch_layout(s.data.x_test)).to(s.device)
     y = torch.from_numpy(s.data.y_test).to(s.device)
     logits = model(x)
