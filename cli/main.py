@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from xfw.cli.progress import RichProgress
-from xfw.common import registry
+from xfw.common import registry, runner
 from xfw.common.config import load_config
 from xfw.common.diff import diff_runs
 from xfw.common.errors import UserError
@@ -133,9 +133,12 @@ def run(framework, implementation, config_path, overrides, replicas, timeout_s, 
         raise UserError(f"{impl.id} cannot run here: {reason}")
     registry.check_devices(impl, machine, config)
     console = Console(stderr=True)
-    with RichProgress(console) as progress:
+    with runner.deferred_signals(), RichProgress(console) as progress:
         progress.start(impl.id, config.training.steps)
         result = execute_run(impl, spec, timeout_s or config.runtime.timeout_s, machine, progress)
+    if isinstance(result, dict) and result["status"] == "interrupted":
+        console.print(f"xfw: {escape(result['error'])}", highlight=False)
+        sys.exit(128 + runner.interrupted())
     if isinstance(result, dict):  # the run failed
         console.print(f"[red]{impl.id} failed[/]: {escape(result['error'])}", highlight=False)
         sys.exit(1)
@@ -196,20 +199,25 @@ def compare(strategy, config_path, overrides, replicas, timeout_s, repeats, only
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(out_dir or f"runs/{strategy}-{stamp}")
     console = Console(stderr=True)
-    with RichProgress(console) as progress:
-        summary = compare_strategy(
-            strategy,
-            config,
-            out,
-            repeats,
-            timeout_s or config.runtime.timeout_s,
-            registry.this_machine(),
-            progress,
-            list(only),
-        )
-    report = write_report(summary, out)
-    print_tables(summary, table_console())
-    click.echo(f"summary: {out / 'summary.json'}\nreport:  {report}")
+    # Ctrl-C, SIGTERM, SIGHUP: the run in flight is ended and recorded, the files are written, then exit 128+signal.
+    with runner.deferred_signals():
+        with RichProgress(console) as progress:
+            summary = compare_strategy(
+                strategy,
+                config,
+                out,
+                repeats,
+                timeout_s or config.runtime.timeout_s,
+                registry.this_machine(),
+                progress,
+                list(only),
+            )
+        report = write_report(summary, out)
+        print_tables(summary, table_console())
+        click.echo(f"summary: {out / 'summary.json'}\nreport:  {report}")
+        if summary.interrupted:
+            click.echo(f"xfw: {summary.interrupted}", err=True)
+            sys.exit(128 + runner.interrupted())
     sys.exit(exit_status(summary))
 
 

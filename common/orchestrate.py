@@ -8,6 +8,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+import signal
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +23,19 @@ from xfw.common.compare_networks import network_run_entry, sweep
 from xfw.common.config import Config, with_hidden_width
 from xfw.common.data import load_dataset
 from xfw.common.errors import UserError
-from xfw.common.loop import write_json_atomic
+from xfw.common.loop import progress_path, write_json_atomic
 from xfw.common.networks import check_networks
 from xfw.common.partition import check_micro_batches, plan_stages
-from xfw.common.records import AnyRun, FailedRun, MachineInfo, RunBase, SkippedRun, Summary, read_result
+from xfw.common.records import (
+    AnyRun,
+    FailedRun,
+    InterruptedRun,
+    MachineInfo,
+    RunBase,
+    SkippedRun,
+    Summary,
+    read_result,
+)
 from xfw.common.registry import (
     REGISTRY,
     Implementation,
@@ -43,6 +54,7 @@ class Progress(Protocol):
     def start(self, label: str, steps: int) -> None: ...
     def update(self, step: int) -> None: ...
     def finish(self, label: str, status: str, detail: str) -> None: ...
+    def note(self, text: str) -> None: ...
 
 
 class NoProgress:
@@ -53,6 +65,9 @@ class NoProgress:
         pass
 
     def finish(self, label, status, detail):
+        pass
+
+    def note(self, text):
         pass
 
 
@@ -92,25 +107,67 @@ def sized_configs(config: Config, strategy: str) -> dict[int | None, Config]:
     return {w: with_hidden_width(config, w) for w in widths} or {None: config}
 
 
+def stall_report(run_dir: Path, processes: int, steps: int) -> str:
+    """Where each rank stopped, those furthest behind first: the rank that hung is among them (the others wait
+    for it in a collective, at the same step or one report later)."""
+    now = time.time()
+    seen = []
+    for rank in range(processes):
+        path = progress_path(run_dir, rank)
+        step = _read_step(path)
+        if step is None:
+            seen.append((-1, 0.0, f"rank {rank} never reached a step"))
+        else:
+            quiet = now - path.stat().st_mtime
+            seen.append((step, -quiet, f"rank {rank} last reported step {step}/{steps} {quiet:.0f} s before"))
+    return "; ".join(text for *_, text in sorted(seen))
+
+
+def interruption(signum: int) -> str:
+    return f"interrupted by {signal.Signals(signum).name}"
+
+
 def execute_run(impl: Implementation, run: RunSpec, timeout_s: float, machine: Machine, progress: Progress):
     """One process tree for one run; returns the rank-0 result (RunResult or NetworksResult), or a failure
-    as {"status": "failed", "error": the root cause and the log's tail}."""
+    as {"status": "failed" | "interrupted", "error": the root cause and the log's tail}. A run that failed
+    because a rendezvous port was taken meanwhile is tried once more with other ports."""
+    result = _execute_once(impl, run, timeout_s, machine, progress, attempt=0)
+    if isinstance(result, dict) and result.get("port_taken"):
+        progress.note(f"{run.id}: {result['error'].splitlines()[0]}; trying once more with other ports")
+        result = _execute_once(impl, run, timeout_s, machine, progress, attempt=1)
+    return result
+
+
+def _execute_once(impl: Implementation, run: RunSpec, timeout_s: float, machine: Machine, progress: Progress, attempt):
     run_dir = Path(run.out_dir)
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a stale result.json must never pass for this run's
     run_json = run.write(run_dir / "run.json")
     token = uuid.uuid4().hex
-    plan = launch.plan(impl, run, run_json, machine, token)
-    progress_file = run_dir / "progress.json"
+    ports = launch.rendezvous_ports(run.processes, attempt) if impl.launcher == "tf_config" else None
+    plan = launch.plan(impl, run, run_json, machine, token, ports)
+    progress_file = progress_path(run_dir, 0)
+    steps = run.config.training.steps
 
     def poll() -> None:
         step = _read_step(progress_file)
         if step is not None:
             progress.update(step)
 
-    outcome = runner.execute(plan, run_dir, timeout_s, token, poll)
     result_file = run_dir / "result.json"
+    outcome = runner.execute(
+        plan, run_dir, timeout_s, token, poll, result_file, lambda: stall_report(run_dir, run.processes, steps)
+    )
+    if outcome.interrupted is not None and not result_file.exists():
+        step = _read_step(progress_file)
+        where = f"at step {step}/{steps}" if step is not None else "before its first step"
+        stopped = f"{interruption(outcome.interrupted)} after {outcome.wall_s:.1f} s, {where}"
+        return {"status": "interrupted", "error": f"{stopped}; its processes were ended"}
     if not result_file.exists():
+        if outcome.port_taken:
+            taken = f"one of the rendezvous ports {', '.join(map(str, ports or []))}" if ports else "a rendezvous port"
+            error = outcome.error(timeout_s).replace("a rendezvous port", taken, 1)
+            return {"status": "failed", "port_taken": True, "error": error}
         return {"status": "failed", "error": outcome.error(timeout_s)}
     try:
         result = read_result(json.loads(result_file.read_text()))
@@ -176,6 +233,11 @@ def run_repeat(
     shown = label + (f" (repeat {k + 1}/{repeats})" if repeats > 1 else "")
     progress.start(shown, slot.config.training.steps)
     result = execute_run(impl, run, timeout_s, machine, progress)
+    if isinstance(result, dict) and result["status"] == "interrupted":
+        progress.finish(shown, "interrupted", result["error"])
+        if not slot.results:  # repeats that finished before it stay a result
+            slot.entry = InterruptedRun(**slot.base.model_dump(), reason=result["error"], run_dir=run.out_dir)
+        return
     if isinstance(result, dict):
         progress.finish(shown, "failed", result["error"].splitlines()[0])
         slot.entry = FailedRun(**slot.base.model_dump(), error=result["error"], run_dir=run.out_dir)
@@ -247,7 +309,15 @@ def compare_strategy(
     # falls on several implementations' repeats rather than on all of one implementation's.
     for k in range(repeats):
         for slot in slots:
+            if runner.interrupted() is not None:
+                break
             if slot.open:
                 run_repeat(slot, k, repeats, out_dir, timeout_s, machine, progress)
+                if runner.interrupted() is not None:
+                    shown = slot.base.id + (f" repeat {k + 1}/{repeats}" if repeats > 1 else "")
+                    summary.interrupted = f"{interruption(runner.interrupted())} during {shown}"
                 publish()
+    if runner.interrupted() is not None and summary.interrupted is None:  # between runs, or before the first
+        summary.interrupted = f"{interruption(runner.interrupted())} before every run had started"
+        publish()
     return summary
