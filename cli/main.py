@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from xfw.cli.progress import RichProgress
-from xfw.common import registry
+from xfw.common import registry, runner
 from xfw.common.config import load_config
 from xfw.common.diff import diff_runs
 from xfw.common.errors import UserError
@@ -136,9 +136,12 @@ def run(framework, implementation, config_path, overrides, replicas, timeout_s, 
         raise UserError(f"{impl.id} cannot run here: {reason}")
     registry.check_devices(impl, machine, config)
     console = Console(stderr=True)
-    with claim(out), RichProgress(console) as progress:
+    with claim(out), runner.deferred_signals(), RichProgress(console) as progress:
         progress.start(impl.id, config.training.steps)
         result = execute_run(impl, spec, timeout_s or config.runtime.timeout_s, machine, progress)
+    if isinstance(result, dict) and result["status"] == "interrupted":
+        console.print(f"xfw: {escape(result['error'])}", highlight=False)
+        sys.exit(128 + runner.interrupted())
     if isinstance(result, dict):  # the run failed
         console.print(f"[red]{impl.id} failed[/]: {escape(result['error'])}", highlight=False)
         sys.exit(1)
@@ -199,7 +202,8 @@ def compare(strategy, config_path, overrides, replicas, timeout_s, repeats, only
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(out_dir or f"runs/{strategy}-{stamp}")
     console = Console(stderr=True)
-    with claim(out) as folder:  # no other xfw writes here meanwhile; refused in one line if one does
+    # Ctrl-C, SIGTERM, SIGHUP: the run in flight is ended and recorded, the files are written, then exit 128+signal.
+    with claim(out) as folder, runner.deferred_signals():  # no other xfw writes here meanwhile
         try:
             with RichProgress(console) as progress:
                 summary = compare_strategy(
@@ -218,8 +222,11 @@ def compare(strategy, config_path, overrides, replicas, timeout_s, repeats, only
             sys.exit(1)
         folder.release_reserve()  # summary.json is complete: the report may use the space kept for it
         report = report_or_error(summary, out)
-    print_tables(summary, table_console())
-    click.echo(f"summary: {out / 'summary.json'}\nreport:  {report or 'not written'}")
+        print_tables(summary, table_console())
+        click.echo(f"summary: {out / 'summary.json'}\nreport:  {report or 'not written'}")
+        if summary.interrupted:
+            click.echo(f"xfw: {summary.interrupted}", err=True)
+            sys.exit(128 + runner.interrupted())
     sys.exit(max(exit_status(summary), int(report is None)))
 
 

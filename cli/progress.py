@@ -8,7 +8,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-MARKS = {"ok": "[green]ok[/]", "failed": "[red]FAILED[/]", "skipped": "[dim]skipped[/]"}
+MARKS = {
+    "ok": "[green]ok[/]",
+    "failed": "[red]FAILED[/]",
+    "skipped": "[dim]skipped[/]",
+    "interrupted": "[red]STOPPED[/]",
+}
 
 
 class RichProgress:
@@ -46,3 +51,6 @@ class RichProgress:
     def finish(self, label: str, status: str, detail: str) -> None:
         took = f" in {time.monotonic() - self.started:.1f} s" if status != "skipped" else ""
         self.console.print(f"{MARKS[status]} {escape(label)}{took}: {escape(detail)}", highlight=False, markup=True)
+
+    def note(self, text: str) -> None:
+        self.console.print(f"[yellow]note[/] {escape(text)}", highlight=False, markup=True)

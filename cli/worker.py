@@ -1,49 +1,56 @@
 """Entry point of every worker process: `python -m xfw.cli.worker RUN_JSON`, started by a launcher.
 
 It imports exactly one framework (through the implementation's module), trains, and rank 0 writes
-result.json. Nothing is printed as data: stdout and stderr go to the run's log.
+result.json. Nothing is printed as data: stdout and stderr go to the run's log. Faults for tests:
+common/faults.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-import json
 import os
+import select
+import signal
 import sys
-import time
+import threading
 from pathlib import Path
 
-from xfw.common.launch import TOKEN_VAR, base_env, device_cores, under_engine_launcher
+import psutil
+
+from xfw.common.faults import launcher_rank, maybe_inject
+from xfw.common.launch import PARENT_VAR, TOKEN_VAR, base_env, device_cores, under_engine_launcher
 from xfw.common.registry import find, this_machine
+from xfw.common.runner import token_holders
 from xfw.common.runspec import RunSpec
 
-# Test hook: XFW_INJECT_FAULT="<run-id>:crash|hang|abort-at-exit[:rank],..." makes that run's worker(s) fail on
-# purpose (abort-at-exit: SIGABRT after training, as a crash in an engine's teardown would), so tests can show
-# that a crashed or hung worker is contained. Unset in normal use.
-FAULT_VAR = "XFW_INJECT_FAULT"
+__all__ = ["launcher_rank", "run_worker", "watch_parent"]
 
 
-def launcher_rank() -> int:
-    for var in ("HOROVOD_RANK", "RANK"):
-        if var in os.environ:
-            return int(os.environ[var])
-    if "TF_CONFIG" in os.environ:
-        return int(json.loads(os.environ["TF_CONFIG"])["task"]["index"])
-    return 0
+def watch_parent() -> None:
+    """End the whole run if the xfw process that started it dies, even by SIGKILL, when it cannot clean up.
 
+    A thread in each worker rather than PR_SET_PDEATHSIG: the worker's parent is often a launcher (torchrun,
+    horovodrun and its `sh -c`), not xfw, and a death signal fires on the death of the parent thread only. The
+    watchdog waits on a pidfd of xfw (no polling, no pid reuse), then SIGKILLs every process carrying the run's
+    token (launchers, wrappers, the other ranks), then itself. Not started under a user's own launcher."""
+    parent = os.environ.get(PARENT_VAR)
+    token = os.environ.get(TOKEN_VAR)
+    if not parent or not token:
+        return
 
-def _maybe_inject_fault(run: RunSpec, when: str) -> None:
-    for spec in os.environ.get(FAULT_VAR, "").split(","):
-        parts = spec.split(":")
-        if len(parts) < 2 or parts[0] != run.id or (len(parts) == 3 and int(parts[2]) != launcher_rank()):
-            continue
-        if parts[1] == "crash" and when == "start":
-            raise RuntimeError(f"fault injected by {FAULT_VAR}={spec}")
-        if parts[1] == "hang" and when == "start":
-            while True:
-                time.sleep(1)
-        if parts[1] == "abort-at-exit" and when == "exit":
-            os.abort()
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(int(parent))
+            select.select([fd], [], [])  # readable once xfw has exited
+        except ProcessLookupError:
+            pass  # already gone
+        for proc in token_holders(token):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="xfw-parent-watchdog", daemon=True).start()
 
 
 def run_worker(run: RunSpec, launcher: str) -> None:
@@ -56,13 +63,14 @@ def run_worker(run: RunSpec, launcher: str) -> None:
     cores = None if this_machine().gpus else device_cores(run, launcher_rank(), sorted(os.sched_getaffinity(0)))
     if cores:
         os.sched_setaffinity(0, cores)  # before the framework starts its thread pools, which inherit it
-    _maybe_inject_fault(run, "start")
+    maybe_inject(run.id, "start")
     train = getattr(importlib.import_module(impl.module), impl.function)
     train(run, launcher)
-    _maybe_inject_fault(run, "exit")
+    maybe_inject(run.id, "exit")
 
 
 def main() -> None:
+    watch_parent()  # first: the framework import alone takes seconds
     run = RunSpec.from_json(Path(sys.argv[1]).read_text())
     run_worker(run, under_engine_launcher() or "process")
 

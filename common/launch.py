@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import sys
@@ -19,6 +20,11 @@ WORKER_MODULE = "xfw.cli.worker"
 # Every process of a run inherits this variable, so the parent can find and kill all of them, even those
 # that a launcher moved to a session of its own.
 TOKEN_VAR = "XFW_RUN_TOKEN"
+# The pid of the xfw process that started the run: each worker watches it and ends the run if it dies (even
+# by SIGKILL). Absent under a user's own launcher, where nobody is to be outlived.
+PARENT_VAR = "XFW_PARENT_PID"
+# Test hook: "PORT,PORT,..." for the first try of a TF_CONFIG run (to collide on purpose). Unset in normal use.
+PORTS_VAR = "XFW_TEST_RENDEZVOUS_PORTS"
 
 
 @dataclass(frozen=True)
@@ -42,17 +48,41 @@ def base_env(run: RunSpec, token: str) -> dict[str, str]:
     return env
 
 
-def free_ports(count: int) -> list[int]:
-    socks = []
+def _ephemeral_range() -> tuple[int, int]:
     try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def free_ports(count: int, rng: random.Random | None = None) -> list[int]:
+    """Ports for the workers to bind, free now and outside the kernel's ephemeral range: a port the kernel
+    hands out for a bind to port 0 or an outgoing connection could be taken between this choice and the
+    workers' bind; one outside it is taken only by a process asking for that very number. If that happens the
+    worker fails at once (address in use) and the caller retries with others."""
+    rng = rng or random.SystemRandom()
+    low, high = _ephemeral_range()
+    candidates = [p for p in range(10000, 65536) if not low <= p <= high] or list(range(1024, 65536))
+    ports: list[int] = []
+    while len(ports) < count:
+        port = rng.choice(candidates)
+        if port in ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))  # all interfaces: also taken if someone listens on one of them
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
+
+
+def rendezvous_ports(count: int, attempt: int) -> list[int]:
+    forced = os.environ.get(PORTS_VAR, "")
+    if attempt == 0 and forced:
+        return [int(p) for p in forced.split(",")][:count]
+    return free_ports(count)
 
 
 def horovodrun_executable() -> str:
@@ -67,7 +97,7 @@ def plan(
     impl: Implementation, run: RunSpec, run_json: Path, machine: Machine, token: str, ports: list[int] | None = None
 ) -> LaunchPlan:
     worker = [sys.executable, "-m", WORKER_MODULE, str(run_json)]
-    env = base_env(run, token)
+    env = base_env(run, token) | {PARENT_VAR: str(os.getpid())}
     n = run.processes
     if impl.launcher == "process":
         return LaunchPlan([worker], [env])

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from xfw.common.faults import maybe_inject
 from xfw.common.models import parameter_count, training_flops_per_sample
 from xfw.common.partition import boundary_bytes, boundary_bytes_per_step, plan_stages, theoretical_bubble
 from xfw.common.records import (
@@ -104,12 +105,23 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
+def progress_path(out_dir: Path, rank: int) -> Path:
+    """Each rank's last progress report: the parent's progress bar (rank 0) and, on a timeout, which ranks stopped
+    where (the file's modification time is when)."""
+    return out_dir / f"progress-rank{rank}.json"
+
+
 def progress_writer(run: RunSpec, rank: int) -> Callable[[int], None]:
-    if rank != 0:
+    if rank < 0:  # a second network in the same process: its first network reports
         return lambda step: None
-    path = Path(run.out_dir) / "progress.json"
+    path = progress_path(Path(run.out_dir), rank)
     steps = run.config.training.steps
-    return lambda step: write_json_atomic(path, {"step": step, "steps": steps})
+
+    def report(step: int) -> None:
+        write_json_atomic(path, {"step": step, "steps": steps})
+        maybe_inject(run.id, "training")
+
+    return report
 
 
 def peak_rss_bytes() -> int:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+import signal
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +23,20 @@ from xfw.common.compare_networks import network_run_entry, sweep
 from xfw.common.config import Config, with_hidden_width
 from xfw.common.data import load_dataset
 from xfw.common.errors import UserError
-from xfw.common.loop import write_json_atomic
+from xfw.common.loop import progress_path, write_json_atomic
 from xfw.common.networks import check_networks
 from xfw.common.outdir import OutputFolder
 from xfw.common.partition import check_micro_batches, plan_stages
-from xfw.common.records import AnyRun, FailedRun, MachineInfo, RunBase, SkippedRun, Summary, read_result
+from xfw.common.records import (
+    AnyRun,
+    FailedRun,
+    InterruptedRun,
+    MachineInfo,
+    RunBase,
+    SkippedRun,
+    Summary,
+    read_result,
+)
 from xfw.common.registry import (
     REGISTRY,
     Implementation,
@@ -44,6 +55,7 @@ class Progress(Protocol):
     def start(self, label: str, steps: int) -> None: ...
     def update(self, step: int) -> None: ...
     def finish(self, label: str, status: str, detail: str) -> None: ...
+    def note(self, text: str) -> None: ...
 
 
 class NoProgress:
@@ -54,6 +66,9 @@ class NoProgress:
         pass
 
     def finish(self, label, status, detail):
+        pass
+
+    def note(self, text):
         pass
 
 
@@ -95,7 +110,14 @@ def sized_configs(config: Config, strategy: str) -> dict[int | None, Config]:
 
 # What a run writes into its folder. A previous run's copies are removed (a stale result.json must never pass for
 # this run's) and nothing else: the folder, and whatever else is in it, may not be this invocation's to delete.
-RUN_FILES = ("run.json", "result.json", "progress.json", "worker-*.log", ".result.json.*.tmp", ".progress.json.*.tmp")
+RUN_FILES = (
+    "run.json",
+    "result.json",
+    "progress-rank*.json",
+    "worker-*.log",
+    ".result.json.*.tmp",
+    ".progress-rank*.json.*.tmp",
+)
 # A worker that finds the disk full may not even manage to log why; below this much free space, the parent says so.
 LOW_SPACE_BYTES = 256 * 1024
 
@@ -119,9 +141,38 @@ def _space_note(run_dir: Path, error: str) -> str:
     return f"no space left on the output folder's file system ({free // 1024} KiB free); {head}\n{tail}"
 
 
+def stall_report(run_dir: Path, processes: int, steps: int) -> str:
+    """Where each rank stopped, those furthest behind first: the rank that hung is among them (the others wait
+    for it in a collective, at the same step or one report later)."""
+    now = time.time()
+    seen = []
+    for rank in range(processes):
+        path = progress_path(run_dir, rank)
+        step = _read_step(path)
+        if step is None:
+            seen.append((-1, 0.0, f"rank {rank} never reached a step"))
+        else:
+            quiet = now - path.stat().st_mtime
+            seen.append((step, -quiet, f"rank {rank} last reported step {step}/{steps} {quiet:.0f} s before"))
+    return "; ".join(text for *_, text in sorted(seen))
+
+
+def interruption(signum: int) -> str:
+    return f"interrupted by {signal.Signals(signum).name}"
+
+
 def execute_run(impl: Implementation, run: RunSpec, timeout_s: float, machine: Machine, progress: Progress):
     """One process tree for one run; returns the rank-0 result (RunResult or NetworksResult), or a failure
-    as {"status": "failed", "error": the root cause and the log's tail}."""
+    as {"status": "failed" | "interrupted", "error": the root cause and the log's tail}. A run that failed
+    because a rendezvous port was taken meanwhile is tried once more with other ports."""
+    result = _execute_once(impl, run, timeout_s, machine, progress, attempt=0)
+    if isinstance(result, dict) and result.get("port_taken"):
+        progress.note(f"{run.id}: {result['error'].splitlines()[0]}; trying once more with other ports")
+        result = _execute_once(impl, run, timeout_s, machine, progress, attempt=1)
+    return result
+
+
+def _execute_once(impl: Implementation, run: RunSpec, timeout_s: float, machine: Machine, progress: Progress, attempt):
     run_dir = Path(run.out_dir)
     try:
         _clear_run_files(run_dir)
@@ -129,20 +180,33 @@ def execute_run(impl: Implementation, run: RunSpec, timeout_s: float, machine: M
     except OSError as exc:  # the output folder filled up or lost its permissions since it was checked
         return {"status": "failed", "error": f"cannot write {exc.filename or run_dir}: {exc.strerror}"}
     token = uuid.uuid4().hex
-    plan = launch.plan(impl, run, run_json, machine, token)
-    progress_file = run_dir / "progress.json"
+    ports = launch.rendezvous_ports(run.processes, attempt) if impl.launcher == "tf_config" else None
+    plan = launch.plan(impl, run, run_json, machine, token, ports)
+    progress_file = progress_path(run_dir, 0)
+    steps = run.config.training.steps
 
     def poll() -> None:
         step = _read_step(progress_file)
         if step is not None:
             progress.update(step)
 
+    result_file = run_dir / "result.json"
     try:
-        outcome = runner.execute(plan, run_dir, timeout_s, token, poll)
+        outcome = runner.execute(
+            plan, run_dir, timeout_s, token, poll, result_file, lambda: stall_report(run_dir, run.processes, steps)
+        )
     except OSError as exc:  # its log files could not be created
         return {"status": "failed", "error": f"cannot write {exc.filename or run_dir}: {exc.strerror}"}
-    result_file = run_dir / "result.json"
+    if outcome.interrupted is not None and not result_file.exists():
+        step = _read_step(progress_file)
+        where = f"at step {step}/{steps}" if step is not None else "before its first step"
+        stopped = f"{interruption(outcome.interrupted)} after {outcome.wall_s:.1f} s, {where}"
+        return {"status": "interrupted", "error": f"{stopped}; its processes were ended"}
     if not result_file.exists():
+        if outcome.port_taken:
+            taken = f"one of the rendezvous ports {', '.join(map(str, ports or []))}" if ports else "a rendezvous port"
+            error = outcome.error(timeout_s).replace("a rendezvous port", taken, 1)
+            return {"status": "failed", "port_taken": True, "error": error}
         return {"status": "failed", "error": _space_note(run_dir, outcome.error(timeout_s))}
     try:
         result = read_result(json.loads(result_file.read_text()))
@@ -208,6 +272,11 @@ def run_repeat(
     shown = label + (f" (repeat {k + 1}/{repeats})" if repeats > 1 else "")
     progress.start(shown, slot.config.training.steps)
     result = execute_run(impl, run, timeout_s, machine, progress)
+    if isinstance(result, dict) and result["status"] == "interrupted":
+        progress.finish(shown, "interrupted", result["error"])
+        if not slot.results:  # repeats that finished before it stay a result
+            slot.entry = InterruptedRun(**slot.base.model_dump(), reason=result["error"], run_dir=run.out_dir)
+        return
     if isinstance(result, dict):
         progress.finish(shown, "failed", result["error"].splitlines()[0])
         slot.entry = FailedRun(**slot.base.model_dump(), error=result["error"], run_dir=run.out_dir)
@@ -285,13 +354,21 @@ def compare_strategy(
     # falls on several implementations' repeats rather than on all of one implementation's.
     for k in range(repeats):
         for slot in slots:
+            if runner.interrupted() is not None:
+                break
             if slot.open and not (folder and folder.full):
                 run_repeat(slot, k, repeats, out_dir, timeout_s, machine, progress)
+                if runner.interrupted() is not None:
+                    shown = slot.base.id + (f" repeat {k + 1}/{repeats}" if repeats > 1 else "")
+                    summary.interrupted = f"{interruption(runner.interrupted())} during {shown}"
                 publish()
     if folder and folder.full:  # the disk is full: the runs not started yet could not write anything either
         for slot in slots:
             if slot.entry is None:
                 progress.finish(slot.base.id, "failed", f"not run: {folder.full}")
                 slot.entry = FailedRun(**slot.base.model_dump(), error=f"not run: {folder.full}")
+        publish()
+    if runner.interrupted() is not None and summary.interrupted is None:  # between runs, or before the first
+        summary.interrupted = f"{interruption(runner.interrupted())} before every run had started"
         publish()
     return summary

@@ -109,7 +109,7 @@ def timed_training(
     rank: int = 0,
     after_warmup: Callable[[], None] | None = None,
 ) -> tuple[list, LoopTiming]:
-    """common.loop.timed_loop with the run's warm-up steps and timing windows; rank 0 writes progress.json."""
+    """common.loop.timed_loop with the run's warm-up steps and timing windows; each rank reports its progress."""
     t = run.config.training
     progress = progress_writer(run, rank)
     return timed_loop(step, step_inputs, sync, t.warmup_steps, t.timing_windows, progress, after_warmup)

@@ -256,6 +256,14 @@ class FailedRun(RunBase):
     run_dir: str | None = None
 
 
+class InterruptedRun(RunBase):
+    """The run in flight when xfw was stopped (Ctrl-C, SIGTERM, SIGHUP): its processes were ended, nothing kept."""
+
+    status: Literal["interrupted"] = "interrupted"
+    reason: str  # which signal, after how long, the last step reached
+    run_dir: str | None = None
+
+
 class RunEntry(RunBase):
     status: Literal["ok"] = "ok"
     loss: list[Real]  # the first repeat's (the others are identical when determinism is on)
@@ -341,7 +349,8 @@ AnyRun = Annotated[
     Annotated[RunEntry, Tag("ok")]
     | Annotated[NetworksRunEntry, Tag("networks")]
     | Annotated[SkippedRun, Tag("skipped")]
-    | Annotated[FailedRun, Tag("failed")],
+    | Annotated[FailedRun, Tag("failed")]
+    | Annotated[InterruptedRun, Tag("interrupted")],
     Discriminator(_entry_tag),
 ]
 OkRun = RunEntry | NetworksRunEntry
@@ -425,6 +434,9 @@ class Summary(Record):
     runs: list[AnyRun] = []
     comparisons: list[Comparison] = []
     sweep: list[SweepLine] | None = None
+    # Set when xfw was stopped by a signal: which, and during which run. The runs that finished before it are
+    # kept; those not started yet are not listed.
+    interrupted: str | None = None
 
-    def run(self, run_id: str) -> OkRun | SkippedRun | FailedRun:
+    def run(self, run_id: str) -> OkRun | SkippedRun | FailedRun | InterruptedRun:
         return next(r for r in self.runs if r.id == run_id)

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from xfw.common.compare import loss_diff
-from xfw.common.records import Comparison, FailedRun, NetworksRunEntry, RunEntry, SkippedRun, Summary
+from xfw.common.records import Comparison, FailedRun, InterruptedRun, NetworksRunEntry, RunEntry, SkippedRun, Summary
 from xfw.common.registry import STRATEGY
 from xfw.common.semantics import NOTES
 
@@ -248,8 +248,8 @@ def _status_text(r) -> str:
     return f"diverged ({', '.join(metrics)} not finite)" if metrics else "ok"
 
 
-def _why(r: SkippedRun | FailedRun) -> str:
-    return r.reason if r.status == "skipped" else r.error.splitlines()[0]
+def _why(r: SkippedRun | FailedRun | InterruptedRun) -> str:
+    return r.error.splitlines()[0] if r.status == "failed" else r.reason
 
 
 def _flags(r) -> list[str]:

@@ -1,0 +1,51 @@
+"""Test hook: XFW_INJECT_FAULT="<run-id>:<fault>[:rank],..." makes that run's worker(s) fail on purpose, so tests
+can show that a crashed or hung worker is contained. Unset in normal use. Faults:
+
+    crash             raise at start, before the framework is imported
+    hang              hang at start (the other ranks then wait in the rendezvous)
+    hang-in-training  hang after the first progress report (warm-up done; the others wait in a collective)
+    abort-at-exit     SIGABRT after training and the result, as a crash in an engine's teardown would
+    hang-at-exit      hang after training and the result, as a stuck teardown would
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+FAULT_VAR = "XFW_INJECT_FAULT"
+
+
+def launcher_rank() -> int:
+    for var in ("HOROVOD_RANK", "RANK"):
+        if var in os.environ:
+            return int(os.environ[var])
+    if "TF_CONFIG" in os.environ:
+        return int(json.loads(os.environ["TF_CONFIG"])["task"]["index"])
+    return 0
+
+
+def injected(run_id: str) -> set[str]:
+    """The faults asked for this run and this process."""
+    found = set()
+    for spec in os.environ.get(FAULT_VAR, "").split(","):
+        parts = spec.split(":")
+        if len(parts) >= 2 and parts[0] == run_id and (len(parts) < 3 or int(parts[2]) == launcher_rank()):
+            found.add(parts[1])
+    return found
+
+
+def maybe_inject(run_id: str, when: str) -> None:
+    """`when`: start, training (after a progress report) or exit."""
+    faults = injected(run_id)
+    if when == "start" and "crash" in faults:
+        raise RuntimeError(f"fault injected by {FAULT_VAR}: {run_id}:crash")
+    if (when == "start" and "hang" in faults) or (when == "training" and "hang-in-training" in faults):
+        while True:
+            time.sleep(1)
+    if when == "exit" and "abort-at-exit" in faults:
+        os.abort()
+    if when == "exit" and "hang-at-exit" in faults:
+        while True:
+            time.sleep(1)
