@@ -32,12 +32,12 @@ def window_rates(global_batch: int, windows) -> np.ndarray:
     return np.array([global_batch * w.steps / w.seconds for w in windows])
 
 
-def throughput_stats(results: list[RunResult]) -> Spread:
-    """Median (returned separately) and spread of samples/s over every timed window of every repeat."""
-    per_repeat = [window_rates(r.timing.global_batch, r.timing.windows) for r in results]
+def throughput_stats(per_repeat: list[np.ndarray]) -> tuple[float, Spread]:
+    """Median and spread of samples/s over every timed window of every repeat (one array of window rates per
+    repeat), and each repeat's own median (run-to-run drift)."""
     rates = np.concatenate(per_repeat)
-    p25, p75 = np.percentile(rates, [25, 75])
-    return Spread(
+    p25, median, p75 = np.percentile(rates, [25, 50, 75])
+    return float(median), Spread(
         p25=float(p25),
         p75=float(p75),
         min=float(rates.min()),
@@ -61,8 +61,7 @@ def run_entry(base: RunBase, results: list[RunResult]) -> RunEntry:
     """Merge the repeats of one implementation: the loss curve of the first repeat (the others must be
     identical when determinism is on), throughput pooled over all repeats."""
     first = results[0]
-    rates = np.concatenate([window_rates(r.timing.global_batch, r.timing.windows) for r in results])
-    median = float(np.percentile(rates, 50))
+    median, spread = throughput_stats([window_rates(r.timing.global_batch, r.timing.windows) for r in results])
     flops_per_sample = first.model.training_flops_per_sample
     peak = float(np.median([r.peak_flops_per_s for r in results]))
     achieved = flops_per_sample * median
@@ -72,7 +71,7 @@ def run_entry(base: RunBase, results: list[RunResult]) -> RunEntry:
         loss=first.loss,
         eval=first.eval,
         throughput_samples_per_s=median,
-        throughput_spread=throughput_stats(results),
+        throughput_spread=spread,
         step_time_s=first.timing.global_batch / median,
         warmup_s=float(np.median([r.timing.warmup_s for r in results])),
         warmup_steps=first.timing.warmup_steps,

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from xfw.common.compare import curve_diff, not_compared, ratio_range, tolerance_for, verdict_fields, window_rates
+from xfw.common.compare import (
+    curve_diff,
+    not_compared,
+    ratio_range,
+    throughput_stats,
+    tolerance_for,
+    verdict_fields,
+    window_rates,
+)
 from xfw.common.config import Config
 from xfw.common.records import (
     Comparison,
@@ -20,7 +28,6 @@ from xfw.common.records import (
     NetworksRunEntry,
     RatioRange,
     RunBase,
-    Spread,
     SweepLine,
     SweepPoint,
     first_non_finite,
@@ -36,10 +43,9 @@ def network_run_entry(base: RunBase, results: list[NetworksResult]) -> NetworksR
     networks = []
     for i, net in enumerate(first.networks):
         per = [r.networks[i] for r in results]
-        rates = np.concatenate([window_rates(batch, n.windows) for n in per])
-        p25, median, p75 = np.percentile(rates, [25, 50, 75])
+        median, spread = throughput_stats([window_rates(batch, n.windows) for n in per])
         busy = [n.busy_s_per_step for n in per if n.busy_s_per_step is not None]
-        step_time = batch / float(median)
+        step_time = batch / median
         networks.append(
             NetworkEntry(
                 index=net.index,
@@ -47,8 +53,8 @@ def network_run_entry(base: RunBase, results: list[NetworksResult]) -> NetworksR
                 device=net.device,
                 loss=net.loss,
                 eval=net.eval,
-                throughput_samples_per_s=float(median),
-                throughput_spread=Spread(p25=float(p25), p75=float(p75), windows=int(rates.size)),
+                throughput_samples_per_s=median,
+                throughput_spread=spread,
                 step_time_s=step_time,
                 busy_s_per_step=float(np.median(busy)) if busy else None,
                 # Waiting: the step time the network does not spend on its own passes (its partner, the exchange).

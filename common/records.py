@@ -353,9 +353,6 @@ AnyRun = Annotated[
     | Annotated[InterruptedRun, Tag("interrupted")],
     Discriminator(_entry_tag),
 ]
-OkRun = RunEntry | NetworksRunEntry
-
-
 # ---- comparisons -----------------------------------------------------------------------------------------
 
 
@@ -437,6 +434,3 @@ class Summary(Record):
     # Set when xfw was stopped by a signal: which, and during which run. The runs that finished before it are
     # kept; those not started yet are not listed.
     interrupted: str | None = None
-
-    def run(self, run_id: str) -> OkRun | SkippedRun | FailedRun | InterruptedRun:
-        return next(r for r in self.runs if r.id == run_id)

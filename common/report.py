@@ -66,13 +66,10 @@ RUN_HEADERS = [
     "FLOP util",
     "notes",
 ]
+# The loss-curve columns every comparison table starts with.
+PARITY_HEADERS = ["a vs b", "kind", "max rel loss diff", "tolerance", "parity", "first step over"]
 CMP_HEADERS = [
-    "a vs b",
-    "kind",
-    "max rel loss diff",
-    "tolerance",
-    "parity",
-    "first step over",
+    *PARITY_HEADERS,
     "throughput a/b [range]",
     "scaling eff.",
     "verdict",
@@ -185,12 +182,7 @@ NET_RUN_HEADERS = [
     "notes",
 ]
 NET_CMP_HEADERS = [
-    "a vs b",
-    "kind",
-    "max rel loss diff",
-    "tolerance",
-    "parity",
-    "first step over",
+    *PARITY_HEADERS,
     "combined a/b [range]",
     "slowdown (alone/together)",
     "verdict",
