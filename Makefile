@@ -11,8 +11,10 @@ setup:
 compare: setup
 	$(VENV)/bin/xfw compare --strategy $(STRATEGY) --out $(OUT)
 
+# Two pytest workers: most of a test's time is a framework starting up on one core. Then the mutation check.
 test: setup
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup --durations=15
+	$(VENV)/bin/python scripts/mutation_check.py
 
 bench: setup
 	$(VENV)/bin/python benchmarks/loop_overhead.py

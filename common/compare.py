@@ -93,6 +93,7 @@ def run_entry(base: RunBase, results: list[RunResult]) -> RunEntry:
         loss_identical_across_repeats=bool((losses == losses[0]).all()),
         env=first.env,
         model_parallel=first.model_parallel,
+        work_split=first.work_split,
         diverged_at_step=first_non_finite(first.loss),
         non_finite_metrics=non_finite_keys(first.eval),
         teardown_errors=[r.teardown_error for r in results if r.teardown_error],

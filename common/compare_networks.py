@@ -61,6 +61,7 @@ def network_run_entry(base: RunBase, results: list[NetworksResult]) -> NetworksR
                 wait_s_per_step=max(0.0, step_time - float(np.median(busy))) if busy else None,
                 parameters=net.parameters,
                 training_flops_per_sample=net.training_flops_per_sample,
+                work=net.work,
                 diverged_at_step=first_non_finite(net.loss),
                 non_finite_metrics=non_finite_keys(net.eval),
             )

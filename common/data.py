@@ -235,3 +235,49 @@ def replica_slice(global_batch: int, replica: int, replicas: int) -> slice:
         raise UserError(f"global batch {global_batch} is not divisible by {replicas} replicas")
     per = global_batch // replicas
     return slice(replica * per, (replica + 1) * per)
+
+
+@dataclass(frozen=True)
+class Fed:
+    """The sample indices one replica (or one network) was fed, read back from its step inputs after training:
+    `rows` has one row per step. What the result records of it is its size and `samples_checksum`."""
+
+    replica: int
+    device: str  # where the replica's inputs were placed (as the framework reports the tensor's device)
+    rows: np.ndarray  # (steps, samples per step) int64
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(keys: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on uint64 keys (wrapping arithmetic): neighbouring keys get unrelated values."""
+    z = keys.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def samples_checksum(rows: np.ndarray) -> str:
+    """Which (step, sample) pairs `rows` holds, as 16 hex digits: the sum mod 2^64 of a 64-bit mix of each pair.
+    Order-free and additive: the checksums of the replicas' blocks add up to the global batches' exactly when
+    the blocks together hold each (step, sample) of the global batches as often as they do."""
+    steps = np.arange(rows.shape[0], dtype=np.uint64)[:, None]
+    keys = (steps << np.uint64(32)) | rows.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        total = int(_mix64(keys).sum(dtype=np.uint64))
+    return f"{total & _MASK64:016x}"
+
+
+def work_record(fed: Fed, process: int) -> dict:
+    """result.json's record of what one replica trained on (common.records.ReplicaWork)."""
+    steps, per_step = fed.rows.shape
+    return {
+        "replica": fed.replica,
+        "process": process,
+        "device": fed.device,
+        "steps": steps,
+        "samples_per_step": per_step,
+        "checksum": samples_checksum(fed.rows),
+    }

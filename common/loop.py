@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from xfw.common.data import Fed, work_record
 from xfw.common.faults import maybe_inject
 from xfw.common.models import parameter_count, training_flops_per_sample
 from xfw.common.partition import boundary_bytes, boundary_bytes_per_step, plan_stages, theoretical_bubble
@@ -139,6 +140,8 @@ class RankOutcome:
     stage: int = 0  # weights are compared only between processes that hold the same stage
     # Measured busy seconds per training step of each stage this process runs (model-parallel runs).
     stage_busy_s: dict[int, float] = field(default_factory=dict)
+    # What each replica this process fed trained on (read back from its step inputs).
+    fed: list[Fed] = field(default_factory=list)
 
 
 def gather_json(obj, gather: Gather) -> list:
@@ -171,6 +174,7 @@ def finish_run(
         "local_weight_spread": max(float(np.abs(w.astype(np.float64) - first).max()) for w in outcome.weight_copies),
         "stage": outcome.stage,
         "stage_busy_s": {str(k): v for k, v in outcome.stage_busy_s.items()},
+        "work": [work_record(f, rank) for f in outcome.fed],
     }
     ranks = gather_json(mine, gather)
     width = parameter_count(run.config.model)  # no process holds more weights than the whole model
@@ -214,6 +218,8 @@ def finish_run(
             parameters=parameter_count(cfg.model), training_flops_per_sample=training_flops_per_sample(cfg.model)
         ),
         "config": cfg.model_dump(mode="json"),
+        # Model-parallel runs: the first stage's process feeds a replica's inputs, and reports it.
+        "work_split": sorted((w for r in ranks for w in r["work"]), key=lambda w: w["replica"]),
     }
     if run.stages > 1:
         # Each stage's busy time as measured by the processes that run it (the slowest, where replicas do).

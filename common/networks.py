@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from xfw.common.config import Config, network_config
-from xfw.common.data import load_dataset
+from xfw.common.data import Fed, load_dataset, work_record
 from xfw.common.loop import Gather, LoopTiming, gather_json, peak_rss_bytes, write_json_atomic
 from xfw.common.models import output_width, parameter_count, training_flops_per_sample
 from xfw.common.records import Ensemble, NetworksResult, first_non_finite, non_finite_keys
@@ -35,6 +35,7 @@ class NetworkOutcome:
     device: str
     predictions: np.ndarray | None = None  # test-set probabilities (classification) or outputs, for the ensemble
     busy_s_per_step: float | None = None  # collaborative: this network's own forward+backward, timed alone
+    fed: Fed | None = None  # the samples it trained on, read back from its step inputs
 
 
 def _interval_union(intervals: list[tuple[float, float]]) -> float:
@@ -134,6 +135,7 @@ def finish_networks(
                 "timed_started_at": o.timing.timed_started_at,
                 "ended_at": o.timing.ended_at,
                 "busy_s_per_step": o.busy_s_per_step,
+                "work": None if o.fed is None else work_record(o.fed, rank),
             }
             for o in outcomes
         ],

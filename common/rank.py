@@ -69,10 +69,12 @@ class Member:
     optimizer: Any
     device: Any
 
-    def outcome(self, losses: np.ndarray, timing: LoopTiming, evaluation: dict, device: str, busy_s: float):
-        """What the member reports at the end: its column of the per-step losses, evaluation, device, own passes."""
+    def outcome(self, losses: np.ndarray, timing: LoopTiming, evaluation: dict, device: str, busy_s: float, fed):
+        """What the member reports at the end: its column of the per-step losses, evaluation, device, own passes,
+        and the samples it was fed (common.data.Fed)."""
+        column = losses[:, self.index]
         return NetworkOutcome(
-            self.index, self.name, losses[:, self.index], timing, evaluation, device, busy_s_per_step=busy_s
+            self.index, self.name, column, timing, evaluation, device, busy_s_per_step=busy_s, fed=fed
         )
 
 
@@ -149,6 +151,7 @@ def report(
     framework: FrameworkEnd,
     stage: int = 0,
     stage_busy_s: dict | None = None,
+    fed: list | None = None,
 ) -> None:
     """The end of a one-model run: every rank's outcome is gathered, rank 0 adds evaluation, environment and the
     machine's peak (each called on rank 0 only) and writes result.json."""
@@ -158,7 +161,7 @@ def report(
         # Peak of one device's share of the machine, times the devices: what the run could reach at most.
         return {"eval": evaluate(), "env": env, "peak_flops_per_s": framework.peak_flops() * ctx.run.devices}
 
-    outcome = RankOutcome(losses, timing, weight_copies, peak_rss_bytes(), stage, stage_busy_s or {})
+    outcome = RankOutcome(losses, timing, weight_copies, peak_rss_bytes(), stage, stage_busy_s or {}, fed or [])
     finish_run(ctx.run, outcome, ctx.gather, ctx.rank, rank0_extras)
 
 

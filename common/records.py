@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Tag
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
 
 
 def strict_json(value: Any) -> Any:
@@ -35,6 +35,12 @@ def _null_as_nan(value: Any) -> Any:
 
 # A float that may have been written as null because it was not finite (a diverged loss): read back as NaN.
 Real = Annotated[float, BeforeValidator(_null_as_nan)]
+# What a finished run always measures: at least one (processes, devices, steps, ...), more than zero (rates, times),
+# a share (overlap). A record outside these ranges is refused when read back.
+Count = Annotated[int, Field(ge=1)]
+Bytes = Annotated[int, Field(ge=0)]
+Rate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Share = Annotated[float, Field(ge=0, le=1)]
 
 
 def first_non_finite(values: list[float] | None) -> int | None:
@@ -60,12 +66,12 @@ class Record(BaseModel):
 class Window(Record):
     """A stretch of timed training steps."""
 
-    steps: int
-    seconds: Real
+    steps: Count
+    seconds: Rate
 
 
 class Timing(Record):
-    global_batch: int
+    global_batch: Count
     warmup_steps: int
     warmup_s: Real
     windows: list[Window]
@@ -91,7 +97,7 @@ class StageReport(Record):
     """Model-parallel runs: how the model was split and how busy each stage was."""
 
     stages: int
-    devices: int
+    devices: Count
     micro_batches: int
     boundary_bytes_per_step: int  # all boundaries together
     # The share of a step each stage idles under the schedule with perfectly even stages and free transfers:
@@ -142,6 +148,19 @@ class Ensemble(Record):
 # ---- result.json: what rank 0 of one run (one repeat) writes ---------------------------------------------
 
 
+class ReplicaWork(Record):
+    """What one replica (or network) was fed, read back from its step inputs (common.data.work_record): its
+    samples per step and a checksum of its (step, sample index) pairs; the replicas' checksums add up (mod 2^64)
+    to the global batches' when together they trained on each sample of each global batch exactly once."""
+
+    replica: int
+    process: int  # the rank that fed it
+    device: str  # where its inputs were placed, as the framework reports it
+    steps: Count
+    samples_per_step: Count
+    checksum: str = Field(pattern=r"^[0-9a-f]{16}$")
+
+
 class RunIdentity(Record):
     id: str
     framework: str
@@ -154,11 +173,11 @@ class RunResult(RunIdentity):
 
     status: Literal["ok"] = "ok"
     loss: list[Real]  # per step, the global batch's mean loss
-    replicas: int
-    devices: int
-    processes: int
+    replicas: Count
+    devices: Count
+    processes: Count
     replica_weight_max_abs_diff: Real  # largest difference between copies of the same weights
-    peak_memory_bytes: int
+    peak_memory_bytes: Bytes
     peak_memory_per_process: list[int]
     peak_memory_kind: str
     timing: Timing
@@ -168,6 +187,7 @@ class RunResult(RunIdentity):
     env: dict[str, Any]
     peak_flops_per_s: Real
     config: dict[str, Any] | None = None  # the resolved config the run trained with (xfw diff checks it)
+    work_split: list[ReplicaWork] = []  # one per replica, in replica order: which samples each trained on
     # The first step whose loss is NaN or infinite (null: none), and metrics that are not finite: a diverged
     # run is a result, and never passes a comparison.
     diverged_at_step: int | None = None
@@ -190,13 +210,14 @@ class NetworkResult(Record):
     timed_started_at: Real
     ended_at: Real
     busy_s_per_step: Real | None  # its own forward+backward, timed alone (collaborative)
-    throughput_samples_per_s: Real
+    throughput_samples_per_s: Rate
     throughput_spread: Spread
-    step_time_s: Real
+    step_time_s: Rate
     timed_s: Real
     wait_s_per_step: Real | None = None
     parameters: int | None = None
     training_flops_per_sample: int | None = None
+    work: ReplicaWork | None = None  # what it was fed (the chain's encoder and head: the same batches)
     # The first step whose loss is NaN or infinite (null: none), and metrics that are not finite: a diverged
     # run is a result, and never passes a comparison.
     diverged_at_step: int | None = None
@@ -206,17 +227,17 @@ class NetworkResult(Record):
 class NetworksResult(RunIdentity):
     status: Literal["ok"] = "ok"
     networks: list[NetworkResult]
-    devices: int
-    processes: int
+    devices: Count
+    processes: Count
     wall_s: Real
     timed_wall_s: Real
-    overlap: Real  # share of the timed stretch during which the networks trained at the same time
-    combined_throughput_samples_per_s: Real
-    peak_memory_bytes: int
+    overlap: Share  # share of the timed stretch during which the networks trained at the same time
+    combined_throughput_samples_per_s: Rate
+    peak_memory_bytes: Bytes
     peak_memory_per_process: list[int]
     peak_memory_kind: str
-    global_batch: int
-    steps: int
+    global_batch: Count
+    steps: Count
     ensemble: Ensemble | None = None
     exchange: Exchange | None = None
     env: dict[str, Any]
@@ -268,24 +289,25 @@ class RunEntry(RunBase):
     status: Literal["ok"] = "ok"
     loss: list[Real]  # the first repeat's (the others are identical when determinism is on)
     eval: dict[str, Real]
-    throughput_samples_per_s: Real  # median over every timed window of every repeat
+    throughput_samples_per_s: Rate  # median over every timed window of every repeat
     throughput_spread: Spread
-    step_time_s: Real
+    step_time_s: Rate
     warmup_s: Real
     warmup_steps: int
-    peak_memory_bytes: int
+    peak_memory_bytes: Bytes
     peak_memory_kind: str
     peak_memory_per_process: list[int] | None
     replica_weight_max_abs_diff: Real
-    processes: int
-    replicas: int
-    devices: int
+    processes: Count
+    replicas: Count
+    devices: Count
     flops: Flops
     parameters: int
-    repeats: int
+    repeats: Count
     loss_identical_across_repeats: bool
     env: dict[str, Any]
     model_parallel: StageReport | None = None
+    work_split: list[ReplicaWork] = []  # the first repeat's (every repeat feeds the same samples)
     # The first step whose loss is NaN or infinite (null: none), and metrics that are not finite: a diverged
     # run is a result, and never passes a comparison.
     diverged_at_step: int | None = None
@@ -300,13 +322,14 @@ class NetworkEntry(Record):
     device: str
     loss: list[float] | None
     eval: dict[str, Real]
-    throughput_samples_per_s: Real
+    throughput_samples_per_s: Rate
     throughput_spread: Spread
-    step_time_s: Real
+    step_time_s: Rate
     busy_s_per_step: Real | None
     wait_s_per_step: Real | None
     parameters: int | None = None
     training_flops_per_sample: int | None = None
+    work: ReplicaWork | None = None  # what it was fed (the chain's encoder and head: the same batches)
     # The first step whose loss is NaN or infinite (null: none), and metrics that are not finite: a diverged
     # run is a result, and never passes a comparison.
     diverged_at_step: int | None = None
@@ -318,17 +341,17 @@ class NetworksRunEntry(RunBase):
     networks: list[NetworkEntry]
     wall_s: Real
     timed_wall_s: Real
-    overlap: Real
-    combined_throughput_samples_per_s: Real
+    overlap: Share
+    combined_throughput_samples_per_s: Rate
     combined_per_repeat: list[Real] | None = None  # each repeat's: run-to-run drift
-    throughput_samples_per_s: Real  # = combined, so that every ok entry has one throughput
-    peak_memory_bytes: int
+    throughput_samples_per_s: Rate  # = combined, so that every ok entry has one throughput
+    peak_memory_bytes: Bytes
     peak_memory_kind: str
     peak_memory_per_process: list[int]
-    processes: int
-    devices: int
-    global_batch: int
-    repeats: int
+    processes: Count
+    devices: Count
+    global_batch: Count
+    repeats: Count
     loss_identical_across_repeats: bool
     env: dict[str, Any]
     ensemble: Ensemble | None = None
@@ -424,7 +447,7 @@ class Summary(Record):
     command: str | None = None  # what produced it, where not `xfw compare --strategy <strategy>` (e.g. xfw diff)
     strategy: str
     created: str
-    repeats: int
+    repeats: Count
     timeout_s: Real
     machine: MachineInfo
     config: dict[str, Any]

@@ -7,8 +7,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
+
+from xfw.common.records import Summary, read_result
 
 ROOT = Path(__file__).resolve().parent.parent
 XFW = str(Path(sys.executable).with_name("xfw"))
@@ -22,8 +25,49 @@ def run_xfw(
     )
 
 
+def assert_one_line_error(proc: subprocess.CompletedProcess, expected: str) -> None:
+    """Bad input: exit status 2, one line `xfw: error: ...` naming the problem, no traceback."""
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("xfw: error: "), proc.stderr
+    assert expected in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def xfw_in_process(*args: str) -> subprocess.CompletedProcess:
+    """`xfw ARGS` run inside the test process (click's CliRunner isolation): for bad input that xfw refuses before
+    any worker starts, where a process of its own would cost more than the check. Same exit status and streams."""
+    from click.testing import CliRunner
+
+    from xfw.cli.main import main
+
+    cwd = os.getcwd()
+    with CliRunner().isolation() as (out, err, _), mock.patch.object(sys, "argv", ["xfw", *args]):
+        os.chdir(ROOT)
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        finally:
+            os.chdir(cwd)
+        stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
+    return subprocess.CompletedProcess(["xfw", *args], code, stdout, stderr)
+
+
+def strict_json(text: str):
+    return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+
+
 def load_summary(out: Path) -> dict:
-    return json.loads((out / "summary.json").read_text())
+    """summary.json as data, after checking it and every result.json it lists against the typed records
+    (common.records: types, ranges, the fields each run status requires, no unknown keys)."""
+    data = strict_json((out / "summary.json").read_text())
+    Summary.model_validate(data)
+    for run in data["runs"]:
+        for file in run.get("result_files", []):
+            read_result(strict_json(Path(file).read_text()))
+    return data
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +77,16 @@ def mirrored(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict, Path]
     proc = run_xfw("compare", "--strategy", "mirrored", "--out", str(out))
     assert (out / "summary.json").exists(), proc.stderr
     return proc, load_summary(out), out
+
+
+# Fixtures that run one compare for several tests: under pytest-xdist (`make test` runs two workers), every test
+# that uses one goes to the same worker, so that the compare runs once (pytest -n 2 --dist loadgroup).
+SHARED_COMPARES = ("mirrored", "independent", "collaborative", "shared")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        for name in SHARED_COMPARES:
+            if name in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(name))
+                break

@@ -1,17 +1,9 @@
 """Bad input: one line naming the problem, exit status 2, no traceback (through the real `xfw` command)."""
 
 import pytest
-from conftest import run_xfw
+from conftest import assert_one_line_error, run_xfw, xfw_in_process
 
 from xfw.common.registry import this_machine
-
-
-def assert_one_line_error(proc, expected: str):
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("xfw: error: "), proc.stderr
-    assert expected in lines[0], lines[0]
-    assert "Traceback" not in proc.stderr + proc.stdout
 
 
 @pytest.mark.parametrize(
@@ -28,21 +20,25 @@ def test_bad_config_file(tmp_path, yaml_text, expected):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(yaml_text)
     assert_one_line_error(
-        run_xfw("compare", "--strategy", "mirrored", "--config", str(cfg), "--out", str(tmp_path)), expected
+        xfw_in_process("compare", "--strategy", "mirrored", "--config", str(cfg), "--out", str(tmp_path)), expected
     )
 
 
 def test_unknown_strategy():
-    assert_one_line_error(run_xfw("compare", "--strategy", "pipelined-mirrors"), "unknown strategy 'pipelined-mirrors'")
+    assert_one_line_error(
+        xfw_in_process("compare", "--strategy", "pipelined-mirrors"), "unknown strategy 'pipelined-mirrors'"
+    )
 
 
 def test_unknown_framework_and_implementation():
-    assert_one_line_error(run_xfw("run", "--framework", "jax", "--impl", "single"), "unknown framework 'jax'")
-    assert_one_line_error(run_xfw("run", "--framework", "torch", "--impl", "zero3"), "unknown implementation 'zero3'")
+    assert_one_line_error(xfw_in_process("run", "--framework", "jax", "--impl", "single"), "unknown framework 'jax'")
+    assert_one_line_error(
+        xfw_in_process("run", "--framework", "torch", "--impl", "zero3"), "unknown implementation 'zero3'"
+    )
 
 
 def test_missing_npz(tmp_path):
-    proc = run_xfw(
+    proc = xfw_in_process(
         "run",
         "--framework",
         "torch",
@@ -60,7 +56,7 @@ def test_missing_npz(tmp_path):
 
 def test_more_replicas_than_devices(tmp_path):
     too_many = this_machine().devices + 1
-    proc = run_xfw(
+    proc = xfw_in_process(
         "compare",
         "--strategy",
         "mirrored",
@@ -76,9 +72,9 @@ def test_more_replicas_than_devices(tmp_path):
 
 def test_missing_config_file_and_bad_option(tmp_path):
     assert_one_line_error(
-        run_xfw("compare", "--strategy", "mirrored", "--config", str(tmp_path / "x.yaml")), "cannot read config"
+        xfw_in_process("compare", "--strategy", "mirrored", "--config", str(tmp_path / "x.yaml")), "cannot read config"
     )
-    assert_one_line_error(run_xfw("compare", "--strategy", "mirrored", "--repeats", "0"), "--repeats")
+    assert_one_line_error(xfw_in_process("compare", "--strategy", "mirrored", "--repeats", "0"), "--repeats")
 
 
 def test_horovod_not_installed(tmp_path):

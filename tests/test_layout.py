@@ -62,6 +62,7 @@ ONE_SIDE_ONLY = {
     ("tf", "training.py"): {
         "configure": "TensorFlow's threads, logical devices and determinism must be set before its runtime starts",
         "logical_devices": "TensorFlow splits the CPU into logical devices; torch places by torch.device",
+        "placed": "a tensor is put on a device by tf.device scope; torch has tensor.to(device)",
     },
     ("torch", "training.py"): {
         "init_process_group": "torchrun's process group; TensorFlow's multi-process runs build their strategy",

@@ -2,11 +2,11 @@
 through the CLI, and parity of every implementation through `xfw compare`."""
 
 import pytest
-from conftest import load_summary, run_xfw
-from test_cli_errors import assert_one_line_error
+from conftest import assert_one_line_error, load_summary, run_xfw, xfw_in_process
 from test_parity import max_rel
+from work_split import assert_replicas_split_the_batch
 
-from xfw.common.config import load_config
+from xfw.common.config import Config, load_config
 from xfw.common.errors import UserError
 from xfw.common.partition import boundary_bytes_per_step, plan_stages
 from xfw.common.registry import this_machine
@@ -71,13 +71,13 @@ def test_bad_splits(overrides, message):
     ],
 )
 def test_bad_input_through_the_cli(tmp_path, args, message):
-    assert_one_line_error(run_xfw("compare", *args, "--out", str(tmp_path)), message)
+    assert_one_line_error(xfw_in_process("compare", *args, "--out", str(tmp_path)), message)
 
 
 def test_more_stages_than_devices(tmp_path):
     stages = this_machine().devices + 1
     layers = "[" + ",".join(["10"] * (stages + 1)) + "]"
-    proc = run_xfw(
+    proc = xfw_in_process(
         "compare",
         "--strategy",
         "model-parallel",
@@ -94,9 +94,12 @@ def test_more_stages_than_devices(tmp_path):
 def check_parity(summary: dict, expected: set[str]):
     runs = {r["id"]: r for r in summary["runs"]}
     ran = {i for i, r in runs.items() if r["status"] == "ok" and r["strategy"] != "single"}
-    assert expected <= ran, {i: r.get("error") for i, r in runs.items()}
+    errors = {i: r.get("error") for i, r in runs.items()}
+    assert expected == ran if this_machine().gpus == 0 else expected <= ran, errors
+    config = Config.model_validate(summary["config"])
     for rid in ran:
         r = runs[rid]
+        assert_replicas_split_the_batch(r, config)
         assert max_rel(r["loss"], runs[f"{r['framework']}-single"]["loss"]) <= 1e-5, rid
         assert r["replica_weight_max_abs_diff"] == 0.0, rid
         stages = r["model_parallel"]["per_stage"]
@@ -144,6 +147,9 @@ def test_hybrid_two_by_two_parity(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = check_parity(load_summary(tmp_path), {"tf-hybrid", "torch-hybrid"})
     assert runs["torch-hybrid"]["processes"] == 4 and runs["tf-hybrid"]["devices"] == 4
+    # Each replica's block goes to its first stage: another device (TF), another process (torch, ranks 0 and 2).
+    assert len({w["device"] for w in runs["tf-hybrid"]["work_split"]}) == 2
+    assert [w["process"] for w in runs["torch-hybrid"]["work_split"]] == [0, 2]
 
 
 @pytest.mark.frameworks

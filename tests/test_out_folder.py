@@ -8,8 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import XFW, load_summary, run_xfw
-from test_cli_errors import assert_one_line_error
+from conftest import XFW, assert_one_line_error, load_summary, run_xfw
 
 SHORT = ["--set", "training.steps=30", "--set", "training.warmup_steps=5", "--set", "training.timing_windows=5"]
 

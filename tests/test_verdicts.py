@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from conftest import load_summary, run_xfw
+from conftest import load_summary, run_xfw, xfw_in_process
 
 from xfw.common.compare import curve_diff, throughput_verdict
 from xfw.common.records import RatioRange, RunResult, strict_json
@@ -126,7 +126,9 @@ def test_threads_count_towards_oversubscription():
 
 
 def test_oversubscribed_threads_are_refused_with_one_line():
-    proc = run_xfw("compare", "--strategy", "mirrored", "--replicas", "2", "--set", "parallel.threads_per_replica=64")
+    proc = xfw_in_process(
+        "compare", "--strategy", "mirrored", "--replicas", "2", "--set", "parallel.threads_per_replica=64"
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("xfw: error: "), proc.stderr
     assert "threads each (parallel.threads_per_replica)" in lines[0] and "parallel.oversubscribe" in lines[0]

@@ -82,8 +82,14 @@ def run_mutual(run: RunSpec, launcher: str) -> None:
             )
         return tf.stack(losses)
 
-    losses, timing = training.train(run, train_step, [tf.constant(row) for row in s.order])
-    outcomes = [m.outcome(losses, timing, training.evaluate(m.run, s, m.model), m.device, _busy(m)) for m in members]
+    step_inputs = [tf.constant(row) for row in s.order]
+    losses, timing = training.train(run, train_step, step_inputs)
+    outcomes = [
+        m.outcome(
+            losses, timing, training.evaluate(m.run, s, m.model), m.device, _busy(m), training.fed(m.index, step_inputs)
+        )
+        for m in members
+    ]
     report_networks(RankContext(run, launcher), outcomes, training.environment, mutual_exchange(run.config))
 
 
@@ -115,7 +121,8 @@ def run_chain(run: RunSpec, launcher: str) -> None:
         )
         return loss
 
-    losses, timing = training.train(run, train_step, [tf.constant(row) for row in s.order])
+    step_inputs = [tf.constant(row) for row in s.order]
+    losses, timing = training.train(run, train_step, step_inputs)
     batch = run.config.training.global_batch
     chain = keras.Sequential([encoder, head])
     outcomes = [
@@ -127,6 +134,7 @@ def run_chain(run: RunSpec, launcher: str) -> None:
             {},
             devices[0],
             busy_s_per_step=training.stage_seconds(run, encoder, parts[0], batch, False, devices[0]),
+            fed=training.fed(0, step_inputs),
         ),
         NetworkOutcome(
             1,
@@ -136,6 +144,7 @@ def run_chain(run: RunSpec, launcher: str) -> None:
             training.evaluate(run, s, chain),
             devices[1],
             busy_s_per_step=training.stage_seconds(run, head, parts[1], batch, True, devices[1]),
+            fed=training.fed(1, step_inputs),
         ),
     ]
     report_networks(RankContext(run, launcher), outcomes, training.environment, chain_exchange(parts, batch))

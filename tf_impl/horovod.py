@@ -55,5 +55,6 @@ def run_horovod(run: RunSpec, launcher: str) -> None:
 
     device = training.default_device()
     ctx = RankContext(run, launcher, hvd.rank(), hvd.size(), (f"rank {hvd.rank()}: {device}",), gather)
-    training.report(ctx, s, model, losses, timing, [flat_weights(model.trainable_variables)])
+    fed = [training.fed(hvd.rank(), step_inputs)]
+    training.report(ctx, s, model, losses, timing, [flat_weights(model.trainable_variables)], fed=fed)
     hvd.join()  # Horovod: every rank waits here until rank 0 has written the result, then all shut down

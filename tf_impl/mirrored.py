@@ -46,11 +46,15 @@ def _run_strategy(ctx: RankContext, s, strategy) -> None:
         local = strategy.experimental_local_results(losses)
         return tf.add_n(local) / len(local)
 
+    local_devices = strategy.extended.worker_devices  # tf.distribute: this process's replicas' devices, in order
+
     def shard(row):
-        # tf.distribute: each replica gets its block of the global batch.
-        return strategy.experimental_distribute_values_from_function(
-            lambda replica: tf.constant(row[replica_slice(global_batch, replica.replica_id_in_sync_group, replicas)])
-        )
+        # tf.distribute: each replica gets its block of the global batch, on its own device.
+        def block(replica):
+            r = replica.replica_id_in_sync_group
+            return training.placed(row[replica_slice(global_batch, r, replicas)], local_devices[r % len(local_devices)])
+
+        return strategy.experimental_distribute_values_from_function(block)
 
     step_inputs = [shard(row) for row in s.order]
     losses, timing = training.train(run, train_step, step_inputs, ctx.rank)
@@ -58,7 +62,13 @@ def _run_strategy(ctx: RankContext, s, strategy) -> None:
         flat_weights([strategy.experimental_local_results(v.value)[i] for v in model.trainable_variables])
         for i in range(strategy.num_replicas_in_sync // ctx.world_size)
     ]
-    training.report(ctx, s, model, losses, timing, copies)
+    # tf.distribute: each replica's block as the strategy placed it (one replica per worker under MWMS).
+    local = len(copies)
+    fed = [
+        training.fed(ctx.rank * local + i, [strategy.experimental_local_results(v)[i] for v in step_inputs])
+        for i in range(local)
+    ]
+    training.report(ctx, s, model, losses, timing, copies, fed=fed)
 
 
 def run_mirrored_strategy(run: RunSpec, launcher: str) -> None:
@@ -94,12 +104,11 @@ def run_manual_placement(run: RunSpec, launcher: str) -> None:
     blocks = [replica_slice(global_batch, r, replicas) for r in range(replicas)]
 
     @tf.function
-    def train_step(idx):
+    def train_step(replica_idx):
         replica_grads, replica_losses = [], []
-        for device, block in zip(devices, blocks):
+        for device, idx in zip(devices, replica_idx):
             with tf.device(device):  # placement: this replica's forward and backward run on its device
-                sub = idx[block.start : block.stop]
-                x, y = tf.gather(s.x, sub), tf.gather(s.y, sub)
+                x, y = tf.gather(s.x, idx), tf.gather(s.y, idx)
                 with tf.GradientTape() as tape:
                     loss = tf.reduce_mean(loss_fn(y, model(x, training=True)))
                 replica_grads.append(tape.gradient(loss, model.trainable_variables))
@@ -109,13 +118,8 @@ def run_manual_placement(run: RunSpec, launcher: str) -> None:
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return tf.add_n(replica_losses) / replicas
 
-    step_inputs = [tf.constant(row) for row in s.order]
+    step_inputs = [tuple(training.placed(row[b], d) for b, d in zip(blocks, devices)) for row in s.order]
     losses, timing = training.train(run, train_step, step_inputs)
-    training.report(
-        RankContext(run, launcher, devices=tuple(devices)),
-        s,
-        model,
-        losses,
-        timing,
-        [flat_weights(model.trainable_variables)],
-    )
+    fed = [training.fed(r, [replica_idx[r] for replica_idx in step_inputs]) for r in range(replicas)]
+    ctx = RankContext(run, launcher, devices=tuple(devices))
+    training.report(ctx, s, model, losses, timing, [flat_weights(model.trainable_variables)], fed=fed)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from xfw.common.data import replica_slice
 from xfw.common.partition import plan_stages
 from xfw.common.rank import RankContext
 from xfw.common.runspec import RunSpec
@@ -36,14 +37,14 @@ def run_placed_stages(run: RunSpec, launcher: str) -> None:
     micro = per_replica // micro_batches
 
     @tf.function
-    def train_step(idx):
+    def train_step(replica_idx):
         replica_grads, replica_losses = [], []
-        for r in range(replicas):
+        for r, idx in enumerate(replica_idx):
             with tf.GradientTape() as tape:
                 micro_losses = []
                 for m in range(micro_batches):
-                    start = r * per_replica + m * micro
-                    h, y = tf.gather(s.x, idx[start : start + micro]), tf.gather(s.y, idx[start : start + micro])
+                    sub = idx[m * micro : (m + 1) * micro]
+                    h, y = tf.gather(s.x, sub), tf.gather(s.y, sub)
                     for i, model in enumerate(models):
                         with tf.device(devices[r * n_stages + i]):  # placement: stage i of replica r
                             h = model(h, training=True)
@@ -57,8 +58,13 @@ def run_placed_stages(run: RunSpec, launcher: str) -> None:
         optimizer.apply_gradients(zip(grads, variables))
         return tf.add_n(replica_losses) / replicas
 
-    step_inputs = [tf.constant(row) for row in s.order]
+    # hybrid: each replica's block of the batch, on its first stage's device (one replica: the whole batch).
+    blocks = [replica_slice(run.config.training.global_batch, r, replicas) for r in range(replicas)]
+    step_inputs = [
+        tuple(training.placed(row[b], devices[r * n_stages]) for r, b in enumerate(blocks)) for row in s.order
+    ]
     losses, timing = training.train(run, train_step, step_inputs)
+    fed = [training.fed(r, [replica_idx[r] for replica_idx in step_inputs]) for r in range(replicas)]
     busy = {
         st.index: training.stage_seconds(
             run, models[st.index], st, micro, st.index == n_stages - 1, devices[st.index], count=micro_batches
@@ -67,4 +73,4 @@ def run_placed_stages(run: RunSpec, launcher: str) -> None:
     }
     full_model = keras.Sequential(models)  # the stages chained, for evaluation
     ctx = RankContext(run, launcher, devices=tuple(devices))
-    training.report(ctx, s, full_model, losses, timing, [flat_weights(variables)], stage_busy_s=busy)
+    training.report(ctx, s, full_model, losses, timing, [flat_weights(variables)], stage_busy_s=busy, fed=fed)

@@ -39,14 +39,15 @@ def predictions(net: Network) -> np.ndarray:
 
 def train_alone(net: Network, rank: int = 0, after_warmup=None) -> NetworkOutcome:
     step = tf.function(net.step)
-    losses, timing = training.train(net.run, step, [tf.constant(row) for row in net.s.order], rank, after_warmup)
-    return outcome(net, losses, timing)
+    step_inputs = [tf.constant(row) for row in net.s.order]
+    losses, timing = training.train(net.run, step, step_inputs, rank, after_warmup)
+    return outcome(net, losses, timing, step_inputs)
 
 
-def outcome(net: Network, losses: np.ndarray, timing) -> NetworkOutcome:
-    return NetworkOutcome(
-        net.index, net.name, losses, timing, training.evaluate(net.run, net.s, net.model), net.device, predictions(net)
-    )
+def outcome(net: Network, losses: np.ndarray, timing, step_inputs: list) -> NetworkOutcome:
+    evaluation = training.evaluate(net.run, net.s, net.model)
+    fed = training.fed(net.index, step_inputs)
+    return NetworkOutcome(net.index, net.name, losses, timing, evaluation, net.device, predictions(net), fed=fed)
 
 
 def _finish(ctx: RankContext, outcomes: list[NetworkOutcome]) -> None:
@@ -78,7 +79,8 @@ def run_placed_networks(run: RunSpec, launcher: str) -> None:
 
     step_inputs = [tuple(tf.constant(net.s.order[t]) for net in nets) for t in range(run.config.training.steps)]
     losses, timing = training.train(run, lambda ins: train_step(*ins), step_inputs)
-    _finish(RankContext(run, launcher), [outcome(net, losses[:, k], timing) for k, net in enumerate(nets)])
+    outcomes = [outcome(net, losses[:, k], timing, [ins[k] for ins in step_inputs]) for k, net in enumerate(nets)]
+    _finish(RankContext(run, launcher), outcomes)
 
 
 def run_threads(run: RunSpec, launcher: str) -> None:

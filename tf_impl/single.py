@@ -34,4 +34,6 @@ def run_single(run: RunSpec, launcher: str) -> None:
     step_inputs = [tf.constant(row) for row in s.order]
     losses, timing = training.train(run, train_step, step_inputs)
     ctx = RankContext(run, launcher, devices=(training.default_device(),))
-    training.report(ctx, s, model, losses, timing, [flat_weights(model.trainable_variables)])
+    training.report(
+        ctx, s, model, losses, timing, [flat_weights(model.trainable_variables)], fed=[training.fed(0, step_inputs)]
+    )

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from xfw.common import rank as common_rank
-from xfw.common.data import Dataset, load_dataset, sample_order
+from xfw.common.data import Dataset, Fed, load_dataset, sample_order
 from xfw.common.rank import RankContext
 from xfw.common.runspec import RunSpec
 from xfw.common.semantics import optimizer_hyperparameters
@@ -117,6 +117,17 @@ def train(run: RunSpec, step, step_inputs: list, rank: int = 0, after_warmup=Non
     # .numpy() forces the pending step to finish before the clock is read.
     losses, timing = common_rank.timed_training(run, step, step_inputs, lambda loss: loss.numpy(), rank, after_warmup)
     return np.array([np.asarray(v, dtype=np.float64) for v in losses]), timing
+
+
+def placed(indices: np.ndarray, device: str) -> tf.Tensor:
+    """Sample indices as a tensor on `device` (placement: a replica's block, where its step runs)."""
+    with tf.device(device):
+        return tf.identity(indices)
+
+
+def fed(replica: int, step_inputs: list) -> Fed:
+    """What one replica was fed: its per-step index tensors, read back from where they were placed."""
+    return Fed(replica, step_inputs[0].device, np.stack([t.numpy() for t in step_inputs]))
 
 
 def evaluate(run: RunSpec, s: Setup, model) -> dict:

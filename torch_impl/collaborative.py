@@ -78,8 +78,19 @@ def run_mutual(run: RunSpec, launcher: str) -> None:
             m.optimizer.step()
         return stacked.detach()
 
-    losses, timing = training.train(run, train_step, [torch.from_numpy(row).to(device) for row in s.order])
-    outcomes = [m.outcome(losses, timing, training.evaluate(m.run, s, m.model), str(device), _busy(m)) for m in members]
+    step_inputs = [torch.from_numpy(row).to(device) for row in s.order]
+    losses, timing = training.train(run, train_step, step_inputs)
+    outcomes = [
+        m.outcome(
+            losses,
+            timing,
+            training.evaluate(m.run, s, m.model),
+            str(device),
+            _busy(m),
+            training.fed(m.index, step_inputs),
+        )
+        for m in members
+    ]
     report_networks(RankContext(run, launcher), outcomes, training.environment, mutual_exchange(run.config))
 
 
@@ -103,7 +114,8 @@ def run_mutual_distributed(run: RunSpec, launcher: str) -> None:
         m.optimizer.step()
         return loss.detach()
 
-    losses, timing = training.train(run, train_step, [torch.from_numpy(row).to(device) for row in s.order], rank)
+    step_inputs = [torch.from_numpy(row).to(device) for row in s.order]
+    losses, timing = training.train(run, train_step, step_inputs, rank)
     outcome = NetworkOutcome(
         m.index,
         m.name,
@@ -112,6 +124,7 @@ def run_mutual_distributed(run: RunSpec, launcher: str) -> None:
         training.evaluate(m.run, s, m.model),
         f"rank {rank}: {device}",
         busy_s_per_step=_busy(m),
+        fed=training.fed(m.index, step_inputs),
     )
     report_networks(ctx, [outcome], training.environment, mutual_exchange(run.config, "dist.all_gather"))
     dist.barrier()  # rank 0 writes before anyone tears the group down
@@ -137,7 +150,8 @@ def run_chain(run: RunSpec, launcher: str) -> None:
         encoder_optimizer.step()
         return loss.detach()
 
-    losses, timing = training.train(run, train_step, [torch.from_numpy(row).to(device) for row in s.order])
+    step_inputs = [torch.from_numpy(row).to(device) for row in s.order]
+    losses, timing = training.train(run, train_step, step_inputs)
     batch = run.config.training.global_batch
     chain = torch.nn.Sequential(encoder, head)
     outcomes = [
@@ -149,6 +163,7 @@ def run_chain(run: RunSpec, launcher: str) -> None:
             {},
             str(device),
             busy_s_per_step=training.stage_seconds(run, encoder, parts[0], batch, False, device),
+            fed=training.fed(0, step_inputs),
         ),
         NetworkOutcome(
             1,
@@ -158,6 +173,7 @@ def run_chain(run: RunSpec, launcher: str) -> None:
             training.evaluate(run, s, chain),
             str(device),
             busy_s_per_step=training.stage_seconds(run, head, parts[1], batch, True, device),
+            fed=training.fed(1, step_inputs),
         ),
     ]
     report_networks(RankContext(run, launcher), outcomes, training.environment, chain_exchange(parts, batch))
@@ -206,11 +222,20 @@ def run_chain_send_recv(run: RunSpec, launcher: str) -> None:
     weights = [None] * world
     dist.all_gather_object(weights, export_weights(module, part.layers))
     if rank == 0:
-        outcome = NetworkOutcome(0, "encoder", None, timing, {}, f"rank 0: {device}", busy_s_per_step=busy)
+        outcome = NetworkOutcome(
+            0, "encoder", None, timing, {}, f"rank 0: {device}", busy_s_per_step=busy, fed=training.fed(0, step_inputs)
+        )
     else:
         chain = build_model(run.config.model, {k: v for w in weights for k, v in w.items()}).to(device)
         outcome = NetworkOutcome(
-            1, "head", losses, timing, training.evaluate(run, s, chain), f"rank 1: {device}", busy_s_per_step=busy
+            1,
+            "head",
+            losses,
+            timing,
+            training.evaluate(run, s, chain),
+            f"rank 1: {device}",
+            busy_s_per_step=busy,
+            fed=training.fed(1, step_inputs),
         )
     report_networks(ctx, [outcome], training.environment, chain_exchange(parts, batch, "dist.send/recv"))
     dist.barrier()  # rank 0 writes before anyone tears the group down

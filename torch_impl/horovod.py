@@ -49,5 +49,7 @@ def run_horovod(run: RunSpec, launcher: str) -> None:
         return hvd.allgather(torch.from_numpy(vector[None])).numpy()  # Horovod: once, after training
 
     ctx = RankContext(run, launcher, hvd.rank(), hvd.size(), (f"rank {hvd.rank()}: {device}",), gather)
-    training.report(ctx, s, model, losses, timing, [flat_weights(model.parameters())])
+    training.report(
+        ctx, s, model, losses, timing, [flat_weights(model.parameters())], fed=[training.fed(hvd.rank(), step_inputs)]
+    )
     hvd.join()  # Horovod: every rank waits here until rank 0 has written the result, then all shut down

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from torch.nn.parallel.scatter_gather import scatter
 
 from xfw.common.data import replica_slice
 from xfw.common.rank import RankContext
@@ -42,7 +43,8 @@ def _run_process_group(run: RunSpec, launcher: str, wrap, average_gradients) -> 
     step_inputs = [torch.from_numpy(row[block]).to(device) for row in s.order]
     losses, timing = training.train(run, train_step, step_inputs, rank)
     ctx = RankContext(run, launcher, rank, world, (f"rank {rank}: {device}",), training.collective_gather(device))
-    training.report(ctx, s, model, losses, timing, [flat_weights(model.parameters())])
+    fed = [training.fed(rank, step_inputs)]
+    training.report(ctx, s, model, losses, timing, [flat_weights(model.parameters())], fed=fed)
     # torch.distributed: wait for rank 0 to finish writing before tearing down; a rank that destroys the
     # group while its peer is still busy aborts in gloo now and then ("terminate called ...").
     dist.barrier()
@@ -90,4 +92,7 @@ def run_data_parallel(run: RunSpec, launcher: str) -> None:
     step_inputs = [torch.from_numpy(row).to(s.device) for row in s.order]
     losses, timing = training.train(run, train_step, step_inputs)
     ctx = RankContext(run, launcher, devices=tuple(f"cuda:{d}" for d in devices))
-    training.report(ctx, s, model, losses, timing, [flat_weights(model.parameters())])
+    # DataParallel: what each GPU got, split by the engine's own scatter (the rule it applies to the inputs).
+    blocks = [scatter(idx, devices) for idx in step_inputs]
+    fed = [training.fed(r, [b[r] for b in blocks]) for r in range(len(devices))]
+    training.report(ctx, s, model, losses, timing, [flat_weights(model.parameters())], fed=fed)

@@ -44,7 +44,7 @@ def _stage_context(run: RunSpec, launcher: str, stage, device: torch.device) -> 
     )
 
 
-def _finish(ctx: RankContext, s, stage, module, losses, timing, device, busy_batch: int) -> None:
+def _finish(ctx: RankContext, s, stage, module, losses, timing, device, busy_batch: int, fed: list) -> None:
     run = ctx.run
     last = stage.index == run.stages - 1
     # One rank at a time: on a CPU the "devices" share caches and memory bandwidth, so stages timed at once
@@ -59,7 +59,7 @@ def _finish(ctx: RankContext, s, stage, module, losses, timing, device, busy_bat
         dist.barrier()
     full = _full_model_on_rank0(run, stage, module, ctx.rank)
     weights = [flat_weights(module.parameters())]
-    training.report(ctx, s, full, losses, timing, weights, stage=stage.index, stage_busy_s=busy)
+    training.report(ctx, s, full, losses, timing, weights, stage=stage.index, stage_busy_s=busy, fed=fed)
     dist.barrier()  # rank 0 writes before anyone tears the group down
     dist.destroy_process_group()
 
@@ -96,7 +96,8 @@ def run_placed_stages(run: RunSpec, launcher: str) -> None:
     }
     full = torch.nn.Sequential(*[m.to(devices[0]) for m in modules])
     ctx = RankContext(run, launcher, devices=tuple(str(d) for d in devices))
-    training.report(ctx, s, full, losses, timing, [flat_weights(parameters)], stage_busy_s=busy)
+    fed = [training.fed(0, step_inputs)]
+    training.report(ctx, s, full, losses, timing, [flat_weights(parameters)], stage_busy_s=busy, fed=fed)
 
 
 def run_send_recv(run: RunSpec, launcher: str) -> None:
@@ -138,7 +139,8 @@ def run_send_recv(run: RunSpec, launcher: str) -> None:
 
     step_inputs = [torch.from_numpy(row).to(device) for row in s.order]
     losses, timing = training.train(run, train_step, step_inputs, rank)
-    _finish(ctx, s, stage, module, losses, timing, device, busy_batch=batch)
+    fed = [training.fed(0, step_inputs)] if first else []  # the first stage feeds the inputs
+    _finish(ctx, s, stage, module, losses, timing, device, busy_batch=batch, fed=fed)
 
 
 def _run_pipelining(run: RunSpec, launcher: str, schedule_class) -> None:
@@ -179,7 +181,8 @@ def _run_pipelining(run: RunSpec, launcher: str, schedule_class) -> None:
 
     step_inputs = [torch.from_numpy(row[block]).to(device) for row in s.order]
     losses, timing = training.train(run, train_step, step_inputs, rank)
-    _finish(ctx, s, stage, module, losses, timing, device, busy_batch=micro)
+    fed = [training.fed(replica, step_inputs)] if first else []  # each replica's first stage feeds its inputs
+    _finish(ctx, s, stage, module, losses, timing, device, busy_batch=micro, fed=fed)
 
 
 def run_gpipe(run: RunSpec, launcher: str) -> None:

@@ -41,19 +41,13 @@ def predictions(net: Network) -> np.ndarray:
 def train_alone(net: Network, rank: int = 0, after_warmup=None) -> NetworkOutcome:
     step_inputs = [torch.from_numpy(row).to(net.device) for row in net.s.order]
     losses, timing = training.train(net.run, net.step, step_inputs, rank, after_warmup)
-    return outcome(net, losses, timing)
+    return outcome(net, losses, timing, step_inputs)
 
 
-def outcome(net: Network, losses: np.ndarray, timing) -> NetworkOutcome:
-    return NetworkOutcome(
-        net.index,
-        net.name,
-        losses,
-        timing,
-        training.evaluate(net.run, net.s, net.model),
-        str(net.device),
-        predictions(net),
-    )
+def outcome(net: Network, losses: np.ndarray, timing, step_inputs: list) -> NetworkOutcome:
+    evaluation = training.evaluate(net.run, net.s, net.model)
+    fed = training.fed(net.index, step_inputs)
+    return NetworkOutcome(net.index, net.name, losses, timing, evaluation, str(net.device), predictions(net), fed=fed)
 
 
 def _finish(ctx: RankContext, outcomes: list[NetworkOutcome]) -> None:

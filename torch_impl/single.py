@@ -34,4 +34,6 @@ def run_single(run: RunSpec, launcher: str) -> None:
     step_inputs = [torch.from_numpy(row).to(s.device) for row in s.order]
     losses, timing = training.train(run, train_step, step_inputs)
     ctx = RankContext(run, launcher, devices=(str(s.device),))
-    training.report(ctx, s, model, losses, timing, [flat_weights(model.parameters())])
+    training.report(
+        ctx, s, model, losses, timing, [flat_weights(model.parameters())], fed=[training.fed(0, step_inputs)]
+    )

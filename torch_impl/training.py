@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from xfw.common import rank as common_rank
-from xfw.common.data import Dataset, load_dataset, sample_order
+from xfw.common.data import Dataset, Fed, load_dataset, sample_order
 from xfw.common.rank import RankContext
 from xfw.common.runspec import RunSpec
 from xfw.common.semantics import optimizer_hyperparameters
@@ -98,6 +98,11 @@ def train(run: RunSpec, step, step_inputs: list, rank: int = 0, after_warmup=Non
     # .cpu() forces the pending step to finish before the clock is read (any shape).
     losses, timing = common_rank.timed_training(run, step, step_inputs, lambda loss: loss.cpu(), rank, after_warmup)
     return torch.stack(losses).double().cpu().numpy(), timing
+
+
+def fed(replica: int, step_inputs: list) -> Fed:
+    """What one replica was fed: its per-step index tensors, read back from where they were placed."""
+    return Fed(replica, str(step_inputs[0].device), torch.stack(step_inputs).cpu().numpy())
 
 
 @torch.no_grad()

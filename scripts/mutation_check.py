@@ -1,0 +1,165 @@
+"""Does the suite catch real bugs? Applies deliberate bugs one at a time to a copy of the code, runs the tests
+that should catch each, and lists, per bug, the test that failed. Exit status 1 if any bug went unnoticed (or a
+bug no longer applies because the code it targets changed: update the list below).
+
+    .venv/bin/python scripts/mutation_check.py [--only NAME ...]
+
+Each bug is an exact text replacement in one file; the copy is imported through a path of its own (PYTHONPATH),
+so the checkout itself is never modified. CI runs this after the test suite (.ci/run)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIRS = {"common": "common", "cli": "cli", "tf_impl": "tf_impl", "torch_impl": "torch_impl"}
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    file: str
+    original: str
+    mutated: str
+    tests: tuple[str, ...]  # run in this order, stopping at the first failure
+
+
+MUTATIONS = [
+    Mutation(
+        "gradients summed instead of averaged (torch all_reduce)",
+        "torch_impl/mirrored.py",
+        "            p.grad /= world\n",
+        "",
+        ("tests/test_parity.py::test_data_parallel_matches_single_device",),
+    ),
+    Mutation(
+        "every rank trains the whole global batch (DDP)",
+        "torch_impl/mirrored.py",
+        "block = replica_slice(run.config.training.global_batch, rank, world)",
+        "block = slice(None)",
+        (
+            "tests/test_parity.py::test_data_parallel_matches_single_device",
+            "tests/test_parity.py::test_each_replica_trained_on_its_own_block",
+        ),
+    ),
+    Mutation(
+        "conv kernel transposed (kh and kw swapped) in the weight conversion",
+        "common/weights.py",
+        "kernel.transpose(3, 2, 0, 1)",
+        "kernel.transpose(3, 2, 1, 0)",
+        (
+            "tests/test_data_weights.py",
+            "tests/test_parity.py::test_cnn_tf_vs_torch_and_under_ddp_and_mirrored_strategy",
+        ),
+    ),
+    Mutation(
+        "throughput verdict with the comparison flipped",
+        "common/compare.py",
+        "if ratio > 1 + band and spread.low > 1:",
+        "if ratio < 1 + band and spread.low > 1:",
+        ("tests/test_verdicts.py", "tests/test_judgements.py"),
+    ),
+    Mutation(
+        "NaN losses (rank 0 writes NaN for every step)",
+        "common/loop.py",
+        "losses[counted] = np.nanmean(per_rank[:, counted], axis=0)",
+        "losses[counted] = np.nan",
+        ("tests/test_parity.py::test_tf_vs_torch_other_optimizer_and_loss_settings",),
+    ),
+]
+
+
+def copy_tree(dest: Path) -> None:
+    """The tracked files of the checkout (what a clone has), plus untracked ones not ignored."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    for rel in listed:
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+
+
+def import_root(tree: Path, root: Path) -> None:
+    """A folder where `import xfw` is `tree`'s code (the installed package maps xfw.* to the checkout)."""
+    pkg = root / "xfw"
+    pkg.mkdir(parents=True)
+    shutil.copy2(tree / "xfw_pkg" / "__init__.py", pkg / "__init__.py")
+    for name, folder in PACKAGE_DIRS.items():
+        (pkg / name).symlink_to(tree / folder)
+
+
+def apply(mutation: Mutation, tree: Path) -> None:
+    path = tree / mutation.file
+    text = path.read_text()
+    count = text.count(mutation.original)
+    if count != 1:
+        raise SystemExit(
+            f"mutation_check: '{mutation.name}' no longer applies: {mutation.file} holds its target "
+            f"{count} times, not once (update scripts/mutation_check.py)"
+        )
+    path.write_text(text.replace(mutation.original, mutation.mutated))
+
+
+def run_tests(mutation: Mutation, tree: Path, root: Path) -> tuple[str | None, float]:
+    """The first of the mutation's tests that fails (node id), or None; and the seconds it took."""
+    env = os.environ | {"PYTHONPATH": str(root), "PYTHONDONTWRITEBYTECODE": "1"}
+    start = time.monotonic()
+    for target in mutation.tests:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-rf", target],
+            cwd=tree,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", proc.stdout, re.MULTILINE)
+        if failed:
+            return failed[0], time.monotonic() - start
+        if proc.returncode not in (0, 5):  # 5: no test collected: a renamed test, reported as not caught
+            return f"{target} (pytest exit status {proc.returncode})", time.monotonic() - start
+    return None, time.monotonic() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", help="run only mutations whose name contains this text")
+    args = parser.parse_args()
+    chosen = [m for m in MUTATIONS if not args.only or any(o in m.name for o in args.only)]
+    if not chosen:
+        print(f"mutation_check: no mutation matches {args.only}", file=sys.stderr)
+        return 2
+    survived = 0
+    print(f"mutation check: {len(chosen)} deliberate bugs, each on a fresh copy of {ROOT}")
+    for mutation in chosen:
+        with tempfile.TemporaryDirectory(prefix="xfw-mutant-") as tmp:
+            tree, root = Path(tmp) / "tree", Path(tmp) / "import"
+            copy_tree(tree)
+            apply(mutation, tree)
+            import_root(tree, root)
+            caught, seconds = run_tests(mutation, tree, root)
+        if caught:
+            print(f"  caught   {mutation.name}\n           by {caught} ({seconds:.0f} s)")
+        else:
+            survived += 1
+            print(f"  MISSED   {mutation.name}\n           {', '.join(mutation.tests)} all passed ({seconds:.0f} s)")
+    print(f"mutation check: {len(chosen) - survived} of {len(chosen)} caught")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
