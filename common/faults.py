@@ -4,6 +4,7 @@ can show that a crashed or hung worker is contained. Unset in normal use. Faults
     crash             raise at start, before the framework is imported
     hang              hang at start (the other ranks then wait in the rendezvous)
     hang-in-training  hang after the first progress report (warm-up done; the others wait in a collective)
+    crash-in-training raise after the first progress report (the framework and the engine are running)
     abort-at-exit     SIGABRT after training and the result, as a crash in an engine's teardown would
     hang-at-exit      hang after training and the result, as a stuck teardown would
 """
@@ -41,6 +42,8 @@ def maybe_inject(run_id: str, when: str) -> None:
     faults = injected(run_id)
     if when == "start" and "crash" in faults:
         raise RuntimeError(f"fault injected by {FAULT_VAR}: {run_id}:crash")
+    if when == "training" and "crash-in-training" in faults:
+        raise RuntimeError(f"fault injected by {FAULT_VAR}: {run_id}:crash-in-training")
     if (when == "start" and "hang" in faults) or (when == "training" and "hang-in-training" in faults):
         while True:
             time.sleep(1)

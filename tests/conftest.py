@@ -79,11 +79,12 @@ def mirrored(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict, Path]
     return proc, load_summary(out), out
 
 
-# Fixtures that run one compare for several tests: under pytest-xdist (`make test` runs two workers), every test
-# that uses one goes to the same worker, so that the compare runs once (pytest -n 2 --dist loadgroup).
+# Session fixtures that run one compare for several tests: under pytest-xdist (`make test` runs two workers), every
+# test that uses one goes to the same worker, so that the compare runs once (pytest -n 2 --dist loadgroup).
 SHARED_COMPARES = ("mirrored", "independent", "collaborative", "shared")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items) -> None:
     for item in items:
         for name in SHARED_COMPARES:

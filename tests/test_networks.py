@@ -40,17 +40,17 @@ def compare(tmp_path_factory, strategy: str, config: str, *overrides: str):
     return proc, load_summary(out), out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def independent(tmp_path_factory):
     return compare(tmp_path_factory, "independent", "configs/independent.yaml")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def collaborative(tmp_path_factory):
     return compare(tmp_path_factory, "collaborative", "configs/collaborative.yaml")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def shared(tmp_path_factory):
     return compare(
         tmp_path_factory, "shared-device", "configs/shared_device.yaml", f"shared_device.hidden_widths=[{WIDTH}]"
