@@ -13,7 +13,7 @@ compare: setup
 
 # Two pytest workers: most of a test's time is a framework starting up on one core. Then the mutation check.
 test: setup
-	$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup --durations=15
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=15
 	$(VENV)/bin/python scripts/mutation_check.py
 
 bench: setup

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -70,24 +71,26 @@ def load_summary(out: Path) -> dict:
     return data
 
 
-@pytest.fixture(scope="session")
-def mirrored(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict, Path]:
-    """`xfw compare --strategy mirrored` on the default config, run once for the whole session."""
-    out = tmp_path_factory.mktemp("compare-mirrored")
-    proc = run_xfw("compare", "--strategy", "mirrored", "--out", str(out))
-    assert (out / "summary.json").exists(), proc.stderr
+def compare_once(tmp_path_factory, name: str, *args: str) -> tuple[subprocess.CompletedProcess, dict, Path]:
+    """`xfw compare ARGS` run once for the whole test session, however many pytest-xdist workers ask for it (`make
+    test` runs two): the first runs it under a file lock in the workers' shared temporary folder, the others wait
+    for the lock and read what it left (pytest-xdist's documented pattern for session fixtures)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers of this session
+    out, saved = root / f"compare-{name}", root / f"compare-{name}.proc.json"
+    with open(root / f"compare-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not saved.exists():
+            proc = run_xfw("compare", *args, "--out", str(out))
+            saved.write_text(json.dumps({"returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}))
+        done = json.loads(saved.read_text())
+    proc = subprocess.CompletedProcess(["xfw", "compare", *args], done["returncode"], done["stdout"], done["stderr"])
+    assert (out / "summary.json").exists(), proc.stderr[-3000:]
     return proc, load_summary(out), out
 
 
-# Session fixtures that run one compare for several tests: under pytest-xdist (`make test` runs two workers), every
-# test that uses one goes to the same worker, so that the compare runs once (pytest -n 2 --dist loadgroup).
-SHARED_COMPARES = ("mirrored", "independent", "collaborative", "shared")
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(items) -> None:
-    for item in items:
-        for name in SHARED_COMPARES:
-            if name in getattr(item, "fixturenames", ()):
-                item.add_marker(pytest.mark.xdist_group(name))
-                break
+@pytest.fixture(scope="session")
+def mirrored(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict, Path]:
+    """`xfw compare --strategy mirrored` on the default config, run once for the whole session."""
+    return compare_once(tmp_path_factory, "mirrored", "--strategy", "mirrored")
