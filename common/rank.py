@@ -154,7 +154,8 @@ def report(
     fed: list | None = None,
 ) -> None:
     """The end of a one-model run: every rank's outcome is gathered, rank 0 adds evaluation, environment and the
-    machine's peak (each called on rank 0 only) and writes result.json."""
+    machine's peak (each called on rank 0 only) and writes result.json. `fed`: what each replica this process fed
+    was given (common.data.Fed), read back from its step inputs: result.json's work_split."""
 
     def rank0_extras() -> dict:
         env = framework.environment(ctx)
