@@ -61,6 +61,8 @@ def test_independent_networks_trained_concurrently(independent):
             assert r["overlap"] > 0.3, (r["id"], r["overlap"])  # the timed steps ran at the same time
         assert r["processes"] == (2 if r["implementation"] == "processes" else 1)
         assert len({n["device"] for n in r["networks"]}) == (1 if r["implementation"] == "sequential" else 2), r["id"]
+        if r["id"] == "tf-placed":  # each network's inputs were placed on its own logical device
+            assert len({n["work"]["device"] for n in r["networks"]}) == 2, r["networks"]
 
 
 def test_independent_ensemble_is_gathered_and_agrees(independent):

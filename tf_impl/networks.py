@@ -77,7 +77,9 @@ def run_placed_networks(run: RunSpec, launcher: str) -> None:
                 losses.append(net.step(idx))
         return tf.stack(losses)
 
-    step_inputs = [tuple(tf.constant(net.s.order[t]) for net in nets) for t in range(run.config.training.steps)]
+    # placement: each network's sample indices on its own device
+    steps = range(run.config.training.steps)
+    step_inputs = [tuple(training.placed(net.s.order[t], net.device) for net in nets) for t in steps]
     losses, timing = training.train(run, lambda ins: train_step(*ins), step_inputs)
     outcomes = [outcome(net, losses[:, k], timing, [ins[k] for ins in step_inputs]) for k, net in enumerate(nets)]
     _finish(RankContext(run, launcher), outcomes)
