@@ -176,8 +176,11 @@ def finish_networks(
         "processes": len(processes),
         "wall_s": max(n["ended_at"] for n in networks) - min(n["started_at"] for n in networks),
         "timed_wall_s": timed_union,
-        # How much of the timed stretch the networks spent training at the same time (1: all of it).
-        "overlap": (sum(hi - lo for lo, hi in timed) - timed_union) / (timed_union * (len(timed) - 1))
+        # How much of the timed stretch the networks spent training at the same time (1: all of it; clipped to
+        # [0, 1] against rounding in the sums of wall-clock times).
+        "overlap": min(
+            1.0, max(0.0, (sum(hi - lo for lo, hi in timed) - timed_union) / (timed_union * (len(timed) - 1)))
+        )
         if len(timed) > 1
         else 0.0,
         "combined_throughput_samples_per_s": combined,
