@@ -12,11 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from xfw.common.config import Config
+from xfw.common.data import combined_checksum
 from xfw.common.records import (
     AnyRun,
     Comparison,
     Flops,
     RatioRange,
+    ReplicaWork,
     RunBase,
     RunEntry,
     RunResult,
@@ -224,6 +226,31 @@ def not_compared(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> Comparis
     )
 
 
+def samples_mismatch(a_id: str, a_work: list[ReplicaWork], b_id: str, b_work: list[ReplicaWork]) -> str | None:
+    """Why two runs did not train on the same samples at every step, from what their replicas were fed
+    (work_split); None when they did, or when either recorded nothing (a result written before xfw recorded it).
+    Replicas that each trained the whole batch average to the same gradients as one device: the loss cannot
+    show it, the samples do."""
+    if not a_work or not b_work:
+        return None
+    per_step = [sum(w.samples_per_step for w in work) for work in (a_work, b_work)]
+    if per_step[0] != per_step[1]:
+        return (
+            f"{a_id}'s {len(a_work)} replicas trained {per_step[0]} samples per step together, {b_id} "
+            f"{per_step[1]}: the global batch was not split"
+        )
+    if combined_checksum([w.checksum for w in a_work]) != combined_checksum([w.checksum for w in b_work]):
+        return f"{a_id} trained on other samples than {b_id} (their work_split checksums differ)"
+    return None
+
+
+def with_samples_check(within: bool | None, note: str | None, mismatch: str | None) -> tuple[bool | None, str | None]:
+    """A comparison's parity and note once the samples are checked: a pair that trained on other samples fails."""
+    if mismatch is None:
+        return within, note
+    return (None if within is None else False), "; ".join(filter(None, (note, mismatch)))
+
+
 def compare_pair(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> Comparison:
     skipped = not_compared(a, b, kind, config)
     if skipped:
@@ -236,6 +263,9 @@ def compare_pair(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> Comparis
     spread = ratio_range(sa.p25 / sb.p75, sa.p75 / sb.p25, sa.repeat_medians, sb.repeat_medians)
     band = config.training.verdict_band
     against_reference_strategy = kind != Parity.CROSS_FRAMEWORK and a.strategy != b.strategy  # e.g. mirrored vs single
+    within, note = with_samples_check(
+        curve.within, curve.note, samples_mismatch(a.id, a.work_split, b.id, b.work_split)
+    )
     return Comparison(
         a=a.id,
         b=b.id,
@@ -245,8 +275,8 @@ def compare_pair(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> Comparis
         max_abs_loss_diff=curve.max_abs,
         max_rel_loss_diff=curve.max_rel,
         first_step_over_tolerance=curve.first_over,
-        within_tolerance=curve.within,
-        note=curve.note,
+        within_tolerance=within,
+        note=note,
         final_metric_diff={k: a.eval[k] - b.eval[k] for k in a.eval if k in b.eval},
         throughput_ratio=ta / tb,
         throughput_ratio_spread=spread,

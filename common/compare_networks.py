@@ -14,10 +14,12 @@ from xfw.common.compare import (
     curve_diff,
     not_compared,
     ratio_range,
+    samples_mismatch,
     throughput_stats,
     tolerance_for,
     verdict_fields,
     window_rates,
+    with_samples_check,
 )
 from xfw.common.config import Config
 from xfw.common.records import (
@@ -120,12 +122,15 @@ def compare_networks_pair(a, b, kind: Parity, config: Config) -> Comparison:
         m = b_nets.get(n.name)
         if m is None or n.loss is None or m.loss is None:
             continue
-        curve = curve_diff(n.loss, m.loss, tolerance, (f"{a.id} {n.name}", f"{b.id} {m.name}"))
+        names = (f"{a.id} {n.name}", f"{b.id} {m.name}")
+        curve = curve_diff(n.loss, m.loss, tolerance, names)
+        fed = [[w] if w else [] for w in (n.work, m.work)]  # each network's own samples, in both runs
+        _, note = with_samples_check(curve.within, curve.note, samples_mismatch(names[0], fed[0], names[1], fed[1]))
         per_network[n.name] = NetworkDiff(
             max_abs_loss_diff=curve.max_abs,
             max_rel_loss_diff=curve.max_rel,
             first_step_over_tolerance=curve.first_over,
-            note=curve.note,
+            note=note,
             final_metric_diff={k: n.eval[k] - m.eval[k] for k in n.eval if k in m.eval},
             # Throughput alone (the reference trains the networks one at a time) over together: >1 = slowed down.
             slowdown=m.throughput_samples_per_s / n.throughput_samples_per_s if kind == Parity.IDENTICAL else None,

@@ -270,6 +270,11 @@ def samples_checksum(rows: np.ndarray) -> str:
     return f"{total & _MASK64:016x}"
 
 
+def combined_checksum(checksums: list[str]) -> str:
+    """The checksum of several replicas' samples together (samples_checksum adds up mod 2^64)."""
+    return f"{sum(int(c, 16) for c in checksums) & _MASK64:016x}"
+
+
 def work_record(fed: Fed, process: int) -> dict:
     """result.json's record of what one replica trained on (common.records.ReplicaWork)."""
     steps, per_step = fed.rows.shape

@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from xfw.common.compare import compare_pair, run_entry
+from xfw.common.compare import compare_pair, run_entry, samples_mismatch
 from xfw.common.compare_networks import compare_networks_pair, network_run_entry, sweep
 from xfw.common.config import load_config
-from xfw.common.records import NetworksResult, RunBase, RunResult
+from xfw.common.records import NetworksResult, ReplicaWork, RunBase, RunResult
 from xfw.common.registry import Parity
 
 BATCH = 10
@@ -182,3 +182,25 @@ def test_the_sweep_lists_each_width_and_where_the_verdict_flips():
     assert line.run == "torch-threads"
     assert [(p.hidden_width, p.verdict) for p in line.points] == [(8, "hurts"), (64, "hurts"), (512, "helps")]
     assert line.flips == [{"from": 64, "to": 512, "verdict_from": "hurts", "verdict_to": "helps"}]
+
+
+def work(replica: int, per_step: int, checksum: int) -> ReplicaWork:
+    return ReplicaWork(
+        replica=replica, process=replica, device="cpu", steps=3, samples_per_step=per_step, checksum=f"{checksum:016x}"
+    )
+
+
+def test_replicas_that_did_not_split_the_batch_fail_the_comparison_whatever_the_loss():
+    single = [work(0, 32, 0xF000_0000_0000_0003)]
+    split = [work(0, 16, 0xF000_0000_0000_0001), work(1, 16, 0x0000_0000_0000_0002)]  # adds up (mod 2^64)
+    whole = [work(0, 32, 0xF000_0000_0000_0003), work(1, 32, 0xF000_0000_0000_0003)]  # each the whole batch
+    other = [work(0, 16, 0xF000_0000_0000_0001), work(1, 16, 0x0000_0000_0000_0005)]  # right count, other samples
+    assert samples_mismatch("a", split, "b", single) is None
+    assert "trained 64 samples per step together, b 32" in samples_mismatch("a", whole, "b", single)
+    assert "other samples" in samples_mismatch("a", other, "b", single)
+    assert samples_mismatch("a", [], "b", single) is None  # a result from before xfw recorded samples
+    a, b = entries([1.0] * 8, [1.0] * 8)  # identical curves...
+    a.work_split, b.work_split = whole, single
+    cmp = compare_pair(a, b, Parity.SAME_FRAMEWORK, CONFIG)
+    assert cmp.max_rel_loss_diff == 0.0 and cmp.within_tolerance is False  # ...and still not at parity
+    assert "the global batch was not split" in cmp.note
