@@ -58,6 +58,9 @@ def test_crash_and_hang_are_contained(tmp_path):
         assert runs[kept]["status"] == "ok" and len(runs[kept]["loss"]) == 60
     assert f"did not exit within {EXIT_GRACE_S:g} s" in runs["torch-allreduce"]["teardown_errors"][0]
     assert "FAILED" in proc.stderr and "torch-ddp" in proc.stdout
+    failures = (tmp_path / "report.md").read_text().split("## Failures")[1]
+    for failed in ("torch-ddp", "tf-multi-worker", "torch-horovod"):
+        assert f"### {failed}" in failures
     # No run may outlast its deadline and the kill that ends it; the stuck exit costs its grace, the crashed
     # multi-process runs at most their failure grace. From xfw's own settings, not from how fast this machine is.
     per_run = timeout_s + TERM_GRACE_S + KILL_WAIT_S
