@@ -80,13 +80,12 @@ MUTATIONS = [
 
 def copy_tree(dest: Path) -> None:
     """The tracked files of the checkout (what a clone has), plus untracked ones not ignored."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
+    git = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True
+    )
+    if git.returncode != 0:
+        raise SystemExit(f"mutation_check: {ROOT} is not a git checkout ({git.stderr.strip()})")
+    listed = git.stdout.splitlines()
     for rel in listed:
         src = ROOT / rel
         if src.is_file():
