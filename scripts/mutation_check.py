@@ -84,7 +84,8 @@ def copy_tree(dest: Path) -> None:
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True
     )
     if git.returncode != 0:
-        raise SystemExit(f"mutation_check: {ROOT} is not a git checkout ({git.stderr.strip()})")
+        print(f"mutation_check: {ROOT} is not a git checkout ({git.stderr.strip()})", file=sys.stderr)
+        sys.exit(2)
     listed = git.stdout.splitlines()
     for rel in listed:
         src = ROOT / rel
