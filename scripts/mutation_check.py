@@ -158,7 +158,7 @@ def main() -> int:
         print(f"mutation_check: no mutation matches {args.only}", file=sys.stderr)
         return 2
     survived = 0
-    print(f"mutation check: {len(chosen)} deliberate bugs, each on a fresh copy of {ROOT}")
+    print(f"mutation check: {len(chosen)} deliberate bug(s), each on a fresh copy of {ROOT}")
     for mutation in chosen:
         with tempfile.TemporaryDirectory(prefix="xfw-mutant-") as tmp:
             tree, root = Path(tmp) / "tree", Path(tmp) / "import"
