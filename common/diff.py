@@ -14,7 +14,7 @@ from xfw.common.compare import compare_pair, run_entry
 from xfw.common.compare_networks import compare_networks_pair, network_run_entry
 from xfw.common.config import config_from_dict
 from xfw.common.errors import UserError
-from xfw.common.records import MachineInfo, NetworksResult, RunBase, Summary, read_result
+from xfw.common.records import MachineInfo, NetworksResult, RunBase, Summary, first_problem, read_result
 from xfw.common.registry import Parity, find, this_machine
 
 # Keys that may differ between two runs without changing what they train.
@@ -40,7 +40,7 @@ def load_results(path: Path) -> list:
         except OSError as err:
             raise UserError(f"cannot read {file}: {err.strerror}") from None
         except (ValueError, ValidationError) as err:
-            raise UserError(f"{file} is not an xfw result: {str(err).splitlines()[0]}") from None
+            raise UserError(f"{file} is not an xfw result: {first_problem(err)}") from None
     if len({r.id for r in results}) > 1:
         raise UserError(f"{path}: its repeats are of different runs ({', '.join(sorted({r.id for r in results}))})")
     if results[0].config is None:

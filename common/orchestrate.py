@@ -35,6 +35,7 @@ from xfw.common.records import (
     RunBase,
     SkippedRun,
     Summary,
+    first_problem,
     read_result,
 )
 from xfw.common.registry import (
@@ -211,10 +212,9 @@ def _execute_once(impl: Implementation, run: RunSpec, timeout_s: float, machine:
     try:
         result = read_result(json.loads(result_file.read_text()))
     except (ValueError, ValidationError) as err:  # a worker that wrote something else is a failed run, not a crash
-        first = str(err).splitlines()[0]
         return {
             "status": "failed",
-            "error": f"{result_file} is not a valid result: {first}\n{outcome.error(timeout_s)}",
+            "error": f"{result_file} is not a valid result: {first_problem(err)}\n{outcome.error(timeout_s)}",
         }
     if not outcome.ok:
         # Rank 0 writes result.json only after gathering every rank's outcome, so the run's work is complete

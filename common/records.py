@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 
 def strict_json(value: Any) -> Any:
@@ -248,6 +248,17 @@ class NetworksResult(RunIdentity):
 
 def read_result(data: dict) -> RunResult | NetworksResult:
     return NetworksResult.model_validate(data) if "networks" in data else RunResult.model_validate(data)
+
+
+def first_problem(err: Exception) -> str:
+    """One line for a record that did not validate: where (dotted path) and what, e.g. "work_split.0.checksum:
+    String should match pattern ..."; the first line of any other error."""
+    if isinstance(err, ValidationError):
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+        return f"{where}: {first['msg']}{more}" if where else f"{first['msg']}{more}"
+    return str(err).splitlines()[0]
 
 
 # ---- run entries: the repeats of one implementation merged (summary.json "runs") ------------------------

@@ -2,9 +2,11 @@
 (no framework, no worker): milliseconds."""
 
 import io
+import json
 
-from conftest import xfw_in_process
+from conftest import assert_one_line_error, xfw_in_process
 from rich.console import Console
+from test_judgements import result
 
 from xfw.cli.progress import RichProgress
 from xfw.common.config import load_config
@@ -62,3 +64,15 @@ def test_report_lists_failures_with_their_log_tail(tmp_path):
     assert "## Failures" in report and "### torch-ddp" in report
     assert "RuntimeError: x" in report.split("## Failures")[1]  # the log's tail, under the failure
     assert "needs 2 GPUs" in report
+
+
+def test_a_result_that_does_not_validate_is_named_by_its_field(tmp_path):
+    # A hand-edited result.json: the refusal names the field and the rule, in one line.
+    data = result("tf-a", [1.0]).to_json()
+    data["work_split"] = [
+        {"replica": 0, "process": 0, "device": "cpu", "steps": 3, "samples_per_step": 10, "checksum": "zz"}
+    ]
+    bad = tmp_path / "result.json"
+    bad.write_text(json.dumps(data))
+    proc = xfw_in_process("diff", str(bad), str(bad))
+    assert_one_line_error(proc, f"{bad} is not an xfw result: work_split.0.checksum: String should match pattern")
