@@ -142,6 +142,8 @@ class RankOutcome:
     stage_busy_s: dict[int, float] = field(default_factory=dict)
     # What each replica this process fed trained on (read back from its step inputs).
     fed: list[Fed] = field(default_factory=list)
+    # Where the weights of each stage this process runs live (model-parallel runs).
+    stage_devices: dict[int, str] = field(default_factory=dict)
 
 
 def gather_json(obj, gather: Gather) -> list:
@@ -175,6 +177,7 @@ def finish_run(
         "stage": outcome.stage,
         "stage_busy_s": {str(k): v for k, v in outcome.stage_busy_s.items()},
         "work": [work_record(f, rank) for f in outcome.fed],
+        "stage_devices": {str(k): v for k, v in outcome.stage_devices.items()},
     }
     ranks = gather_json(mine, gather)
     width = parameter_count(run.config.model)  # no process holds more weights than the whole model
@@ -228,14 +231,18 @@ def finish_run(
             for st in range(run.stages)
         ]
         step_s = sum(t for _, t in windows) / sum(n for n, _ in windows)
-        result["model_parallel"] = stage_report(run, busy, step_s)
+        where = [
+            next((r["stage_devices"][str(st)] for r in ranks if str(st) in r["stage_devices"]), None)
+            for st in range(run.stages)
+        ]
+        result["model_parallel"] = stage_report(run, busy, step_s, where)
     record = RunResult.model_validate(result | rank0_extras())
     record.diverged_at_step = first_non_finite(record.loss)
     record.non_finite_metrics = non_finite_keys(record.eval)
     write_json_atomic(Path(run.out_dir) / "result.json", record.to_json())
 
 
-def stage_report(run: RunSpec, busy_s: list[float], step_s: float) -> StageReport:
+def stage_report(run: RunSpec, busy_s: list[float], step_s: float, devices: list[str | None]) -> StageReport:
     stages = plan_stages(run.config)
     crossing = [*boundary_bytes(stages, run.config.training.global_batch), None]
     return StageReport(
@@ -253,8 +260,9 @@ def stage_report(run: RunSpec, busy_s: list[float], step_s: float) -> StageRepor
                 idle_fraction=float(max(0.0, 1.0 - b / step_s)),
                 busy_exceeds_step=bool(b > step_s),
                 to_next_stage_bytes_per_step=out,
+                device=device,
             )
-            for st, b, out in zip(stages, busy_s, crossing)
+            for st, b, out, device in zip(stages, busy_s, crossing, devices)
         ],
         busy_method="after training, each stage's forward+backward passes for one step (one per micro-batch) are "
         "timed alone on its device, one process at a time (stages timed at once on a CPU time each other), "

@@ -152,17 +152,21 @@ def report(
     stage: int = 0,
     stage_busy_s: dict | None = None,
     fed: list | None = None,
+    stage_devices: dict | None = None,
 ) -> None:
     """The end of a one-model run: every rank's outcome is gathered, rank 0 adds evaluation, environment and the
     machine's peak (each called on rank 0 only) and writes result.json. `fed`: what each replica this process fed
-    was given (common.data.Fed), read back from its step inputs: result.json's work_split."""
+    was given (common.data.Fed), read back from its step inputs: result.json's work_split. `stage_devices`: where the
+    weights of each stage this process runs live."""
 
     def rank0_extras() -> dict:
         env = framework.environment(ctx)
         # Peak of one device's share of the machine, times the devices: what the run could reach at most.
         return {"eval": evaluate(), "env": env, "peak_flops_per_s": framework.peak_flops() * ctx.run.devices}
 
-    outcome = RankOutcome(losses, timing, weight_copies, peak_rss_bytes(), stage, stage_busy_s or {}, fed or [])
+    outcome = RankOutcome(
+        losses, timing, weight_copies, peak_rss_bytes(), stage, stage_busy_s or {}, fed or [], stage_devices or {}
+    )
     finish_run(ctx.run, outcome, ctx.gather, ctx.rank, rank0_extras)
 
 

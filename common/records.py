@@ -91,6 +91,7 @@ class StageTiming(Record):
     busy_exceeds_step: bool
     # Across the boundary to the next stage per step: activations forward + their gradients back (last: null).
     to_next_stage_bytes_per_step: int | None = None
+    device: str | None = None  # where the stage's weights live, as the framework reports it (TF: a device query)
 
 
 class StageReport(Record):

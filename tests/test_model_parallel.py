@@ -104,6 +104,8 @@ def check_parity(summary: dict, expected: set[str]):
         assert r["replica_weight_max_abs_diff"] == 0.0, rid
         stages = r["model_parallel"]["per_stage"]
         assert len(stages) == r["model_parallel"]["stages"] and all(s["busy_s_per_step"] > 0 for s in stages)
+        # Each stage on a device of its own (TF: where its weights were placed; torch: its process's device).
+        assert len({s["device"] for s in stages}) == len(stages) and None not in {s["device"] for s in stages}, stages
     for c in summary["comparisons"]:
         if c["status"] == "ok":
             assert c["within_tolerance"], c

@@ -73,4 +73,6 @@ def run_placed_stages(run: RunSpec, launcher: str) -> None:
     }
     full_model = keras.Sequential(models)  # the stages chained, for evaluation
     ctx = RankContext(run, launcher, devices=tuple(devices))
-    training.report(ctx, s, full_model, losses, timing, [flat_weights(variables)], stage_busy_s=busy, fed=fed)
+    where = {st.index: models[st.index].trainable_variables[0].value.device for st in stages}  # placement: as placed
+    weights = [flat_weights(variables)]
+    training.report(ctx, s, full_model, losses, timing, weights, stage_busy_s=busy, fed=fed, stage_devices=where)

@@ -59,7 +59,10 @@ def _finish(ctx: RankContext, s, stage, module, losses, timing, device, busy_bat
         dist.barrier()
     full = _full_model_on_rank0(run, stage, module, ctx.rank)
     weights = [flat_weights(module.parameters())]
-    training.report(ctx, s, full, losses, timing, weights, stage=stage.index, stage_busy_s=busy, fed=fed)
+    where = {stage.index: f"rank {ctx.rank}: {device}"}
+    training.report(
+        ctx, s, full, losses, timing, weights, stage=stage.index, stage_busy_s=busy, fed=fed, stage_devices=where
+    )
     dist.barrier()  # rank 0 writes before anyone tears the group down
     dist.destroy_process_group()
 
@@ -97,7 +100,9 @@ def run_placed_stages(run: RunSpec, launcher: str) -> None:
     full = torch.nn.Sequential(*[m.to(devices[0]) for m in modules])
     ctx = RankContext(run, launcher, devices=tuple(str(d) for d in devices))
     fed = [training.fed(0, step_inputs)]
-    training.report(ctx, s, full, losses, timing, [flat_weights(parameters)], stage_busy_s=busy, fed=fed)
+    where = {st.index: str(next(m.parameters()).device) for st, m in zip(stages, modules)}  # placement: as placed
+    weights = [flat_weights(parameters)]
+    training.report(ctx, s, full, losses, timing, weights, stage_busy_s=busy, fed=fed, stage_devices=where)
 
 
 def run_send_recv(run: RunSpec, launcher: str) -> None:
