@@ -56,14 +56,81 @@ class CNNSpec(_Strict):
         return self
 
 
+class BatchNormConfig(_Strict):
+    # The moving statistics keep this fraction of their old value each step: Keras momentum=decay,
+    # torch momentum=1-decay (the two frameworks name opposite quantities "momentum").
+    decay: Annotated[float, Field(gt=0, lt=1)] = 0.9
+    # One epsilon for both (the frameworks' defaults differ: Keras 1e-3, torch 1e-5).
+    epsilon: Annotated[float, Field(gt=0)] = 1e-5
+
+
+class ResNetSpec(_Strict):
+    """The CIFAR ResNet family (He et al. 2016, section 4.2): depth 6n+2, a 3x3 stem, three stages of n
+    BasicBlocks, global average pooling, a dense head."""
+
+    kind: Literal["resnet"] = "resnet"
+    depth: Annotated[int, Field(ge=8)] = 8
+    widths: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] = (16, 32, 64)
+    input_shape: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] = (
+        32,
+        32,
+        3,
+    )
+    outputs: Annotated[int, Field(gt=0)] = 10
+    # relu is the ResNet's; its kink makes training sensitive to rounding (README: "Why ResNet curves part").
+    activation: Literal["relu", "tanh"] = "relu"
+    batchnorm: BatchNormConfig = BatchNormConfig()
+    # Batch statistics computed over the global batch across replicas (Keras synchronized=True, torch
+    # SyncBatchNorm); off: each replica normalises by its own shard's statistics.
+    sync_batchnorm: bool = False
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> ResNetSpec:
+        if (self.depth - 2) % 6:
+            raise ValueError(f"depth must be 6n+2 (8, 14, 20, 32, 44, 56, 110, ...), got {self.depth}")
+        h, w, _ = self.input_shape
+        if h < 4 or w < 4:
+            raise ValueError(f"input_shape {self.input_shape} is too small for two stride-2 stages (at least 4x4)")
+        return self
+
+    @property
+    def blocks_per_stage(self) -> int:
+        return (self.depth - 2) // 6
+
+
+class TransformerSpec(_Strict):
+    """A decoder-only language model: token and learned position embeddings, pre-LayerNorm blocks of causal
+    multi-head self-attention and a GELU MLP, a final LayerNorm and a dense head over the vocabulary."""
+
+    kind: Literal["transformer"] = "transformer"
+    vocab: Annotated[int, Field(ge=2)] = 64
+    width: Annotated[int, Field(gt=0)] = 32
+    heads: Annotated[int, Field(gt=0)] = 4
+    depth: Annotated[int, Field(gt=0)] = 2
+    seq_len: Annotated[int, Field(gt=0)] = 16  # tokens per sample, and the size of the position table
+    mlp_ratio: Annotated[int, Field(gt=0)] = 4  # the MLP's hidden width is mlp_ratio x width
+    layer_norm_epsilon: Annotated[float, Field(gt=0)] = 1e-5
+    # exact: x * Phi(x) (torch nn.GELU() and keras gelu(approximate=False)); tanh: the tanh approximation.
+    gelu: Literal["exact", "tanh"] = "exact"
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> TransformerSpec:
+        if self.width % self.heads:
+            raise ValueError(f"heads {self.heads} does not divide width {self.width}")
+        return self
+
+
 # One spec class per model kind; what each kind is made of (blocks, data, stages) is its entry in
 # common.models.MODEL_KINDS.
-ModelSpec = Annotated[MLPSpec | CNNSpec, Field(discriminator="kind")]
+ModelSpec = Annotated[MLPSpec | CNNSpec | ResNetSpec | TransformerSpec, Field(discriminator="kind")]
+MODEL_SPEC_TAGS = ("mlp", "cnn", "resnet", "transformer")
 
 
 class DataConfig(_Strict):
-    kind: Literal["synthetic_regression", "synthetic_classification", "digits", "npz"] = "synthetic_regression"
-    samples: Annotated[int, Field(gt=0)] = 4096  # synthetic sets only
+    kind: Literal[
+        "synthetic_regression", "synthetic_classification", "digits", "npz", "synthetic_images", "markov_text"
+    ] = "synthetic_regression"
+    samples: Annotated[int, Field(gt=0)] = 4096  # generated sets only (markov_text: sequences)
     test_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2  # 0: no held-out split, no evaluation
     path: str | None = None  # npz only: arrays x and y (or x_train/y_train[/x_test/y_test])
     noise: Annotated[float, Field(ge=0)] = 0.1
@@ -223,7 +290,7 @@ class Config(_Strict):
                 f"training.global_batch {self.training.global_batch} is not divisible by parallel.replicas "
                 f"{self.parallel.replicas}"
             )
-        classification = self.data.kind in ("synthetic_classification", "digits")
+        classification = self.data.kind in ("synthetic_classification", "digits", "synthetic_images", "markov_text")
         if classification and self.loss != "cross_entropy":
             raise ValueError(f"data.kind {self.data.kind} is a classification set: use loss cross_entropy")
         if self.data.kind == "synthetic_regression" and self.loss != "mse":
@@ -240,7 +307,9 @@ class Config(_Strict):
 
 def _format_validation_error(err: ValidationError) -> str:
     first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"] if not (isinstance(p, str) and p in ("mlp", "cnn", "sgd", "adam")))
+    where = ".".join(
+        str(p) for p in first["loc"] if not (isinstance(p, str) and p in (*MODEL_SPEC_TAGS, "sgd", "adam"))
+    )
     if first["type"] == "extra_forbidden":
         return f"unknown config key '{where}'"
     if first["type"] == "union_tag_invalid":

@@ -7,6 +7,7 @@ put together are exactly the single-device batch.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +21,14 @@ from xfw.common.models import input_shape, model_kind, output_width
 
 @dataclass(frozen=True)
 class Dataset:
-    x_train: np.ndarray  # float32, canonical channels-last layout
-    y_train: np.ndarray  # float32 targets (regression) or int64 class ids (classification)
+    x_train: np.ndarray  # float32, canonical channels-last layout; int64 token ids for a language model
+    y_train: np.ndarray  # float32 targets (regression), int64 class ids, or (samples, seq_len) next tokens
     x_test: np.ndarray
     y_test: np.ndarray
     classification: bool
+    # The lowest expected loss any model can reach on this data (nats per prediction), where the generator
+    # knows it: a Markov chain's entropy rate. None where it is unknown.
+    loss_floor: float | None = None
 
     @property
     def train_size(self) -> int:
@@ -52,6 +56,77 @@ def _synthetic(config: Config, classification: bool) -> tuple[np.ndarray, np.nda
     w_true = rng.normal(0.0, 1.0 / np.sqrt(n_in), size=(n_in, n_out))
     y = np.tanh(x @ w_true) + config.data.noise * rng.normal(size=(config.data.samples, n_out))
     return x.astype(np.float32), y.astype(np.float32)
+
+
+def _synthetic_images(config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-shaped images a model can learn, made from the seed: each class is a smooth pattern (three
+    random 2-D waves per channel, unit variance); a sample is its class's pattern, shifted by up to 3
+    pixels either way (wrapping round), scaled by 0.5..1.5, plus Gaussian noise of std data.noise. Shifts
+    make a convolution's translation invariance pay; noise sets how hard it is."""
+    h, w, c = input_shape(config.model)
+    classes, n = output_width(config.model), config.data.samples
+    rng = np.random.default_rng([config.seed, 0x1A6E])
+    yy, xx = np.meshgrid(np.arange(h) / h, np.arange(w) / w, indexing="ij")
+    patterns = np.zeros((classes, h, w, c))
+    for k in range(classes):
+        for ch in range(c):
+            for _ in range(3):
+                fy, fx = rng.integers(1, 4, size=2)
+                phase = rng.uniform(0, 2 * np.pi)
+                patterns[k, :, :, ch] += np.sin(2 * np.pi * (fy * yy + fx * xx) + phase)
+    patterns = (patterns - patterns.mean(axis=(1, 2, 3), keepdims=True)) / patterns.std(axis=(1, 2, 3), keepdims=True)
+    y = rng.integers(0, classes, size=n)
+    shifts = rng.integers(-3, 4, size=(n, 2))
+    scale = rng.uniform(0.5, 1.5, size=n)
+    x = np.empty((n, h, w, c), dtype=np.float32)
+    for i in range(n):
+        x[i] = scale[i] * np.roll(patterns[y[i]], tuple(shifts[i]), axis=(0, 1))
+    x += config.data.noise * rng.standard_normal(size=x.shape).astype(np.float32)
+    return x, y.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class MarkovChain:
+    """A first-order Markov chain over the vocabulary: row i of `transitions` is the next token's
+    distribution after token i. Rows are Dirichlet(0.1) draws (a few likely successors each), so there is
+    structure to learn and a known floor: no model predicts the next token better than the chain itself."""
+
+    transitions: np.ndarray  # (vocab, vocab), rows sum to 1
+    stationary: np.ndarray  # (vocab,)
+
+    @property
+    def entropy_rate(self) -> float:
+        """Nats per token: sum_i pi_i H(P_i), the expected next-token cross-entropy of the chain itself."""
+        p = self.transitions
+        row_entropy = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=1)
+        return float(self.stationary @ row_entropy)
+
+
+def markov_chain(vocab: int, seed: int) -> MarkovChain:
+    rng = np.random.default_rng([seed, 0x7E47])
+    transitions = rng.dirichlet(np.full(vocab, 0.1), size=vocab)
+    # the stationary distribution: the left eigenvector of eigenvalue 1
+    values, vectors = np.linalg.eig(transitions.T)
+    pi = np.abs(np.real(vectors[:, np.argmin(np.abs(values - 1.0))]))
+    return MarkovChain(transitions, pi / pi.sum())
+
+
+def _markov_text(config: Config) -> tuple[np.ndarray, np.ndarray, float]:
+    """`data.samples` sequences of seq_len + 1 tokens, each started from the stationary distribution (so
+    every position's best loss is the entropy rate); x is a sequence's first seq_len tokens, y the next
+    token at each position."""
+    spec = config.model
+    chain = markov_chain(output_width(spec), config.seed)
+    rng = np.random.default_rng([config.seed, 0x7E48])
+    n, length = config.data.samples, input_shape(spec)[0] + 1
+    cumulative = np.cumsum(chain.transitions, axis=1)
+    tokens = np.empty((n, length), dtype=np.int64)
+    tokens[:, 0] = rng.choice(len(chain.stationary), size=n, p=chain.stationary)
+    for t in range(1, length):
+        draws = rng.uniform(size=n)
+        nxt = (cumulative[tokens[:, t - 1]] < draws[:, None]).sum(axis=1)
+        tokens[:, t] = np.minimum(nxt, len(chain.stationary) - 1)  # a draw above the row's rounded total
+    return tokens[:, :-1], tokens[:, 1:], chain.entropy_rate
 
 
 # The digits images, (n, 8, 8), in each model kind's input layout (common.models.ModelKind.input_layout).
@@ -170,6 +245,8 @@ def _check_shapes(ds: Dataset, spec: ModelSpec, source: str, given_labels: bool)
         raise UserError(f"{kind.input_key} expects samples of shape {want}, but {source} has {got}{hint}")
     n_out = output_width(spec)
     y_train, y_test = ds.y_train, ds.y_test
+    if kind.input_layout == "tokens":
+        return _check_tokens(ds, spec, source)
     if ds.classification:
         if y_train.ndim != 1 or y_test.ndim != 1:
             raise UserError(f"{source}: classification labels must be a 1-D array of class ids (not one-hot)")
@@ -190,7 +267,24 @@ def _check_shapes(ds: Dataset, spec: ModelSpec, source: str, given_labels: bool)
         if y_train.shape[1:] != (n_out,) or y_test.shape[1:] != (n_out,):
             shape = y_train.shape[1:] if y_train.shape[1:] != (n_out,) else y_test.shape[1:]
             raise UserError(f"{source} targets have shape {shape}, but the model has {n_out} outputs")
-    return Dataset(x_train, y_train, x_test, y_test, ds.classification)
+    return Dataset(x_train, y_train, x_test, y_test, ds.classification, ds.loss_floor)
+
+
+def _check_tokens(ds: Dataset, spec: ModelSpec, source: str) -> Dataset:
+    """Token ids in x and next-token ids in y, both (samples, seq_len), every id below the vocabulary."""
+    vocab = output_width(spec)
+    for name, arr in (("x", ds.x_train), ("y", ds.y_train), ("x_test", ds.x_test), ("y_test", ds.y_test)):
+        if arr.dtype.kind not in "iu" and not (arr.dtype.kind == "f" and np.all(arr == np.round(arr))):
+            raise UserError(f"{source}: {name} must hold integer token ids")
+        if arr.shape[1:] != ds.x_train.shape[1:]:
+            raise UserError(f"{source}: {name} has shape {arr.shape[1:]} per sample; x and y must match")
+        if arr.size and (arr.min() < 0 or arr.max() >= vocab):
+            raise UserError(
+                f"{source} has token ids {int(arr.min())}..{int(arr.max())}, but model.vocab is {vocab} "
+                f"(ids 0..{vocab - 1})"
+            )
+    cast = (a.astype(np.int64) for a in (ds.x_train, ds.y_train, ds.x_test, ds.y_test))
+    return Dataset(*cast, ds.classification, ds.loss_floor)
 
 
 def load_dataset(config: Config) -> Dataset:
@@ -200,6 +294,11 @@ def load_dataset(config: Config) -> Dataset:
         ds = _split(*_synthetic(config, classification), data.test_fraction, config.seed, classification)
     elif data.kind == "digits":
         ds = _split(*_digits(spec), data.test_fraction, config.seed, classification)
+    elif data.kind == "synthetic_images":
+        ds = _split(*_synthetic_images(config), data.test_fraction, config.seed, classification)
+    elif data.kind == "markov_text":
+        x, y, floor = _markov_text(config)
+        ds = dataclasses.replace(_split(x, y, data.test_fraction, config.seed, classification), loss_floor=floor)
     else:
         parts = _npz(data.path, classification)
         ds = (

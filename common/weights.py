@@ -9,22 +9,29 @@ from __future__ import annotations
 import numpy as np
 
 from xfw.common.config import ModelSpec
-from xfw.common.models import parameter_shapes
+from xfw.common.models import blocks_of
 
 
 def initial_weights(spec: ModelSpec, seed: int) -> dict[str, np.ndarray]:
-    """Glorot-uniform kernels and zero biases (Keras's defaults; torch's own default is kaiming-uniform,
-    which is why neither framework's initialiser is used)."""
+    """Glorot-uniform kernels, zero biases, BatchNorm and LayerNorm at identity (gamma and moving variance
+    1, beta and moving mean 0), embeddings normal with std 0.02 (GPT-2's). These are Keras's defaults except
+    the embeddings; torch's own (kaiming-uniform kernels, N(0, 1) embeddings) differ, which is why neither
+    framework's initialiser is used. Arrays are drawn in parameter order, so adding a kind changes no
+    existing kind's weights."""
     rng = np.random.default_rng([seed, 0x5EED])
     weights: dict[str, np.ndarray] = {}
-    for name, shape in parameter_shapes(spec):
-        if name.endswith("/bias"):
-            weights[name] = np.zeros(shape, dtype=np.float32)
-            continue
-        receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
-        fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
-        limit = np.sqrt(6.0 / (fan_in + fan_out))
-        weights[name] = rng.uniform(-limit, limit, size=shape).astype(np.float32)
+    for block in blocks_of(spec):
+        for name, shape in block.parameter_shapes():
+            if name.endswith(("/bias", "/beta", "/moving_mean")):
+                weights[name] = np.zeros(shape, dtype=np.float32)
+            elif name.endswith(("/gamma", "/moving_variance")):
+                weights[name] = np.ones(shape, dtype=np.float32)
+            elif name.endswith("/embeddings"):
+                weights[name] = (0.02 * rng.standard_normal(size=shape)).astype(np.float32)
+            else:
+                fan_in, fan_out = block.fans(name, shape)
+                limit = np.sqrt(6.0 / (fan_in + fan_out))
+                weights[name] = rng.uniform(-limit, limit, size=shape).astype(np.float32)
     return weights
 
 
@@ -52,3 +59,32 @@ def conv_kernel_to_torch(kernel: np.ndarray) -> np.ndarray:
 
 def conv_kernel_from_torch(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(weight.transpose(2, 3, 1, 0))
+
+
+def attention_in_projection_to_torch(query: np.ndarray, key: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Keras's three (E, heads, head_dim) kernels -> torch's packed in_proj_weight (3E, E), rows q, k, v."""
+    return np.ascontiguousarray(np.concatenate([k.reshape(k.shape[0], -1).T for k in (query, key, value)]))
+
+
+def attention_in_projection_from_torch(weight: np.ndarray, heads: int) -> list[np.ndarray]:
+    e = weight.shape[1]
+    return [np.ascontiguousarray(part.T.reshape(e, heads, e // heads)) for part in np.split(weight, 3)]
+
+
+def attention_in_bias_to_torch(query: np.ndarray, key: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """(heads, head_dim) biases -> torch's packed in_proj_bias (3E,)."""
+    return np.concatenate([b.reshape(-1) for b in (query, key, value)])
+
+
+def attention_in_bias_from_torch(bias: np.ndarray, heads: int) -> list[np.ndarray]:
+    return [np.ascontiguousarray(part.reshape(heads, -1)) for part in np.split(bias, 3)]
+
+
+def attention_out_kernel_to_torch(kernel: np.ndarray) -> np.ndarray:
+    """Keras's output kernel (heads, head_dim, E) -> torch's out_proj.weight (E, E)."""
+    return np.ascontiguousarray(kernel.reshape(-1, kernel.shape[-1]).T)
+
+
+def attention_out_kernel_from_torch(weight: np.ndarray, heads: int) -> np.ndarray:
+    e = weight.shape[0]
+    return np.ascontiguousarray(weight.T.reshape(heads, e // heads, e))

@@ -30,7 +30,7 @@ def test_overrides_are_parsed_as_yaml():
     [
         ("training:\n  stepz: 3\n", "unknown config key 'training.stepz'"),
         ("optimizer:\n  kind: sgd\n  lrr: 0.1\n", "unknown config key 'optimizer.lrr'"),
-        ("model:\n  kind: transformer\n", "model.kind: unknown value 'transformer'"),
+        ("model:\n  kind: vit\n", "model.kind: unknown value 'vit'"),
         ("data:\n  kind: imagenet\n", "data.kind"),
         ("training:\n  global_batch: 30\nparallel:\n  replicas: 4\n", "not divisible"),
         ("model:\n  kind: cnn\n", "model cnn needs image data"),

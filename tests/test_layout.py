@@ -59,6 +59,10 @@ ONE_SIDE_ONLY = {
         "Placement": "where a canonical (Keras-layout) parameter lives in torch's modules and how it converts",
         "TorchBlock": "a block's torch modules plus its parameter placements; Keras loads the canonical layout as is",
     },
+    ("torch", "blocks.py"): {
+        "CrossReplicaBatchNorm": "torch's SyncBatchNorm refuses CPU tensors; Keras's synchronized BatchNormalization "
+        "runs on any device",
+    },
     ("tf", "training.py"): {
         "configure": "TensorFlow's threads, logical devices and determinism must be set before its runtime starts",
         "logical_devices": "TensorFlow splits the CPU into logical devices; torch places by torch.device",

@@ -52,7 +52,8 @@ def test_every_kind_is_complete(name):
     assert model_kind(spec) is kind and blocks and all(isinstance(b, Block) for b in blocks)
     assert len({b.name for b in blocks}) == len(blocks)
     shapes = shapes_through(blocks, input_shape(spec))
-    assert shapes[-1] == (output_width(spec),)
+    # one row of outputs per sample, or per position of a sequence
+    assert shapes[-1][-1] == output_width(spec) and len(shapes[-1]) in (1, 2)
     params = parameter_shapes(spec)
     assert params and all(n > 0 for _, shape in params for n in shape)
     assert [n for n, _ in params] == [n for b in blocks for n, _ in b.parameter_shapes()]
@@ -60,7 +61,9 @@ def test_every_kind_is_complete(name):
     assert forward_flops_per_sample(spec) > 0
     starts = kind.stage_starts(blocks)
     assert starts and all(0 < i < len(blocks) and blocks[i].has_weights for i in starts)
-    assert kind.input_layout in ("flat", "image") and kind.data_kinds and set(kind.data_kinds) <= set(DATA_KINDS)
+    assert (
+        kind.input_layout in ("flat", "image", "tokens") and kind.data_kinds and set(kind.data_kinds) <= set(DATA_KINDS)
+    )
 
 
 def test_mlp_counts_by_hand():
@@ -151,7 +154,22 @@ def test_the_block_types_found_by_ast_are_the_runtime_ones():
         for sub in stack.pop().__subclasses__():
             runtime.add(sub.__name__)
             stack.append(sub)
-    assert _block_types() == runtime == {"Dense", "Conv", "MaxPool", "Flatten"}
+    assert (
+        _block_types()
+        == runtime
+        == {
+            "Dense",
+            "Conv",
+            "MaxPool",
+            "Flatten",
+            "ConvBN",
+            "ResidualBlock",
+            "GlobalAveragePool",
+            "Embedding",
+            "DecoderBlock",
+            "LayerNorm",
+        }
+    )
 
 
 @pytest.mark.parametrize("framework", ["tf_impl", "torch_impl"])

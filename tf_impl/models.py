@@ -1,7 +1,8 @@
 """Builds a common/models.py spec as a Keras model and loads the canonical initial weights into it.
 
-One builder per block type (BUILDERS): a block becomes one Keras layer named after it, whose weights are,
-in order, the block's parameter_shapes() in the canonical layout (Keras's own, so nothing is converted).
+One builder per block type (BUILDERS): a block becomes one Keras layer named after it. A single-layer
+block's weights are, in order, its parameter_shapes() in the canonical layout (Keras's own, so nothing is
+converted); a multi-layer block (tf_impl/blocks.py) names its variables itself (canonical_variables).
 """
 
 from __future__ import annotations
@@ -11,7 +12,22 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
-from xfw.common.models import Block, Conv, Dense, Flatten, MaxPool, blocks_of, input_shape
+from xfw.common.models import (
+    Block,
+    Conv,
+    ConvBN,
+    DecoderBlock,
+    Dense,
+    Embedding,
+    Flatten,
+    GlobalAveragePool,
+    LayerNorm,
+    MaxPool,
+    ResidualBlock,
+    blocks_of,
+    input_shape,
+)
+from xfw.tf_impl import blocks
 
 
 def _dense(block: Dense) -> keras.layers.Layer:
@@ -37,16 +53,24 @@ BUILDERS: dict[type, Callable[..., keras.layers.Layer]] = {
     Conv: _conv,
     MaxPool: _max_pool,
     Flatten: _flatten,
+    ConvBN: lambda block, make_batchnorm: blocks.ConvBN(block, make_batchnorm),
+    ResidualBlock: lambda block, make_batchnorm: blocks.ResidualBlock(block, make_batchnorm),
+    GlobalAveragePool: lambda block: keras.layers.GlobalAveragePooling2D(name=block.name),
+    Embedding: blocks.Embedding,
+    DecoderBlock: blocks.DecoderBlock,
+    LayerNorm: lambda block: keras.layers.LayerNormalization(epsilon=block.epsilon, name=block.name),
 }
+# Blocks holding BatchNormalization layers: their builder takes the factory that makes them.
+_WITH_BATCHNORM = (ConvBN, ResidualBlock)
 
 
-def build_model(spec, weights: dict[str, np.ndarray]) -> keras.Model:
-    return build_layers(blocks_of(spec), input_shape(spec), weights)
+def build_model(spec, weights: dict[str, np.ndarray], make_batchnorm=blocks.batchnorm) -> keras.Model:
+    return build_layers(blocks_of(spec), input_shape(spec), weights, make_batchnorm)
 
 
-def build_stage(stage, weights: dict[str, np.ndarray]) -> keras.Model:
+def build_stage(stage, weights: dict[str, np.ndarray], make_batchnorm=blocks.batchnorm) -> keras.Model:
     """One model-parallel stage (common.partition.Stage) as its own Keras model."""
-    return build_layers(stage.layers, stage.input_shape, weights)
+    return build_layers(stage.layers, stage.input_shape, weights, make_batchnorm)
 
 
 def _builder(block: Block) -> Callable[..., keras.layers.Layer]:
@@ -56,12 +80,25 @@ def _builder(block: Block) -> Callable[..., keras.layers.Layer]:
         raise TypeError(f"tf_impl.models has no builder for block type {type(block).__name__}") from None
 
 
-def build_layers(spec_layers, sample_shape, weights: dict[str, np.ndarray]) -> keras.Model:
+def _layer(block: Block, make_batchnorm) -> keras.layers.Layer:
+    if isinstance(block, _WITH_BATCHNORM):
+        return _builder(block)(block, make_batchnorm)
+    return _builder(block)(block)
+
+
+def build_layers(spec_layers, sample_shape, weights: dict[str, np.ndarray], make_batchnorm=blocks.batchnorm):
     """The blocks chained as a keras.Sequential, with the canonical weights loaded."""
-    model = keras.Sequential([keras.Input(shape=sample_shape), *(_builder(block)(block) for block in spec_layers)])
+    inputs = keras.Input(shape=sample_shape, dtype=spec_layers[0].input_dtype)
+    model = keras.Sequential([inputs, *(_layer(block, make_batchnorm) for block in spec_layers)])
     for block in spec_layers:
-        if block.has_weights:
-            model.get_layer(block.name).set_weights([weights[name] for name, _ in block.parameter_shapes()])
+        if not block.has_weights:
+            continue
+        layer = model.get_layer(block.name)
+        if hasattr(layer, "canonical_variables"):
+            for name, variable in layer.canonical_variables().items():
+                variable.assign(weights[name])
+        else:
+            layer.set_weights([weights[name] for name, _ in block.parameter_shapes()])
     return model
 
 

@@ -105,10 +105,18 @@ def make_optimizer(run: RunSpec):
 
 def loss_function(run: RunSpec):
     """loss(targets, outputs): PER-EXAMPLE losses (reduction=None), each strategy decides how to average (mean,
-    or compute_average_loss); torch_impl's twin returns the batch mean."""
+    or compute_average_loss); torch_impl's twin returns the batch mean. A language model's example is a
+    sequence: its loss is the mean over its positions, so that every example weighs the same."""
     if run.config.loss == "mse":
-        return keras.losses.MeanSquaredError(reduction=None)
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+        base = keras.losses.MeanSquaredError(reduction=None)
+    else:
+        base = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+
+    def per_example(targets, outputs):
+        losses = base(targets, outputs)
+        return keras.ops.mean(losses, axis=tuple(range(1, len(losses.shape)))) if len(losses.shape) > 1 else losses
+
+    return per_example
 
 
 def train(run: RunSpec, step, step_inputs: list, rank: int = 0, after_warmup=None) -> tuple[np.ndarray, object]:
@@ -136,7 +144,8 @@ def evaluate(run: RunSpec, s: Setup, model) -> dict:
     logits = model(tf.constant(s.data.x_test), training=False)
     metrics = {"test_loss": float(tf.reduce_mean(loss_function(run)(tf.constant(s.data.y_test), logits)))}
     if s.data.classification:
-        metrics["test_accuracy"] = float(np.mean(np.argmax(logits.numpy(), axis=1) == s.data.y_test))
+        # the share of samples (of positions, for a language model) whose top class is the target
+        metrics["test_accuracy"] = float(np.mean(np.argmax(logits.numpy(), axis=-1) == s.data.y_test))
     return metrics
 
 

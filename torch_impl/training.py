@@ -86,10 +86,19 @@ def make_optimizer(run: RunSpec, parameters):
 
 def loss_function(run: RunSpec):
     """loss(outputs, targets): the batch MEAN, through torch's own reduction (tf_impl's twin returns per-example
-    losses and leaves the reduction to the caller)."""
+    losses and leaves the reduction to the caller). A language model's positions are flattened into the
+    batch: with equal sequence lengths the mean over positions is the mean of per-sequence means."""
     if run.config.loss == "mse":
         return F.mse_loss
-    return F.cross_entropy
+
+    def cross_entropy(outputs, targets):
+        return (
+            F.cross_entropy(outputs.flatten(0, -2), targets.flatten())
+            if outputs.dim() > 2
+            else F.cross_entropy(outputs, targets)
+        )
+
+    return cross_entropy
 
 
 def train(run: RunSpec, step, step_inputs: list, rank: int = 0, after_warmup=None) -> tuple[np.ndarray, object]:
@@ -111,10 +120,13 @@ def evaluate(run: RunSpec, s: Setup, model) -> dict:
         return {}
     x = torch.from_numpy(to_torch_layout(s.data.x_test)).to(s.device)
     y = torch.from_numpy(s.data.y_test).to(s.device)
+    model.eval()  # BatchNorm normalises by its moving statistics
     logits = model(x)
+    model.train()
     metrics = {"test_loss": float(loss_function(run)(logits, y))}
     if s.data.classification:
-        metrics["test_accuracy"] = float((logits.argmax(dim=1) == y).double().mean())
+        # the share of samples (of positions, for a language model) whose top class is the target
+        metrics["test_accuracy"] = float((logits.argmax(dim=-1) == y).double().mean())
     return metrics
 
 
