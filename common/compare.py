@@ -13,6 +13,7 @@ import numpy as np
 
 from xfw.common.config import Config
 from xfw.common.data import combined_checksum
+from xfw.common.models import has_batchnorm
 from xfw.common.records import (
     AnyRun,
     Comparison,
@@ -26,7 +27,7 @@ from xfw.common.records import (
     first_non_finite,
     non_finite_keys,
 )
-from xfw.common.registry import Parity, find
+from xfw.common.registry import Parity, find, get_strategy
 
 
 def window_rates(global_batch: int, windows) -> np.ndarray:
@@ -251,10 +252,32 @@ def with_samples_check(within: bool | None, note: str | None, mismatch: str | No
     return (None if within is None else False), "; ".join(filter(None, (note, mismatch)))
 
 
+def batchnorm_by_design(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> str | None:
+    """Why `a` normalises other batches than its reference `b` does, so that their curves differ by design (the
+    diff is measured and shown, not judged); None when they normalise the same batches."""
+    if kind == Parity.CROSS_FRAMEWORK or a.strategy == b.strategy or not has_batchnorm(config.model):
+        return None
+    strategy = get_strategy(a.strategy)
+    if strategy.micro_batched and config.model_parallel.micro_batches > 1:
+        return (
+            f"BatchNorm normalises each of the {config.model_parallel.micro_batches} micro-batches by its own "
+            "statistics, one device the whole batch: different by design"
+        )
+    if strategy.data_parallel and a.replicas > 1 and not config.model.sync_batchnorm:
+        return (
+            "BatchNorm normalises each replica's shard by its own statistics (model.sync_batchnorm is off), one "
+            "device the whole batch: different by design"
+        )
+    return None
+
+
 def compare_pair(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> Comparison:
     skipped = not_compared(a, b, kind, config)
     if skipped:
         return skipped
+    by_design = batchnorm_by_design(a, b, kind, config)
+    if by_design:
+        kind = Parity.NOT_JUDGED
     tolerance = tolerance_for(kind, config)
     curve = curve_diff(a.loss, b.loss, tolerance, (a.id, b.id))
     ta, tb = a.throughput_samples_per_s, b.throughput_samples_per_s
@@ -264,7 +287,9 @@ def compare_pair(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> Comparis
     band = config.training.verdict_band
     against_reference_strategy = kind != Parity.CROSS_FRAMEWORK and a.strategy != b.strategy  # e.g. mirrored vs single
     within, note = with_samples_check(
-        curve.within, curve.note, samples_mismatch(a.id, a.work_split, b.id, b.work_split)
+        curve.within,
+        "; ".join(filter(None, (by_design, curve.note))) or None,
+        samples_mismatch(a.id, a.work_split, b.id, b.work_split),
     )
     return Comparison(
         a=a.id,

@@ -452,6 +452,11 @@ def shapes_through(blocks: list[Block], shape: Shape) -> list[Shape]:
     return shapes
 
 
+def has_batchnorm(spec: ModelSpec) -> bool:
+    """Whether the model normalises by batch statistics: its loss then depends on which samples share a batch."""
+    return any(isinstance(b, ConvBN | ResidualBlock) for b in blocks_of(spec))
+
+
 def parameter_shapes(spec: ModelSpec) -> list[tuple[str, Shape]]:
     """(name, shape) of every parameter, canonical layout, in build order."""
     return [p for block in blocks_of(spec) for p in block.parameter_shapes()]

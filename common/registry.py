@@ -160,6 +160,8 @@ class Implementation:
     # part of a chain); "strategy": the data/model-parallel rule (replicas x stages).
     devices: str = "strategy"
     chain: bool = False  # an encoder -> head chain: two parts, whatever config.networks holds
+    # Why it cannot compute BatchNorm statistics over the global batch (model.sync_batchnorm); None: it can.
+    no_sync_batchnorm: str | None = None
     reference: str = "single"  # the same framework's implementation this one is diffed against
     twin: str | None = None  # the other framework's implementation to diff against (default: same name)
 
@@ -209,6 +211,8 @@ REGISTRY: tuple[Implementation, ...] = (
         "run_manual_placement",
         "process",
         "one tf.device per replica, gradients averaged explicitly, one process",
+        no_sync_batchnorm="each replica's forward pass runs whole in one graph without a replica context, so "
+        "Keras's synchronized BatchNormalization has no replicas to reduce over",
     ),
     _impl(
         "tf",
@@ -248,6 +252,8 @@ REGISTRY: tuple[Implementation, ...] = (
         "process",
         "nn.DataParallel, one process scattering each batch over the GPUs",
         gpu_only=True,
+        no_sync_batchnorm="nn.DataParallel replicates the module every step; SyncBatchNorm works only under "
+        "DistributedDataParallel",
     ),
     _impl(
         "torch",
@@ -323,6 +329,7 @@ REGISTRY: tuple[Implementation, ...] = (
         "run_placed_stages",
         "process",
         "R replicas of tf.device-placed stages, gradients averaged across replicas, one process",
+        no_sync_batchnorm="replicas are placed by hand in one graph without a replica context",
     ),
     _impl(
         "torch",
@@ -332,6 +339,7 @@ REGISTRY: tuple[Implementation, ...] = (
         "run_hybrid",
         "torchrun",
         "R x S processes: a GPipe pipeline per replica, gradients all-reduced in a process group per stage",
+        no_sync_batchnorm="each replica's pipeline normalises its micro-batches on its own",
     ),
     # ---- several networks: independent ------------------------------------------------------------
     _impl(
@@ -667,12 +675,25 @@ def unavailable_reason(impl: Implementation, machine: Machine, devices: int = 2,
         return f"needs model_parallel.micro_batches >= stages (it is {mp.micro_batches} < {mp.stages})"
     if impl.framework not in machine.frameworks:
         return f"{FRAMEWORK_NAMES[impl.framework]} is not installed (run `make setup`)"
+    if config is not None:
+        reason = model_unsupported(impl, config)
+        if reason:
+            return reason
     if impl.horovod and impl.framework not in machine.horovod_frameworks:
         return f"Horovod is not installed with {FRAMEWORK_NAMES[impl.framework]} support (run `make setup`)"
     if impl.gpu_only and impl.devices == "one" and machine.gpus < 1:
         return "needs a GPU, this machine has none"
     if impl.gpu_only and impl.devices != "one" and machine.gpus < max(devices, 2):
         return f"needs {max(devices, 2)} GPUs, this machine has {machine.gpus}"
+    return None
+
+
+def model_unsupported(impl: Implementation, config) -> str | None:
+    """Why `impl` cannot train config's model as configured; None when it can."""
+    spec = config.model
+    sync = getattr(spec, "sync_batchnorm", False) and impl.kind.data_parallel and config.parallel.replicas > 1
+    if sync and impl.no_sync_batchnorm:
+        return f"cannot synchronise BatchNorm (model.sync_batchnorm): {impl.no_sync_batchnorm}"
     return None
 
 

@@ -62,6 +62,12 @@ ONE_SIDE_ONLY = {
     ("torch", "blocks.py"): {
         "CrossReplicaBatchNorm": "torch's SyncBatchNorm refuses CPU tensors; Keras's synchronized BatchNormalization "
         "runs on any device",
+        "synchronized_batchnorm": "picks SyncBatchNorm or CrossReplicaBatchNorm; Keras's layer takes synchronized=",
+    },
+    ("tf", "horovod.py"): {
+        "HorovodBatchNormalization": "Keras 3 has no Horovod-aware BatchNormalization; torch's hvd.SyncBatchNorm "
+        "exists (GPU) and CrossReplicaBatchNorm covers the CPU",
+        "horovod_batchnorm": "the factory that makes HorovodBatchNormalization where model.sync_batchnorm is set",
     },
     ("tf", "training.py"): {
         "configure": "TensorFlow's threads, logical devices and determinism must be set before its runtime starts",

@@ -9,6 +9,7 @@ DistributedGradientTape / BroadcastGlobalVariablesCallback fail on Keras 3 varia
 from __future__ import annotations
 
 import horovod.tensorflow as hvd
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -16,7 +17,32 @@ from xfw.common.data import replica_slice
 from xfw.common.rank import RankContext
 from xfw.common.runspec import RunSpec
 from xfw.tf_impl import training
+from xfw.tf_impl.blocks import batchnorm
 from xfw.tf_impl.models import build_model, flat_weights
+
+
+class HorovodBatchNormalization(keras.layers.BatchNormalization):
+    """Keras BatchNormalization whose training moments are the global batch's: per-channel sums, sums of
+    squares and counts summed over the ranks by hvd.allreduce (differentiable: its gradient is an allreduce
+    too), as Keras's synchronized=True does over a tf.distribute strategy's replicas, which Horovod's
+    processes are not. Horovod's own SyncBatchNormalization subclasses tf.keras 2 layers, not Keras 3's.
+    Overrides Keras's private `_moments` (Keras 3.15), the one step that differs."""
+
+    def _moments(self, inputs, mask):
+        axes = self._reduction_axes
+        count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(inputs), axes)), inputs.dtype)
+        local = tf.concat([tf.reduce_sum(inputs, axes), tf.reduce_sum(tf.square(inputs), axes), [count]], 0)
+        total = hvd.allreduce(local, op=hvd.Sum)  # Horovod: over every rank's shard
+        channels = inputs.shape[-1]
+        mean = total[:channels] / total[-1]
+        variance = tf.maximum(total[channels : 2 * channels] / total[-1] - tf.square(mean), 0.0)
+        return mean, variance
+
+
+def horovod_batchnorm(cfg, synchronized: bool, name: str) -> keras.layers.Layer:
+    if not synchronized:
+        return batchnorm(cfg, False, name)
+    return HorovodBatchNormalization(momentum=cfg.decay, epsilon=cfg.epsilon, name=name)
 
 
 def run_horovod(run: RunSpec, launcher: str) -> None:
@@ -29,7 +55,7 @@ def run_horovod(run: RunSpec, launcher: str) -> None:
         raise RuntimeError(f"horovodrun started {hvd.size()} processes but the run asks for {run.replicas} replicas")
     s = training.setup(run)
     cfg = run.config
-    model = build_model(cfg.model, s.weights)
+    model = build_model(cfg.model, s.weights, horovod_batchnorm)  # Horovod: synchronised BatchNorm if asked
     optimizer = training.make_optimizer(run)
     optimizer.build(model.trainable_variables)
     for v in model.variables:  # Horovod: start from rank 0's weights (identical by construction anyway)
@@ -42,6 +68,9 @@ def run_horovod(run: RunSpec, launcher: str) -> None:
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(loss_fn(y, model(x, training=True)))
         grads = tape.gradient(loss, model.trainable_variables)
+        # Horovod: embedding gradients arrive as tf.IndexedSlices, which Horovod would allgather (and cannot
+        # when their index dtypes differ); dense, as Horovod's own sparse_as_dense=True makes them.
+        grads = [tf.convert_to_tensor(g) for g in grads]
         grads = hvd.grouped_allreduce(grads, op=hvd.Average)  # Horovod: average over ranks, one fused call
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss

@@ -59,6 +59,20 @@ class CrossReplicaBatchNorm(nn.BatchNorm2d):
 ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh}
 
 
+def synchronized_batchnorm(all_reduce_sum: Callable[[torch.Tensor], torch.Tensor], engine_class=nn.SyncBatchNorm):
+    """The BatchNorm factory of a data-parallel run: where model.sync_batchnorm is set, the engine's own
+    SyncBatchNorm on a GPU, CrossReplicaBatchNorm (same computation, `all_reduce_sum`) on a CPU."""
+
+    def make(cfg: BatchNormConfig, synchronized: bool, channels: int) -> nn.Module:
+        if not synchronized:
+            return batchnorm(cfg, False, channels)
+        if torch.cuda.is_available():
+            return engine_class(channels, eps=cfg.epsilon, momentum=1.0 - cfg.decay)
+        return CrossReplicaBatchNorm(cfg, channels, all_reduce_sum)
+
+    return make
+
+
 class ConvBN(nn.Module):
     def __init__(self, block: spec.ConvBN, make_batchnorm: BatchNormFactory = batchnorm):
         super().__init__()

@@ -12,6 +12,7 @@ from xfw.common.data import replica_slice
 from xfw.common.rank import RankContext
 from xfw.common.runspec import RunSpec
 from xfw.torch_impl import training
+from xfw.torch_impl.blocks import synchronized_batchnorm
 from xfw.torch_impl.models import build_model, flat_weights
 
 
@@ -25,7 +26,9 @@ def run_horovod(run: RunSpec, launcher: str) -> None:
         raise RuntimeError(f"horovodrun started {hvd.size()} processes but the run asks for {run.replicas} replicas")
     s = training.setup(run, device)
     cfg = run.config
-    model = build_model(cfg.model, s.weights).to(device)
+    # Horovod: BatchNorm statistics over the global batch where model.sync_batchnorm asks for them
+    make_batchnorm = synchronized_batchnorm(lambda t: hvd.allreduce(t, op=hvd.Sum), hvd.SyncBatchNorm)
+    model = build_model(cfg.model, s.weights, make_batchnorm).to(device)
     optimizer = training.make_optimizer(run, model.parameters())
     # Horovod: averages gradients over ranks (allreduce with op=Average) before each step().
     optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.nn.parallel.scatter_gather import scatter
 
@@ -17,6 +18,7 @@ from xfw.common.data import replica_slice
 from xfw.common.rank import RankContext
 from xfw.common.runspec import RunSpec
 from xfw.torch_impl import training
+from xfw.torch_impl.blocks import synchronized_batchnorm
 from xfw.torch_impl.models import build_model, flat_weights
 
 
@@ -25,7 +27,9 @@ def _run_process_group(run: RunSpec, launcher: str, wrap, average_gradients) -> 
     device = training.init_process_group(run)
     rank, world = dist.get_rank(), dist.get_world_size()
     s = training.setup(run, device)
-    model = build_model(run.config.model, s.weights).to(device)
+    # torch.distributed: BatchNorm statistics over the global batch where model.sync_batchnorm asks for them
+    make_batchnorm = synchronized_batchnorm(lambda t: dist_nn.all_reduce(t, op=dist.ReduceOp.SUM))
+    model = build_model(run.config.model, s.weights, make_batchnorm).to(device)
     net = wrap(model, device)
     optimizer = training.make_optimizer(run, model.parameters())
     loss_fn = training.loss_function(run)
