@@ -194,7 +194,8 @@ class ModelParallelConfig(_Strict):
     # Stages the model's layers are split into (model-parallel, pipeline, hybrid).
     stages: Annotated[int, Field(gt=0)] = 2
     # Names of the layers that begin stages 2..S (dense0, dense1, ... for an MLP; conv0, pool0, flatten, dense0, ...
-    # for a CNN); empty: an even split by parameter count.
+    # for a CNN; stage0_block1, ... for a ResNet; block1, ..., ln_f, head for a Transformer); empty: the split that
+    # balances compute (forward FLOPs per sample) across stages.
     split_points: list[str] = []
     # Pipeline: the global batch (hybrid: each replica's share) is cut into this many micro-batches.
     micro_batches: Annotated[int, Field(gt=0)] = 4
@@ -239,7 +240,7 @@ class CollaborativeConfig(_Strict):
     mutual_weight: Annotated[float, Field(ge=0)] = 1.0
     # Chain: the top-level model cut into an encoder and a head network at this layer (a name as in
     # model_parallel.split_points);
-    # unset: the split that balances parameters. The head may use its own optimizer.
+    # unset: the split that balances compute (FLOPs). The head may use its own optimizer.
     chain_split: str | None = None
     head_optimizer: OptimizerConfig | None = None
 

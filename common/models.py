@@ -322,6 +322,9 @@ class ModelKind:
     data_kinds: tuple[str, ...]  # the data.kind values it trains on
     # blocks -> indices of the blocks an even split may start a stage at
     stage_starts: Callable[[list[Block]], list[int]] = field(default=weighted_stage_starts)
+    # Whether a named split point must be one of stage_starts (a residual or Transformer block boundary, not a
+    # pooling or normalisation block between them); else any block after the first.
+    split_only_at_stage_starts: bool = False
 
 
 def _mlp_blocks(spec: MLPSpec) -> list[Block]:
@@ -408,6 +411,7 @@ MODEL_KINDS: dict[str, ModelKind] = {
             input_key="model.input_shape",
             data_kinds=("synthetic_images", "digits", "npz"),
             stage_starts=block_stage_starts,
+            split_only_at_stage_starts=True,
         ),
         ModelKind(
             "transformer",
@@ -419,6 +423,7 @@ MODEL_KINDS: dict[str, ModelKind] = {
             input_key="model.seq_len",
             data_kinds=("markov_text", "npz"),
             stage_starts=block_stage_starts,
+            split_only_at_stage_starts=True,
         ),
     )
 }

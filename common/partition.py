@@ -33,12 +33,15 @@ def _stage(index: int, blocks: list[Block], shape: Shape) -> Stage:
     return Stage(index, blocks, shape, shapes_through(blocks, shape)[-1], sum(b.parameter_count for b in blocks))
 
 
-def _even_split(blocks: list[Block], candidates: list[int], stages: int) -> list[int]:
-    """Stage starts that minimise the largest stage's parameter count (ties: the earliest split)."""
+def _even_split(blocks: list[Block], shapes: list[Shape], candidates: list[int], stages: int) -> list[int]:
+    """Stage starts that minimise the largest stage's compute (forward FLOPs per sample, which the backward
+    pass follows at about twice that), ties broken by the earliest split. Compute, not parameters: a conv
+    layer has few weights and much work, a dense head the reverse."""
+    flops = [b.forward_flops(shape) for b, shape in zip(blocks, shapes)]
     best, best_cost = None, None
     for starts in itertools.combinations(candidates, stages - 1):
         bounds = [0, *starts, len(blocks)]
-        cost = max(sum(b.parameter_count for b in blocks[a:z]) for a, z in zip(bounds, bounds[1:]))
+        cost = max(sum(flops[a:z]) for a, z in zip(bounds, bounds[1:]))
         if best_cost is None or cost < best_cost:
             best, best_cost = list(starts), cost
     if best is None:
@@ -59,19 +62,25 @@ def plan_stages(config: Config) -> list[Stage]:
         )
     if mp.split_points:
         names = [b.name for b in blocks]
+        allowed = [names[i] for i in model_kind(config.model).stage_starts(blocks)]
         starts = []
         for point in mp.split_points:
             if point not in names[1:]:
                 raise UserError(
                     f"model_parallel.split_points: no layer {point!r} to split at (layers: {', '.join(names)})"
                 )
+            if point not in allowed and model_kind(config.model).split_only_at_stage_starts:
+                raise UserError(
+                    f"model_parallel.split_points: {point!r} is not a block boundary a stage can start at "
+                    f"(these are: {', '.join(allowed)})"
+                )
             starts.append(names.index(point))
         if starts != sorted(set(starts)):
             raise UserError("model_parallel.split_points must name distinct layers in model order")
-    else:
-        starts = _even_split(blocks, model_kind(config.model).stage_starts(blocks), mp.stages)
-    bounds = [0, *starts, len(blocks)]
     shapes = shapes_through(blocks, input_shape(config.model))
+    if not mp.split_points:
+        starts = _even_split(blocks, shapes, model_kind(config.model).stage_starts(blocks), mp.stages)
+    bounds = [0, *starts, len(blocks)]
     stages = [_stage(index, blocks[a:z], shapes[a]) for index, (a, z) in enumerate(zip(bounds, bounds[1:]))]
     empty = [s.index for s in stages if s.parameters == 0]
     if empty:
@@ -116,7 +125,7 @@ def whole_model(config: Config) -> Stage:
 
 def chain_parts(config: Config) -> list[Stage]:
     """The collaborative chain: the model cut into an encoder and a head at collaborative.chain_split
-    (unset: the split that balances parameters)."""
+    (unset: the split that balances compute)."""
     split = config.collaborative.chain_split
     two = config.model_copy(
         update={"model_parallel": ModelParallelConfig(stages=2, split_points=[split] if split else [])}

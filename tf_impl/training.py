@@ -167,9 +167,15 @@ def stage_seconds(
     """Median time of `count` forward+backward passes of one stage on `batch` samples, alone on its device,
     in one call (so that one call's dispatch cost is paid once per step, as in training)."""
     loss_fn = loss_function(run)
+    tokens = stage.layers[0].input_dtype != "float32"  # a first stage reading token ids: no input gradient
     with tf.device(device):
-        x = tf.random.normal((batch, *stage.input_shape))
+        if tokens:
+            x = tf.zeros((batch, *stage.input_shape), tf.int64)
+        else:
+            x = tf.random.normal((batch, *stage.input_shape))
         y = tf.zeros(batch, tf.int64) if run.config.loss == "cross_entropy" else tf.zeros((batch, *stage.output_shape))
+        if run.config.loss == "cross_entropy" and len(stage.output_shape) > 1:  # one target per position
+            y = tf.zeros((batch, *stage.output_shape[:-1]), tf.int64)
         out_grad = tf.ones((batch, *stage.output_shape))
 
     @tf.function
@@ -177,10 +183,12 @@ def stage_seconds(
         total = tf.constant(0.0)
         for _ in tf.range(count):  # a while loop: the passes run one after another, as a stage does
             with tf.device(device), tf.GradientTape() as tape:
-                tape.watch(x)
+                if not tokens:
+                    tape.watch(x)
                 out = model(x, training=True)
                 objective = tf.reduce_mean(loss_fn(y, out)) if last else tf.reduce_sum(out * out_grad)
-            total += tf.reduce_sum(tape.gradient(objective, x))
+            wrt = model.trainable_variables[:1] if tokens else [x]
+            total += tf.reduce_sum(tape.gradient(objective, wrt)[0])
         return total
 
     forward_backward(x).numpy()

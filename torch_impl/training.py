@@ -149,14 +149,20 @@ def stage_seconds(
     """Median time of `count` forward+backward passes of one stage on `batch` samples, alone on its device."""
     from xfw.torch_impl.models import torch_sample_shape
 
-    x = torch.randn(batch, *torch_sample_shape(stage.input_shape), device=device, requires_grad=True)
+    tokens = stage.layers[0].input_dtype != "float32"  # a first stage reading token ids: no input gradient
+    in_shape = (batch, *torch_sample_shape(stage.input_shape))
+    if tokens:
+        x = torch.zeros(in_shape, dtype=torch.int64, device=device)
+    else:
+        x = torch.randn(in_shape, device=device, requires_grad=True)
     out_shape = (batch, *torch_sample_shape(stage.output_shape))
     y = (
-        torch.zeros(batch, dtype=torch.int64, device=device)
+        torch.zeros(out_shape[:-1] if len(out_shape) > 2 else batch, dtype=torch.int64, device=device)
         if run.config.loss == "cross_entropy"
         else torch.zeros(out_shape, device=device)
     )
     out_grad = torch.ones(out_shape, device=device)
+    waited = next(model.parameters()) if tokens else x
 
     def forward_backward():
         for _ in range(count):  # the passes run one after another, as a stage does
@@ -165,7 +171,7 @@ def stage_seconds(
                 loss_function(run)(out, y).backward()
             else:
                 out.backward(out_grad)
-        x.grad[(0,) * x.dim()].item()  # waits for the device
+        waited.grad.reshape(-1)[0].item()  # waits for the device
 
     forward_backward()
     times = []
