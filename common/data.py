@@ -315,6 +315,13 @@ def load_dataset(config: Config) -> Dataset:
     return ds
 
 
+def loss_floor(config: Config) -> float | None:
+    """Dataset.loss_floor without generating the data: the Markov chain's entropy rate for markov_text."""
+    if config.data.kind == "markov_text":
+        return markov_chain(output_width(config.model), config.seed).entropy_rate
+    return None
+
+
 def sample_order(train_size: int, global_batch: int, steps: int, seed: int) -> np.ndarray:
     """Indices of every step's global batch, shape (steps, global_batch).
 

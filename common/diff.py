@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from xfw.common.compare import compare_pair, run_entry
 from xfw.common.compare_networks import compare_networks_pair, network_run_entry
 from xfw.common.config import config_from_dict
+from xfw.common.data import loss_floor
 from xfw.common.errors import UserError
 from xfw.common.records import MachineInfo, NetworksResult, RunBase, Summary, first_problem, read_result
 from xfw.common.registry import Parity, find, this_machine
@@ -112,6 +113,7 @@ def diff_runs(path_a: Path, path_b: Path) -> Summary:
         timeout_s=config.runtime.timeout_s,
         machine=MachineInfo(cpu_cores=machine.cpu_cores, gpus=machine.gpus),
         config=a.config,
+        loss_floor=loss_floor(config),
         runs=entries,
         comparisons=[compare(entries[0], entries[1], parity_kind(a, b), config)],
     )

@@ -21,7 +21,7 @@ from xfw.common import launch, runner
 from xfw.common.compare import comparisons, run_entry
 from xfw.common.compare_networks import network_run_entry, sweep
 from xfw.common.config import Config, with_hidden_width
-from xfw.common.data import load_dataset
+from xfw.common.data import load_dataset, loss_floor
 from xfw.common.errors import UserError
 from xfw.common.loop import progress_path, write_json_atomic
 from xfw.common.networks import check_networks
@@ -336,6 +336,7 @@ def compare_strategy(
         timeout_s=timeout_s,
         machine=MachineInfo(cpu_cores=machine.cpu_cores, gpus=machine.gpus),
         config=config.model_dump(mode="json"),
+        loss_floor=loss_floor(config),
     )
     slots = [make_slot(impl, cfg, machine, progress, width) for width, cfg in sized.items() for impl in impls]
 

@@ -466,6 +466,9 @@ class Summary(Record):
     runs: list[AnyRun] = []
     comparisons: list[Comparison] = []
     sweep: list[SweepLine] | None = None
+    # The lowest expected training loss any model can reach on the data, where the generator knows it (a
+    # Markov chain's entropy rate, nats per token); None where it is unknown.
+    loss_floor: Real | None = None
     # Set when xfw was stopped by a signal: which, and during which run. The runs that finished before it are
     # kept; those not started yet are not listed.
     interrupted: str | None = None

@@ -14,9 +14,10 @@ from rich.console import Console
 from rich.table import Table
 
 from xfw.common.compare import loss_diff
+from xfw.common.config import config_from_dict
 from xfw.common.records import Comparison, FailedRun, InterruptedRun, NetworksRunEntry, RunEntry, SkippedRun, Summary
 from xfw.common.registry import STRATEGY
-from xfw.common.semantics import NOTES
+from xfw.common.semantics import NOTES, model_notes
 
 
 def _fmt(value, spec: str, missing: str = "-") -> str:
@@ -471,6 +472,10 @@ def write_plots(summary: Summary, out_dir: Path) -> list[str]:
     for r in ok:
         for label, curve in _curves(r).items():
             ax.plot(curve, label=label, linewidth=1)
+    if summary.loss_floor is not None:
+        ax.axhline(
+            summary.loss_floor, color="black", linestyle=":", linewidth=1, label="best achievable (entropy rate)"
+        )
     ax.set(xlabel="step", ylabel="training loss (global batch)", yscale="log", title="Loss curves, overlaid")
     ax.legend(fontsize=7 if len(ok) < 12 else 5)
     fig.tight_layout()
@@ -588,6 +593,7 @@ def write_report(summary: Summary, out_dir: Path) -> Path:
     semantic = {o["kind"]: NOTES[o["kind"]] for o in optimizers} | {loss: NOTES[loss] for loss in losses}
     if not multi:
         semantic = {"data_parallel_loss": NOTES["data_parallel_loss"]} | semantic
+    semantic |= model_notes(config_from_dict(cfg).model)
     failed = [r for r in summary.runs if r.status == "failed"]
     shape = (
         f"networks {', '.join(n['name'] for n in cfg['networks'])} (see the config below for each one's model and "
@@ -604,6 +610,12 @@ def write_report(summary: Summary, out_dir: Path) -> Path:
         f"{summary.repeats} repeat(s)"
         + (", interleaved: every run's repeat k before any repeat k+1." if summary.repeats > 1 else "."),
     ]
+    if summary.loss_floor is not None:
+        parts.append(
+            f"Best achievable loss on this data: {summary.loss_floor:.4f} nats per token (the generating Markov "
+            "chain's entropy rate: no model predicts the next token better than the chain itself). A run's final "
+            "loss minus this is what it has left to learn."
+        )
     for heading, caption, headers, rows in _sections(summary):
         parts += [f"## {heading}", _markdown_table(headers, rows)]
         if heading == "Comparisons":

@@ -6,7 +6,7 @@ so a difference between the frameworks is never a silent default.
 
 from __future__ import annotations
 
-from xfw.common.config import AdamConfig, Config, SGDConfig
+from xfw.common.config import AdamConfig, Config, ModelSpec, ResNetSpec, SGDConfig, TransformerSpec
 
 NOTES = {
     "sgd": (
@@ -32,6 +32,75 @@ NOTES = {
         "tf.nn.compute_average_loss(per_example, global_batch_size)."
     ),
 }
+
+
+def model_notes(spec: ModelSpec) -> dict[str, str]:
+    """What each framework's layers are told for this model, with the value used and why: the conventions in
+    which Keras and torch differ (common/models.py's blocks, tf_impl/blocks.py, torch_impl/blocks.py)."""
+    if isinstance(spec, ResNetSpec):
+        bn = spec.batchnorm
+        return {
+            "batchnorm_momentum": (
+                f"The moving statistics keep {bn.decay} of their old value each step: Keras "
+                f"BatchNormalization(momentum={bn.decay}), torch BatchNorm2d(momentum={1 - bn.decay:.6g}) (torch's "
+                "momentum weighs the new value, Keras's the old; their defaults 0.99 and 0.1 are not the same rate)."
+            ),
+            "batchnorm_epsilon": (
+                f"epsilon {bn.epsilon:g} in both (model.batchnorm.epsilon; the defaults differ: Keras 1e-3, "
+                "torch 1e-5)."
+            ),
+            "batchnorm_statistics": (
+                "Training normalises by the batch's mean and biased variance in both; evaluation by the moving "
+                "statistics. torch updates its running variance with the UNBIASED batch variance (x n/(n-1), n = "
+                "samples x height x width per channel), Keras with the biased one: no setting of either layer "
+                "changes this, so test metrics (not the training curve) differ by about 1/n."
+            ),
+            "batchnorm_replicas": (
+                "model.sync_batchnorm "
+                + ("on: " if spec.sync_batchnorm else "off: ")
+                + "with it, data-parallel replicas normalise by the global batch's statistics (Keras "
+                "BatchNormalization(synchronized=True) under tf.distribute, Horovod: moments summed with "
+                "hvd.allreduce; torch SyncBatchNorm / hvd.SyncBatchNorm on a GPU, the same computation by "
+                "all-reduce on a CPU), and match one device; without it each replica normalises its own shard, "
+                "which differs from one device by design (the comparison shows by how much, unjudged). "
+                "Pipeline micro-batches are always normalised one by one."
+            ),
+            "stride2_padding": (
+                "Every 3x3 convolution pads one pixel on each side. With stride 2, TensorFlow's padding='same' "
+                "would pad only the bottom and right (and sample other pixels than torch's padding=1), so Keras "
+                "pads explicitly: ZeroPadding2D(1) then Conv2D(strides=2, padding='valid'). 1x1 projection "
+                "shortcuts take no padding in either."
+            ),
+            "conv_bias": "Convolutions followed by BatchNorm have no bias in either framework (BN's beta is the bias).",
+        }
+    if isinstance(spec, TransformerSpec):
+        approximate = spec.gelu == "tanh"
+        return {
+            "layer_norm_epsilon": (
+                f"LayerNorm epsilon {spec.layer_norm_epsilon:g} in both (defaults: Keras 1e-3, torch 1e-5)."
+            ),
+            "gelu": (
+                f"GELU {spec.gelu}: keras.activations.gelu(approximate={approximate}), torch "
+                f"nn.GELU(approximate={'tanh' if approximate else 'none'!r}) (Keras's gelu defaults to the tanh "
+                "approximation, torch's to the exact erf form)."
+            ),
+            "attention": (
+                "Causal multi-head self-attention, scale 1/sqrt(head_dim), no dropout: keras.layers.MultiHeadAttention"
+                "(use_causal_mask=True) masks future positions by adding a large negative number before the softmax, "
+                "torch nn.MultiheadAttention (attn_mask above the diagonal) by -inf; both give those positions "
+                "weight 0. Keras keeps query/key/value kernels of shape (E, heads, head_dim); torch packs them into "
+                "one in_proj_weight (3E, E): the same initial weights are converted, not redrawn."
+            ),
+            "sequence_loss": (
+                "Next-token cross-entropy averaged over every position of every sequence in both (Keras: per "
+                "sequence then over the batch; torch: over the flattened positions; equal lengths make these equal)."
+            ),
+            "embedding_gradients": (
+                "TensorFlow's embedding gradients are sparse (tf.IndexedSlices) and torch's dense: the update is the "
+                "same; Horovod's TensorFlow path densifies them before the allreduce."
+            ),
+        }
+    return {}
 
 
 def optimizer_hyperparameters(config: Config, framework: str) -> dict:
@@ -84,4 +153,5 @@ def loss_function_name(config: Config, framework: str) -> str:
 
 
 def notes_for(config: Config) -> dict[str, str]:
-    return {key: NOTES[key] for key in (config.optimizer.kind, config.loss, "data_parallel_loss")}
+    notes = {key: NOTES[key] for key in (config.optimizer.kind, config.loss, "data_parallel_loss")}
+    return notes | model_notes(config.model)

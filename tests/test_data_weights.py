@@ -98,3 +98,81 @@ def test_samples_take_the_model_kinds_input_layout(tmp_path):
         UserError, match=r"model.input_shape expects samples of shape \(8, 8, 3\), but .* has \(8, 8, 1\)"
     ):
         load_dataset(rgb)
+
+
+def test_attention_projections_pack_and_unpack_exactly():
+    from xfw.common.weights import (
+        attention_in_bias_from_torch,
+        attention_in_bias_to_torch,
+        attention_in_projection_from_torch,
+        attention_in_projection_to_torch,
+        attention_out_kernel_from_torch,
+        attention_out_kernel_to_torch,
+    )
+
+    rng = np.random.default_rng(0)
+    e, heads = 12, 3
+    q, k, v = (rng.standard_normal((e, heads, e // heads)) for _ in range(3))
+    packed = attention_in_projection_to_torch(q, k, v)
+    assert packed.shape == (3 * e, e)
+    x = rng.standard_normal(e)
+    # torch computes in_proj_weight @ x; Keras einsum("e,ehd->hd") per projection: the same numbers, in order
+    assert np.allclose(packed @ x, np.concatenate([np.einsum("e,ehd->hd", x, w).ravel() for w in (q, k, v)]))
+    assert all(np.array_equal(a, b) for a, b in zip(attention_in_projection_from_torch(packed, heads), (q, k, v)))
+    biases = [rng.standard_normal((heads, e // heads)) for _ in range(3)]
+    back = attention_in_bias_from_torch(attention_in_bias_to_torch(*biases), heads)
+    assert all(np.array_equal(a, b) for a, b in zip(back, biases))
+    out = rng.standard_normal((heads, e // heads, e))
+    h = rng.standard_normal((heads, e // heads))
+    assert np.allclose(attention_out_kernel_to_torch(out) @ h.ravel(), np.einsum("hd,hde->e", h, out))
+    assert np.array_equal(attention_out_kernel_from_torch(attention_out_kernel_to_torch(out), heads), out)
+
+
+def test_normalisation_and_embedding_weights_start_where_both_frameworks_start_them():
+    cfg = load_config("configs/resnet.yaml")
+    w = initial_weights(cfg.model, 0)
+    assert (w["stem/bn/gamma"] == 1).all() and (w["stem/bn/moving_variance"] == 1).all()
+    assert (w["stem/bn/beta"] == 0).all() and (w["stem/bn/moving_mean"] == 0).all()
+    t = initial_weights(load_config("configs/transformer.yaml").model, 0)
+    assert abs(float(t["embed/token/embeddings"].std()) - 0.02) < 0.002
+    # attention kernels: Glorot over (E, heads x head_dim), not over the last two axes
+    limit = np.sqrt(6.0 / (64 + 64))
+    assert np.abs(t["block0/attention/query/kernel"]).max() <= limit
+    assert np.abs(t["block0/attention/query/kernel"]).max() > 0.9 * limit
+    # adding kinds changed no existing kind's weights: the MLP's kernels are still the same draws, in order
+    mlp = initial_weights(load_config().model, 0)
+    rng = np.random.default_rng([0, 0x5EED])
+    for name, (fan_in, fan_out) in (("dense0/kernel", (10, 50)), ("dense1/kernel", (50, 10))):
+        limit = np.sqrt(6.0 / (fan_in + fan_out))
+        assert np.array_equal(mlp[name], rng.uniform(-limit, limit, size=(fan_in, fan_out)).astype(np.float32))
+
+
+def test_markov_text_loss_floor_is_the_chains_entropy_rate():
+    from xfw.common.data import markov_chain
+
+    cfg = load_config("configs/transformer.yaml", ["data.samples=4000"])
+    ds = load_dataset(cfg)
+    assert ds.x_train.dtype == np.int64 and ds.x_train.shape[1:] == (32,) and ds.y_train.shape == ds.x_train.shape
+    assert (ds.x_train[:, 1:] == ds.y_train[:, :-1]).all()  # y is x shifted by one token
+    chain = markov_chain(64, cfg.seed)
+    assert np.allclose(chain.transitions.sum(axis=1), 1) and np.allclose(
+        chain.stationary @ chain.transitions, chain.stationary
+    )
+    # the chain's own cross-entropy on the generated text is its entropy rate (law of large numbers)
+    empirical = -np.log(chain.transitions[ds.x_train, ds.y_train]).mean()
+    assert ds.loss_floor == pytest.approx(chain.entropy_rate)
+    assert empirical == pytest.approx(ds.loss_floor, rel=0.02)
+    assert ds.loss_floor < 0.7 * np.log(64)  # structure to learn: well below a uniform guess
+
+
+def test_synthetic_images_are_learnable_and_shaped_like_cifar():
+    cfg = load_config("configs/resnet.yaml")
+    ds = load_dataset(cfg)
+    assert ds.x_train.shape[1:] == (32, 32, 3) and ds.x_train.dtype == np.float32
+    assert set(np.unique(ds.y_train)) == set(range(10))
+    # a nearest-class-mean classifier (no shifts handled) already beats chance by far: there is signal
+    means = np.stack([ds.x_train[ds.y_train == k].mean(axis=0) for k in range(10)])
+    distances = ((ds.x_test[:, None] - means[None]) ** 2).sum(axis=(2, 3, 4))
+    assert (distances.argmin(axis=1) == ds.y_test).mean() > 0.3
+    # ...and not perfectly: the noise and the shifts leave something for a convolutional network to do
+    assert (distances.argmin(axis=1) == ds.y_test).mean() < 0.99
