@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from xfw.common.errors import UserError
 
@@ -84,10 +84,15 @@ class ResNetSpec(_Strict):
     # SyncBatchNorm); off: each replica normalises by its own shard's statistics.
     sync_batchnorm: bool = False
 
+    @field_validator("depth")
+    @classmethod
+    def _check_depth(cls, depth: int) -> int:
+        if (depth - 2) % 6:
+            raise ValueError(f"must be 6n+2 (8, 14, 20, 32, 44, 56, 110, ...), got {depth}")
+        return depth
+
     @model_validator(mode="after")
     def _check_shape(self) -> ResNetSpec:
-        if (self.depth - 2) % 6:
-            raise ValueError(f"depth must be 6n+2 (8, 14, 20, 32, 44, 56, 110, ...), got {self.depth}")
         h, w, _ = self.input_shape
         if h < 4 or w < 4:
             raise ValueError(f"input_shape {self.input_shape} is too small for two stride-2 stages (at least 4x4)")
@@ -144,11 +149,27 @@ class DataConfig(_Strict):
         return self
 
 
+class ScheduleConfig(_Strict):
+    """The learning rate at each step, tabulated once in common/schedules.py and read by both frameworks."""
+
+    # constant: optimizer.lr throughout; warmup_cosine: linear warm-up from lr/warmup_steps to lr over
+    # warmup_steps, then cosine decay to lr x final_ratio at the last step; step: lr x gamma^(step // every).
+    kind: Literal["constant", "warmup_cosine", "step"] = "constant"
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    final_ratio: Annotated[float, Field(ge=0, le=1)] = 0.0
+    every: Annotated[int, Field(gt=0)] = 100
+    gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+
+
 class SGDConfig(_Strict):
     kind: Literal["sgd"] = "sgd"
     lr: Annotated[float, Field(gt=0)] = 0.05
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     nesterov: bool = False
+    # Keras SGD decays the weights apart from the gradient (w -= lr*wd*w), torch SGD adds wd*w to the gradient
+    # (so it enters the momentum): the same update without momentum, not with it (common/semantics.py).
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    schedule: ScheduleConfig = ScheduleConfig()
 
 
 class AdamConfig(_Strict):
@@ -157,9 +178,22 @@ class AdamConfig(_Strict):
     beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
     beta2: Annotated[float, Field(ge=0, lt=1)] = 0.999
     epsilon: Annotated[float, Field(gt=0)] = 1e-7
+    schedule: ScheduleConfig = ScheduleConfig()
 
 
-OptimizerConfig = Annotated[SGDConfig | AdamConfig, Field(discriminator="kind")]
+class AdamWConfig(_Strict):
+    """Adam with decoupled weight decay (Loshchilov & Hutter): keras.optimizers.AdamW, torch.optim.AdamW."""
+
+    kind: Literal["adamw"] = "adamw"
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    beta2: Annotated[float, Field(ge=0, lt=1)] = 0.999
+    epsilon: Annotated[float, Field(gt=0)] = 1e-7
+    weight_decay: Annotated[float, Field(ge=0)] = 0.01
+    schedule: ScheduleConfig = ScheduleConfig()
+
+
+OptimizerConfig = Annotated[SGDConfig | AdamConfig | AdamWConfig, Field(discriminator="kind")]
 
 
 class TrainingConfig(_Strict):
@@ -172,6 +206,9 @@ class TrainingConfig(_Strict):
     # Throughput comparisons say "faster" or "slower" only when the ratio differs from 1 by more than this AND
     # its whole plausible range (both runs' interquartile ranges) is on that side of 1; else "no clear difference".
     verdict_band: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    # Gradients rescaled so that their global L2 norm (over every parameter, after averaging over replicas) is at
+    # most this: Keras global_clipnorm, torch clip_grad_norm_. Unset: no clipping.
+    clip_global_norm: Annotated[float, Field(gt=0)] | None = None
 
     @model_validator(mode="after")
     def _check_steps(self) -> TrainingConfig:
@@ -290,6 +327,12 @@ class Config(_Strict):
             raise ValueError(
                 f"training.global_batch {self.training.global_batch} is not divisible by parallel.replicas "
                 f"{self.parallel.replicas}"
+            )
+        schedule = self.optimizer.schedule
+        if schedule.kind == "warmup_cosine" and schedule.warmup_steps >= self.training.steps:
+            raise ValueError(
+                f"optimizer.schedule.warmup_steps {schedule.warmup_steps} leaves no step to decay over "
+                f"(training.steps is {self.training.steps})"
             )
         classification = self.data.kind in ("synthetic_classification", "digits", "synthetic_images", "markov_text")
         if classification and self.loss != "cross_entropy":

@@ -209,7 +209,8 @@ def _convert(name: str, arr: np.ndarray, label: bool, path: str, notes: list[str
     return out
 
 
-def _npz(path: str, classification: bool) -> tuple[np.ndarray, ...]:
+def _npz(path: str, classification: bool, tokens: bool = False) -> tuple[np.ndarray, ...]:
+    """`tokens`: x holds token ids too (a language model), read as integers like the labels."""
     file = Path(path)
     if not file.is_file():
         raise UserError(f"data.path: no such file {path}")
@@ -222,7 +223,9 @@ def _npz(path: str, classification: bool) -> tuple[np.ndarray, ...]:
                 f"data.path {path}: {x_name} has {len(x)} samples but {y_name} has {len(y)} (one label per sample)"
             )
     notes: list[str] = []
-    out = tuple(_convert(n, arrays[n], i % 2 == 1 and classification, path, notes) for i, n in enumerate(names))
+    out = tuple(
+        _convert(n, arrays[n], (i % 2 == 1 and classification) or tokens, path, notes) for i, n in enumerate(names)
+    )
     if notes:
         _notice(f"data.path {path}: converted {', '.join(notes)}")
     return out
@@ -300,7 +303,7 @@ def load_dataset(config: Config) -> Dataset:
         x, y, floor = _markov_text(config)
         ds = dataclasses.replace(_split(x, y, data.test_fraction, config.seed, classification), loss_floor=floor)
     else:
-        parts = _npz(data.path, classification)
+        parts = _npz(data.path, classification, tokens=model_kind(spec).input_layout == "tokens")
         ds = (
             Dataset(*parts, classification)
             if len(parts) == 4

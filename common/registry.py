@@ -694,6 +694,11 @@ def model_unsupported(impl: Implementation, config) -> str | None:
     sync = getattr(spec, "sync_batchnorm", False) and impl.kind.data_parallel and config.parallel.replicas > 1
     if sync and impl.no_sync_batchnorm:
         return f"cannot synchronise BatchNorm (model.sync_batchnorm): {impl.no_sync_batchnorm}"
+    if config.training.clip_global_norm is not None and impl.kind.staged and impl.launcher != "process":
+        return (
+            "cannot clip by the global norm (training.clip_global_norm): each stage's process updates its own "
+            "parameters and would clip them by their own norm"
+        )
     return None
 
 

@@ -6,7 +6,7 @@ so a difference between the frameworks is never a silent default.
 
 from __future__ import annotations
 
-from xfw.common.config import AdamConfig, Config, ModelSpec, ResNetSpec, SGDConfig, TransformerSpec
+from xfw.common.config import AdamWConfig, Config, ModelSpec, ResNetSpec, SGDConfig, TransformerSpec
 
 NOTES = {
     "sgd": (
@@ -19,6 +19,29 @@ NOTES = {
         "+ eps)). "
         "The same epsilon is passed to both; no constant epsilon makes them equal while 1 - beta2^t changes, so "
         "TF and torch Adam runs drift apart by design. The comparison measures by how much."
+    ),
+    "adamw": (
+        "AdamW: keras.optimizers.AdamW and torch.optim.AdamW both decay the weights apart from the gradient "
+        "(w -= lr * weight_decay * w, every parameter, biases and norms included, at the step's learning rate). "
+        "Adam's epsilon is placed differently in the two (see adam), so TF and torch AdamW runs drift apart by "
+        "design; the comparison measures by how much."
+    ),
+    "weight_decay": (
+        "Weight decay with SGD: Keras (every Keras 3 optimizer) decays the weights apart from the gradient, "
+        "w -= lr*wd*w; torch SGD adds wd*w to the gradient, so with momentum the decay also enters the velocity. "
+        "Without momentum the two updates are the same; with it they differ by design."
+    ),
+    "schedule": (
+        "Learning-rate schedule: tabulated once per run (common/schedules.py) and read by Keras through a "
+        "LearningRateSchedule and by torch through LambdaLR, so both use the same rate at every step. SGD with "
+        "momentum then differs by design: Keras keeps v = m*v - lr_t*g (each step's rate folded into the "
+        "velocity), torch keeps b = m*b + g and subtracts lr_t*b (today's rate applied to all past gradients)."
+    ),
+    "clipping": (
+        "Gradient clipping by global norm, over every parameter, after averaging over replicas: Keras "
+        "global_clipnorm scales by c / max(norm, c); torch clip_grad_norm_ by c / (norm + 1e-6), clamped to 1 "
+        "(its 1e-6 makes clipped steps differ by about 1e-6/norm, relative). Keras's clipnorm (not used) would "
+        "clip each variable separately."
     ),
     "mse": "MSE: mean over outputs and batch in both (keras.losses.MeanSquaredError, torch.nn.functional.mse_loss).",
     "cross_entropy": (
@@ -104,42 +127,34 @@ def model_notes(spec: ModelSpec) -> dict[str, str]:
 
 
 def optimizer_hyperparameters(config: Config, framework: str) -> dict:
-    """The exact constructor arguments each framework receives for the configured optimizer."""
+    """The exact constructor arguments each framework receives for the configured optimizer, plus how the
+    learning rate is scheduled and the gradients clipped."""
     opt = config.optimizer
-    if isinstance(opt, SGDConfig):
-        if framework == "tf":
-            return {
-                "class": "keras.optimizers.SGD",
-                "learning_rate": opt.lr,
-                "momentum": opt.momentum,
-                "nesterov": opt.nesterov,
-            }
-        return {
-            "class": "torch.optim.SGD",
-            "lr": opt.lr,
-            "momentum": opt.momentum,
-            "nesterov": opt.nesterov,
-            "dampening": 0.0,
-            "weight_decay": 0.0,
-        }
-    assert isinstance(opt, AdamConfig)
+    clip = config.training.clip_global_norm
+    schedule = "constant" if opt.schedule.kind == "constant" else f"tabulated {opt.schedule.kind}"
     if framework == "tf":
-        return {
-            "class": "keras.optimizers.Adam",
-            "learning_rate": opt.lr,
-            "beta_1": opt.beta1,
-            "beta_2": opt.beta2,
-            "epsilon": opt.epsilon,
-            "amsgrad": False,
-        }
-    return {
-        "class": "torch.optim.Adam",
-        "lr": opt.lr,
-        "betas": [opt.beta1, opt.beta2],
-        "eps": opt.epsilon,
-        "amsgrad": False,
-        "weight_decay": 0.0,
-    }
+        args: dict = {"learning_rate": opt.lr if opt.schedule.kind == "constant" else f"{schedule} (xfw table)"}
+        if isinstance(opt, SGDConfig):
+            args |= {"class": "keras.optimizers.SGD", "momentum": opt.momentum, "nesterov": opt.nesterov}
+        else:
+            args |= {"beta_1": opt.beta1, "beta_2": opt.beta2, "epsilon": opt.epsilon, "amsgrad": False}
+            args["class"] = "keras.optimizers.AdamW" if isinstance(opt, AdamWConfig) else "keras.optimizers.Adam"
+        if getattr(opt, "weight_decay", 0.0):
+            args["weight_decay"] = opt.weight_decay
+        if clip is not None:
+            args["global_clipnorm"] = clip
+        return dict(sorted(args.items(), key=lambda kv: kv[0] != "class"))
+    args = {"lr": opt.lr, "weight_decay": getattr(opt, "weight_decay", 0.0)}
+    if isinstance(opt, SGDConfig):
+        args |= {"class": "torch.optim.SGD", "momentum": opt.momentum, "nesterov": opt.nesterov, "dampening": 0.0}
+    else:
+        args |= {"betas": [opt.beta1, opt.beta2], "eps": opt.epsilon, "amsgrad": False}
+        args["class"] = "torch.optim.AdamW" if isinstance(opt, AdamWConfig) else "torch.optim.Adam"
+    if opt.schedule.kind != "constant":
+        args["lr_scheduler"] = f"torch.optim.lr_scheduler.LambdaLR ({schedule}, xfw table)"
+    if clip is not None:
+        args["clip_grad_norm_"] = clip
+    return dict(sorted(args.items(), key=lambda kv: kv[0] != "class"))
 
 
 def loss_function_name(config: Config, framework: str) -> str:
@@ -154,4 +169,10 @@ def loss_function_name(config: Config, framework: str) -> str:
 
 def notes_for(config: Config) -> dict[str, str]:
     notes = {key: NOTES[key] for key in (config.optimizer.kind, config.loss, "data_parallel_loss")}
+    if getattr(config.optimizer, "weight_decay", 0.0) and isinstance(config.optimizer, SGDConfig):
+        notes["weight_decay"] = NOTES["weight_decay"]
+    if config.optimizer.schedule.kind != "constant":
+        notes["schedule"] = NOTES["schedule"]
+    if config.training.clip_global_norm is not None:
+        notes["clipping"] = NOTES["clipping"]
     return notes | model_notes(config.model)

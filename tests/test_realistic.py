@@ -186,7 +186,7 @@ def test_unsynchronised_batchnorm_differs_from_one_device_by_a_measured_amount(t
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["model.depth=9"], "model.depth: depth must be 6n+2"),
+        (["model.depth=9"], "model.depth: must be 6n+2 (8, 14, 20, 32, 44, 56, 110, ...), got 9"),
         (["model.widths=[16,32]"], "model.widths"),
         (["model.input_shape=[3,3,3]"], "too small for two stride-2 stages"),
         (["model_parallel.split_points=[pool]"], "'pool' is not a block boundary"),

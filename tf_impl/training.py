@@ -19,6 +19,7 @@ from xfw.common import rank as common_rank
 from xfw.common.data import Dataset, Fed, load_dataset, sample_order
 from xfw.common.rank import RankContext
 from xfw.common.runspec import RunSpec
+from xfw.common.schedules import learning_rates
 from xfw.common.semantics import optimizer_hyperparameters
 from xfw.common.weights import initial_weights
 
@@ -95,11 +96,34 @@ def collective_gather(strategy):
     return gather
 
 
+class TabulatedSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """The learning rate of each step read from xfw's table (common/schedules.py); Keras calls it with the
+    optimizer's iteration count, the number of updates applied so far."""
+
+    def __init__(self, rates: np.ndarray):
+        self.rates = np.asarray(rates, dtype=np.float32)
+
+    def __call__(self, step):
+        table = keras.ops.convert_to_tensor(self.rates)
+        return keras.ops.take(table, keras.ops.minimum(keras.ops.cast(step, "int32"), len(self.rates) - 1))
+
+    def get_config(self) -> dict:
+        return {"rates": self.rates.tolist()}
+
+
 def make_optimizer(run: RunSpec):
-    params = optimizer_hyperparameters(run.config, "tf")
-    cls = {"keras.optimizers.SGD": keras.optimizers.SGD, "keras.optimizers.Adam": keras.optimizers.Adam}[
-        params.pop("class")
-    ]
+    """The configured optimizer as Keras's own class; schedule and global-norm clipping are its arguments."""
+    cfg = run.config
+    params = optimizer_hyperparameters(cfg, "tf")
+    cls = {
+        "keras.optimizers.SGD": keras.optimizers.SGD,
+        "keras.optimizers.Adam": keras.optimizers.Adam,
+        "keras.optimizers.AdamW": keras.optimizers.AdamW,
+    }[params.pop("class")]
+    if cfg.optimizer.schedule.kind != "constant":
+        params["learning_rate"] = TabulatedSchedule(
+            learning_rates(cfg.optimizer.lr, cfg.optimizer.schedule, cfg.training.steps)
+        )
     return cls(**params)
 
 

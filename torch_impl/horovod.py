@@ -29,11 +29,14 @@ def run_horovod(run: RunSpec, launcher: str) -> None:
     # Horovod: BatchNorm statistics over the global batch where model.sync_batchnorm asks for them
     make_batchnorm = synchronized_batchnorm(lambda t: hvd.allreduce(t, op=hvd.Sum), hvd.SyncBatchNorm)
     model = build_model(cfg.model, s.weights, make_batchnorm).to(device)
-    optimizer = training.make_optimizer(run, model.parameters())
     # Horovod: averages gradients over ranks (allreduce with op=Average) before each step().
-    optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())
+    optimizer = training.make_optimizer(
+        run,
+        model.parameters(),
+        wrap=lambda opt: hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters()),
+    )
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)  # Horovod: start from rank 0's weights
-    hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+    hvd.broadcast_optimizer_state(optimizer.optimizer, root_rank=0)
     loss_fn = training.loss_function(run)
 
     def train_step(idx):

@@ -164,7 +164,20 @@ def _run_pipelining(run: RunSpec, launcher: str, schedule_class) -> None:
     micro = (block.stop - block.start) // micro_batches
     # pipelining: the stage talks to its neighbours inside this replica's group; the schedule cuts each batch
     # into micro-batches, averages their losses and scales the gradients by 1 / micro_batches.
-    pipe_stage = PipelineStage(module, stage_index, n_stages, device, group=pipeline_groups[replica])
+    # pipelining: the micro-batch shapes given up front (static mode). Left to infer them, PipelineStage runs
+    # the module once on uninitialised tensors, and BatchNorm folds that garbage into its running statistics.
+    in_dtype = torch.int64 if stage.layers[0].input_dtype == "int64" else torch.float32
+    example_in = torch.zeros((micro, *torch_sample_shape(stage.input_shape)), dtype=in_dtype, device=device)
+    example_out = torch.zeros((micro, *torch_sample_shape(stage.output_shape)), device=device)
+    pipe_stage = PipelineStage(
+        module,
+        stage_index,
+        n_stages,
+        device,
+        input_args=example_in,
+        output_args=example_out,
+        group=pipeline_groups[replica],
+    )
     schedule = schedule_class(pipe_stage, n_microbatches=micro_batches, loss_fn=training.loss_function(run))
     first, last = stage_index == 0, stage_index == n_stages - 1
 

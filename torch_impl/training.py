@@ -16,6 +16,7 @@ from xfw.common import rank as common_rank
 from xfw.common.data import Dataset, Fed, load_dataset, sample_order
 from xfw.common.rank import RankContext
 from xfw.common.runspec import RunSpec
+from xfw.common.schedules import learning_rates
 from xfw.common.semantics import optimizer_hyperparameters
 from xfw.common.weights import initial_weights
 from xfw.torch_impl.models import to_torch_layout
@@ -76,12 +77,67 @@ def collective_gather(device: torch.device):
     return gather
 
 
-def make_optimizer(run: RunSpec, parameters):
+class ScheduledOptimizer:
+    """A torch optimizer with what Keras puts inside its own: global-norm clipping before each update and the
+    learning-rate schedule after it (LambdaLR over xfw's table, common/schedules.py). Strategies call zero_grad()
+    and step() as on any optimizer. Under Horovod, step() first waits for the averaged gradients, so the norm
+    clipped is the global batch's."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, run: RunSpec):
+        cfg = run.config
+        self.optimizer = optimizer
+        self.clip = cfg.training.clip_global_norm
+        self.scheduler = None
+        if cfg.optimizer.schedule.kind != "constant":
+            rates = learning_rates(cfg.optimizer.lr, cfg.optimizer.schedule, cfg.training.steps)
+            base = cfg.optimizer.lr
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: float(rates[min(step, len(rates) - 1)]) / base
+            )
+
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        if self.clip is not None:
+            horovod = hasattr(self.optimizer, "synchronize")
+            if horovod:
+                self.optimizer.synchronize()  # Horovod: the averaged gradients, before their norm is taken
+            parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(parameters, self.clip)
+            if horovod:
+                with self.optimizer.skip_synchronize():
+                    self.optimizer.step()
+            else:
+                self.optimizer.step()
+        else:
+            self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+    def state_dict(self):
+        return self.optimizer.state_dict()
+
+
+def make_optimizer(run: RunSpec, parameters, wrap=None):
+    """The configured optimizer as torch's own class, inside a ScheduledOptimizer. `wrap`: what an engine puts
+    around the bare optimizer first (Horovod's DistributedOptimizer)."""
     params = optimizer_hyperparameters(run.config, "torch")
-    cls = {"torch.optim.SGD": torch.optim.SGD, "torch.optim.Adam": torch.optim.Adam}[params.pop("class")]
+    cls = {
+        "torch.optim.SGD": torch.optim.SGD,
+        "torch.optim.Adam": torch.optim.Adam,
+        "torch.optim.AdamW": torch.optim.AdamW,
+    }[params.pop("class")]
+    params.pop("lr_scheduler", None)
+    params.pop("clip_grad_norm_", None)
     if "betas" in params:
         params["betas"] = tuple(params["betas"])
-    return cls(parameters, **params)
+    optimizer = cls(parameters, **params)
+    return ScheduledOptimizer(wrap(optimizer) if wrap else optimizer, run)
 
 
 def loss_function(run: RunSpec):
