@@ -71,10 +71,13 @@ def cli() -> None:
 
 
 @cli.command("list")
-def list_cmd() -> None:
-    """Every (framework, strategy, implementation), and whether it can run on this machine."""
+@config_options[0]
+@config_options[1]
+def list_cmd(config_path, overrides) -> None:
+    """Every (framework, strategy, implementation), and whether it can run on this machine (with --config: this
+    config's model and settings, e.g. a synchronised BatchNorm that some engines cannot do)."""
     machine = registry.this_machine()
-    defaults = load_config()
+    defaults = load_config(config_path, overrides)
     table = Table(
         title=f"xfw implementations on this machine ({machine.cpu_cores} CPU cores, {machine.gpus} GPUs)",
         title_justify="left",
@@ -83,7 +86,7 @@ def list_cmd() -> None:
         table.add_column(h, overflow="fold")
     for impl in registry.REGISTRY:
         devices = registry.run_devices(impl, defaults)
-        reason = registry.unavailable_reason(impl, machine, devices)
+        reason = registry.unavailable_reason(impl, machine, devices, defaults if config_path or overrides else None)
         table.add_row(
             impl.framework,
             impl.strategy,

@@ -162,6 +162,8 @@ class Implementation:
     chain: bool = False  # an encoder -> head chain: two parts, whatever config.networks holds
     # Why it cannot compute BatchNorm statistics over the global batch (model.sync_batchnorm); None: it can.
     no_sync_batchnorm: str | None = None
+    # Why it cannot clip by the global norm of the averaged gradients (training.clip_global_norm); None: it can.
+    no_global_clipping: str | None = None
     reference: str = "single"  # the same framework's implementation this one is diffed against
     twin: str | None = None  # the other framework's implementation to diff against (default: same name)
 
@@ -193,6 +195,8 @@ REGISTRY: tuple[Implementation, ...] = (
         "run_mirrored_strategy",
         "process",
         "tf.distribute.MirroredStrategy, one process, N devices (GPUs, or logical CPU devices)",
+        no_global_clipping="Keras 3 clips inside apply_gradients BEFORE its cross-replica all-reduce "
+        "(keras/src/optimizers/base_optimizer.py), so global_clipnorm would clip each replica's share",
     ),
     _impl(
         "tf",
@@ -202,6 +206,8 @@ REGISTRY: tuple[Implementation, ...] = (
         "run_multi_worker",
         "tf_config",
         "tf.distribute.MultiWorkerMirroredStrategy, N processes with TF_CONFIG",
+        no_global_clipping="Keras 3 clips inside apply_gradients BEFORE its cross-replica all-reduce "
+        "(keras/src/optimizers/base_optimizer.py), so global_clipnorm would clip each replica's share",
     ),
     _impl(
         "tf",
@@ -694,7 +700,10 @@ def model_unsupported(impl: Implementation, config) -> str | None:
     sync = getattr(spec, "sync_batchnorm", False) and impl.kind.data_parallel and config.parallel.replicas > 1
     if sync and impl.no_sync_batchnorm:
         return f"cannot synchronise BatchNorm (model.sync_batchnorm): {impl.no_sync_batchnorm}"
-    if config.training.clip_global_norm is not None and impl.kind.staged and impl.launcher != "process":
+    clipping = config.training.clip_global_norm is not None
+    if clipping and impl.no_global_clipping and config.parallel.replicas > 1:
+        return f"cannot clip by the global norm (training.clip_global_norm): {impl.no_global_clipping}"
+    if clipping and impl.kind.staged and impl.launcher != "process":
         return (
             "cannot clip by the global norm (training.clip_global_norm): each stage's process updates its own "
             "parameters and would clip them by their own norm"

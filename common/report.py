@@ -17,7 +17,7 @@ from xfw.common.compare import loss_diff
 from xfw.common.config import config_from_dict
 from xfw.common.records import Comparison, FailedRun, InterruptedRun, NetworksRunEntry, RunEntry, SkippedRun, Summary
 from xfw.common.registry import STRATEGY
-from xfw.common.semantics import NOTES, model_notes
+from xfw.common.semantics import NOTES, notes_for
 
 
 def _fmt(value, spec: str, missing: str = "-") -> str:
@@ -593,7 +593,7 @@ def write_report(summary: Summary, out_dir: Path) -> Path:
     semantic = {o["kind"]: NOTES[o["kind"]] for o in optimizers} | {loss: NOTES[loss] for loss in losses}
     if not multi:
         semantic = {"data_parallel_loss": NOTES["data_parallel_loss"]} | semantic
-    semantic |= model_notes(config_from_dict(cfg).model)
+    semantic |= {k: v for k, v in notes_for(config_from_dict(cfg)).items() if k not in semantic}
     failed = [r for r in summary.runs if r.status == "failed"]
     shape = (
         f"networks {', '.join(n['name'] for n in cfg['networks'])} (see the config below for each one's model and "

@@ -119,8 +119,10 @@ def model_notes(spec: ModelSpec) -> dict[str, str]:
                 "sequence then over the batch; torch: over the flattened positions; equal lengths make these equal)."
             ),
             "embedding_gradients": (
-                "TensorFlow's embedding gradients are sparse (tf.IndexedSlices) and torch's dense: the update is the "
-                "same; Horovod's TensorFlow path densifies them before the allreduce."
+                "TensorFlow's embedding gradients are sparse (tf.IndexedSlices), torch's dense. xfw makes them dense "
+                "before every Keras update (tf_impl/training.py DenseGradients): left sparse, Keras's global_clipnorm "
+                "takes a norm over the slices' rows (a token seen twice counts twice) and Adam updates its moments "
+                "only on the rows present, both unlike torch."
             ),
         }
     return {}

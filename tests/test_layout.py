@@ -73,9 +73,12 @@ ONE_SIDE_ONLY = {
         "configure": "TensorFlow's threads, logical devices and determinism must be set before its runtime starts",
         "logical_devices": "TensorFlow splits the CPU into logical devices; torch places by torch.device",
         "placed": "a tensor is put on a device by tf.device scope; torch has tensor.to(device)",
+        "TabulatedSchedule": "Keras reads a schedule object; torch's LambdaLR (in ScheduledOptimizer) reads the table",
+        "DenseGradients": "TensorFlow's embedding gradients are sparse (IndexedSlices); torch's are dense",
     },
     ("torch", "training.py"): {
         "init_process_group": "torchrun's process group; TensorFlow's multi-process runs build their strategy",
+        "ScheduledOptimizer": "torch clips and schedules outside its optimizer; Keras does both inside its own",
     },
     ("tf", "mirrored.py"): {
         "run_mirrored_strategy": "tf.distribute.MirroredStrategy (one process, N devices)",

@@ -111,8 +111,20 @@ class TabulatedSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return {"rates": self.rates.tolist()}
 
 
+class DenseGradients:
+    """Mixed into a Keras optimizer: sparse gradients (tf.IndexedSlices, an embedding's) made dense before the
+    update, as torch's are. Left sparse, Keras clips by a norm taken over the slices' rows, which counts a
+    token seen twice as two rows (larger than the gradient's true norm), and updates optimizer state only on
+    the rows present: both differ from the dense update of torch and of the reference run."""
+
+    def apply(self, grads, trainable_variables=None):
+        dense = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
+        return super().apply(dense, trainable_variables)
+
+
 def make_optimizer(run: RunSpec):
-    """The configured optimizer as Keras's own class; schedule and global-norm clipping are its arguments."""
+    """The configured optimizer as Keras's own class (with DenseGradients); schedule and global-norm clipping
+    are its arguments."""
     cfg = run.config
     params = optimizer_hyperparameters(cfg, "tf")
     cls = {
@@ -124,7 +136,7 @@ def make_optimizer(run: RunSpec):
         params["learning_rate"] = TabulatedSchedule(
             learning_rates(cfg.optimizer.lr, cfg.optimizer.schedule, cfg.training.steps)
         )
-    return cls(**params)
+    return type(cls.__name__, (DenseGradients, cls), {})(**params)
 
 
 def loss_function(run: RunSpec):

@@ -176,6 +176,8 @@ def _run_pipelining(run: RunSpec, launcher: str, schedule_class) -> None:
         device,
         input_args=example_in,
         output_args=example_out,
+        output_grads=None if stage_index == n_stages - 1 else example_out,
+        input_grads=None if stage_index == 0 else example_in,
         group=pipeline_groups[replica],
     )
     schedule = schedule_class(pipe_stage, n_microbatches=micro_batches, loss_fn=training.loss_function(run))
