@@ -209,6 +209,9 @@ class TrainingConfig(_Strict):
     # Gradients rescaled so that their global L2 norm (over every parameter, after averaging over replicas) is at
     # most this: Keras global_clipnorm, torch clip_grad_norm_. Unset: no clipping.
     clip_global_norm: Annotated[float, Field(gt=0)] | None = None
+    # Gradient accumulation: each replica's share of a step is processed in this many micro-batches, one after
+    # another, their gradients averaged into one update (the batch no longer has to fit at once).
+    accumulation_steps: Annotated[int, Field(ge=1)] = 1
 
     @model_validator(mode="after")
     def _check_steps(self) -> TrainingConfig:
@@ -327,6 +330,12 @@ class Config(_Strict):
             raise ValueError(
                 f"training.global_batch {self.training.global_batch} is not divisible by parallel.replicas "
                 f"{self.parallel.replicas}"
+            )
+        per_replica = self.training.global_batch // self.parallel.replicas
+        if per_replica % self.training.accumulation_steps:
+            raise ValueError(
+                f"training.accumulation_steps {self.training.accumulation_steps} does not divide each replica's "
+                f"batch ({self.training.global_batch} / {self.parallel.replicas} replicas = {per_replica})"
             )
         schedule = self.optimizer.schedule
         if schedule.kind == "warmup_cosine" and schedule.warmup_steps >= self.training.steps:

@@ -700,6 +700,11 @@ def model_unsupported(impl: Implementation, config) -> str | None:
     sync = getattr(spec, "sync_batchnorm", False) and impl.kind.data_parallel and config.parallel.replicas > 1
     if sync and impl.no_sync_batchnorm:
         return f"cannot synchronise BatchNorm (model.sync_batchnorm): {impl.no_sync_batchnorm}"
+    if config.training.accumulation_steps > 1 and (impl.kind.staged or impl.kind.several_networks):
+        return (
+            "training.accumulation_steps applies to single-device and data-parallel runs (pipelines cut the batch "
+            "into model_parallel.micro_batches already)"
+        )
     clipping = config.training.clip_global_norm is not None
     if clipping and impl.no_global_clipping and config.parallel.replicas > 1:
         return f"cannot clip by the global norm (training.clip_global_norm): {impl.no_global_clipping}"

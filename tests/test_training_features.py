@@ -125,3 +125,30 @@ def test_clipping_is_refused_where_stages_clip_apart():
 
     assert "each stage's process" in model_unsupported(find("torch", "gpipe"), cfg)
     assert model_unsupported(find("tf", "gpipe"), cfg) is None  # one process, one optimizer over every stage
+
+
+def test_gradient_accumulation_matches_the_whole_batch_in_every_engine(tmp_path):
+    # No BatchNorm in the Transformer: 2 micro-batches of 8 per replica give the gradients of 16 at once.
+    whole = _single(tmp_path / "whole", [])
+    accumulated = _single(
+        tmp_path / "accumulated",
+        ["training.accumulation_steps=2"],
+        "tf-mirrored-strategy",
+        "tf-horovod",
+        "torch-ddp",
+        "torch-horovod",
+    )
+    runs = accumulated["runs"]
+    for fw in ("tf", "torch"):
+        assert max_rel(runs[f"{fw}-single"]["loss"], whole["runs"][f"{fw}-single"]["loss"]) <= 1e-5
+    for run_id in ("tf-mirrored-strategy", "tf-horovod", "torch-ddp", "torch-horovod"):
+        fw = run_id.split("-")[0]
+        assert runs[run_id]["status"] == "ok", runs[run_id].get("error")
+        assert max_rel(runs[run_id]["loss"], runs[f"{fw}-single"]["loss"]) <= 1e-5, run_id
+
+
+def test_accumulation_that_does_not_divide_a_replicas_batch_is_one_line():
+    from conftest import assert_one_line_error, xfw_in_process
+
+    proc = xfw_in_process("compare", "--strategy", "mirrored", "--set", "training.accumulation_steps=3")
+    assert_one_line_error(proc, "training.accumulation_steps 3 does not divide each replica's batch (32 / 2")

@@ -62,12 +62,14 @@ def run_horovod(run: RunSpec, launcher: str) -> None:
         v.assign(hvd.broadcast(v.value, root_rank=0))
     loss_fn = training.loss_function(run)
 
+    def forward(idx):
+        x, y = tf.gather(s.x, idx), tf.gather(s.y, idx)
+        loss = tf.reduce_mean(loss_fn(y, model(x, training=True)))
+        return loss, loss
+
     @tf.function
     def train_step(idx):
-        x, y = tf.gather(s.x, idx), tf.gather(s.y, idx)
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(loss_fn(y, model(x, training=True)))
-        grads = tape.gradient(loss, model.trainable_variables)
+        grads, loss = training.gradients(run, idx, model.trainable_variables, forward)
         # Horovod: embedding gradients arrive as tf.IndexedSlices, which Horovod would allgather (and cannot
         # when their index dtypes differ); dense, as Horovod's own sparse_as_dense=True makes them.
         grads = [tf.convert_to_tensor(g) for g in grads]

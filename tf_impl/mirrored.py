@@ -29,15 +29,21 @@ def _run_strategy(ctx: RankContext, s, strategy) -> None:
         optimizer.build(model.trainable_variables)
     loss_fn = training.loss_function(run)
 
-    def replica_step(idx):
+    # A micro-batch's objective is divided by the accumulation steps again in training.gradients.
+    micro_global_batch = global_batch // cfg.training.accumulation_steps
+
+    def forward(idx):
         x, y = tf.gather(s.x, idx), tf.gather(s.y, idx)
-        with tf.GradientTape() as tape:
-            per_example = loss_fn(y, model(x, training=True))
-            # tf.distribute: gradients are summed over replicas, so each replica divides by the global batch.
-            scaled = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-        grads = tape.gradient(scaled, model.trainable_variables)
+        per_example = loss_fn(y, model(x, training=True))
+        # tf.distribute: gradients are summed over replicas, so each replica divides by the global batch.
+        return tf.nn.compute_average_loss(per_example, global_batch_size=micro_global_batch), tf.reduce_mean(
+            per_example
+        )
+
+    def replica_step(idx):
+        grads, loss = training.gradients(run, idx, model.trainable_variables, forward)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))  # tf.distribute: all-reduce inside
-        return tf.reduce_mean(per_example)
+        return loss
 
     @tf.function
     def train_step(per_replica_idx):
@@ -103,15 +109,18 @@ def run_manual_placement(run: RunSpec, launcher: str) -> None:
     loss_fn = training.loss_function(run)
     blocks = [replica_slice(global_batch, r, replicas) for r in range(replicas)]
 
+    def forward(idx):
+        x, y = tf.gather(s.x, idx), tf.gather(s.y, idx)
+        loss = tf.reduce_mean(loss_fn(y, model(x, training=True)))
+        return loss, loss
+
     @tf.function
     def train_step(replica_idx):
         replica_grads, replica_losses = [], []
         for device, idx in zip(devices, replica_idx):
             with tf.device(device):  # placement: this replica's forward and backward run on its device
-                x, y = tf.gather(s.x, idx), tf.gather(s.y, idx)
-                with tf.GradientTape() as tape:
-                    loss = tf.reduce_mean(loss_fn(y, model(x, training=True)))
-                replica_grads.append(tape.gradient(loss, model.trainable_variables))
+                grads, loss = training.gradients(run, idx, model.trainable_variables, forward)
+                replica_grads.append(grads)
                 replica_losses.append(loss)
         # placement: average the replicas' gradients by hand, then one update of the single weight copy.
         grads = [tf.add_n(list(g)) / replicas for g in zip(*replica_grads)]

@@ -16,11 +16,13 @@ def step_body(run: RunSpec, s, model):
     optimizer = training.make_optimizer(run)
     loss_fn = training.loss_function(run)
 
-    def train_step(idx):
+    def forward(idx):
         x, y = tf.gather(s.x, idx), tf.gather(s.y, idx)
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(loss_fn(y, model(x, training=True)))
-        grads = tape.gradient(loss, model.trainable_variables)
+        loss = tf.reduce_mean(loss_fn(y, model(x, training=True)))
+        return loss, loss
+
+    def train_step(idx):
+        grads, loss = training.gradients(run, idx, model.trainable_variables, forward)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 

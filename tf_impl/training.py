@@ -155,6 +155,27 @@ def loss_function(run: RunSpec):
     return per_example
 
 
+def gradients(run: RunSpec, idx, variables, compute) -> tuple[list, object]:
+    """(gradients, loss) of one step on the sample indices `idx`. compute(indices) -> (objective, loss) runs the
+    forward pass. With training.accumulation_steps k > 1: k micro-batches one after another, each objective / k,
+    the gradients summed (dense), the loss their mean; torch_impl's twin accumulates in .grad."""
+    k = run.config.training.accumulation_steps
+    if k == 1:
+        with tf.GradientTape() as tape:
+            objective, loss = compute(idx)
+        return tape.gradient(objective, variables), loss
+    n = idx.shape[0] // k
+    total, losses = None, []
+    for m in range(k):  # unrolled in the tf.function: k is small and fixed
+        with tf.GradientTape() as tape:
+            objective, loss = compute(idx[m * n : (m + 1) * n])
+            objective = objective / k
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(objective, variables)]
+        total = grads if total is None else [a + b for a, b in zip(total, grads)]
+        losses.append(loss)
+    return total, tf.add_n(losses) / k
+
+
 def train(run: RunSpec, step, step_inputs: list, rank: int = 0, after_warmup=None) -> tuple[np.ndarray, object]:
     """Runs the shared timed loop over precomputed per-step inputs; returns per-step losses as numpy
     (shape (steps,), or (steps, networks) where one step trains several networks)."""

@@ -33,19 +33,25 @@ def run_horovod(run: RunSpec, launcher: str) -> None:
     optimizer = training.make_optimizer(
         run,
         model.parameters(),
-        wrap=lambda opt: hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters()),
+        wrap=lambda opt: hvd.DistributedOptimizer(
+            opt,
+            named_parameters=model.named_parameters(),
+            # Horovod: all-reduce once the accumulated micro-batches' gradients are all in
+            backward_passes_per_step=cfg.training.accumulation_steps,
+        ),
     )
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)  # Horovod: start from rank 0's weights
     hvd.broadcast_optimizer_state(optimizer.optimizer, root_rank=0)
     loss_fn = training.loss_function(run)
 
+    def forward(idx):
+        return loss_fn(model(s.x[idx]), s.y[idx])
+
     def train_step(idx):
-        x, y = s.x[idx], s.y[idx]
         optimizer.zero_grad()  # set_to_none (the default)
-        loss = loss_fn(model(x), y)
-        loss.backward()
+        loss = training.gradients(run, idx, forward)
         optimizer.step()
-        return loss.detach()
+        return loss
 
     block = replica_slice(cfg.training.global_batch, hvd.rank(), hvd.size())  # Horovod: this rank's block
     step_inputs = [torch.from_numpy(row[block]).to(device) for row in s.order]

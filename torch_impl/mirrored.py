@@ -34,14 +34,16 @@ def _run_process_group(run: RunSpec, launcher: str, wrap, average_gradients) -> 
     optimizer = training.make_optimizer(run, model.parameters())
     loss_fn = training.loss_function(run)
 
+    def forward(idx):
+        return loss_fn(net(s.x[idx]), s.y[idx])
+
     def train_step(idx):
-        x, y = s.x[idx], s.y[idx]
         optimizer.zero_grad()  # set_to_none (the default)
-        loss = loss_fn(net(x), y)
-        loss.backward()
+        # DDP: its all-reduce held back until the last micro-batch of an accumulated step
+        loss = training.gradients(run, idx, forward, getattr(net, "no_sync", None))
         average_gradients(model, world)
         optimizer.step()
-        return loss.detach()
+        return loss
 
     block = replica_slice(run.config.training.global_batch, rank, world)  # this rank's block
     step_inputs = [torch.from_numpy(row[block]).to(device) for row in s.order]
@@ -85,13 +87,14 @@ def run_data_parallel(run: RunSpec, launcher: str) -> None:
     optimizer = training.make_optimizer(run, model.parameters())
     loss_fn = training.loss_function(run)
 
+    def forward(idx):
+        return loss_fn(net(s.x[idx]), s.y[idx])
+
     def train_step(idx):
-        x, y = s.x[idx], s.y[idx]
         optimizer.zero_grad()  # set_to_none (the default)
-        loss = loss_fn(net(x), y)
-        loss.backward()
+        loss = training.gradients(run, idx, forward)
         optimizer.step()
-        return loss.detach()
+        return loss
 
     step_inputs = [torch.from_numpy(row).to(s.device) for row in s.order]
     losses, timing = training.train(run, train_step, step_inputs)

@@ -148,6 +148,22 @@ def run_send_recv(run: RunSpec, launcher: str) -> None:
     _finish(ctx, s, stage, module, losses, timing, device, busy_batch=batch, fed=fed)
 
 
+def _first_call_in_inference_mode(module) -> None:
+    """The module's first forward call (PipelineStage's shape inference) runs in eval mode, then it trains."""
+    handles = {}
+
+    def before(mod, args):
+        handles["before"].remove()
+        mod.eval()
+        handles["after"] = mod.register_forward_hook(after)
+
+    def after(mod, args, output):
+        handles["after"].remove()
+        mod.train()
+
+    handles["before"] = module.register_forward_pre_hook(before)
+
+
 def _run_pipelining(run: RunSpec, launcher: str, schedule_class) -> None:
     device = training.init_process_group(run)
     rank, replicas, n_stages, micro_batches = dist.get_rank(), run.replicas, run.stages, run.micro_batches
@@ -164,22 +180,12 @@ def _run_pipelining(run: RunSpec, launcher: str, schedule_class) -> None:
     micro = (block.stop - block.start) // micro_batches
     # pipelining: the stage talks to its neighbours inside this replica's group; the schedule cuts each batch
     # into micro-batches, averages their losses and scales the gradients by 1 / micro_batches.
-    # pipelining: the micro-batch shapes given up front (static mode). Left to infer them, PipelineStage runs
-    # the module once on uninitialised tensors, and BatchNorm folds that garbage into its running statistics.
-    in_dtype = torch.int64 if stage.layers[0].input_dtype == "int64" else torch.float32
-    example_in = torch.zeros((micro, *torch_sample_shape(stage.input_shape)), dtype=in_dtype, device=device)
-    example_out = torch.zeros((micro, *torch_sample_shape(stage.output_shape)), device=device)
-    pipe_stage = PipelineStage(
-        module,
-        stage_index,
-        n_stages,
-        device,
-        input_args=example_in,
-        output_args=example_out,
-        output_grads=None if stage_index == n_stages - 1 else example_out,
-        input_grads=None if stage_index == 0 else example_in,
-        group=pipeline_groups[replica],
-    )
+    # pipelining: PipelineStage learns its shapes by running the module once before the first micro-batch, on
+    # the first micro-batch (stage 0) or on uninitialised tensors (NaN-filled under determinism). That pass runs
+    # in inference mode, so that BatchNorm does not fold it into its running statistics. (Giving the shapes up
+    # front instead, PipelineStage's static mode, computed other gradients than the dynamic one here.)
+    _first_call_in_inference_mode(module)
+    pipe_stage = PipelineStage(module, stage_index, n_stages, device, group=pipeline_groups[replica])
     schedule = schedule_class(pipe_stage, n_microbatches=micro_batches, loss_fn=training.loss_function(run))
     first, last = stage_index == 0, stage_index == n_stages - 1
 

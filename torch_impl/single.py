@@ -16,13 +16,14 @@ def step_body(run: RunSpec, s, model):
     optimizer = training.make_optimizer(run, model.parameters())
     loss_fn = training.loss_function(run)
 
+    def forward(idx):
+        return loss_fn(model(s.x[idx]), s.y[idx])
+
     def train_step(idx):
-        x, y = s.x[idx], s.y[idx]
         optimizer.zero_grad()  # set_to_none (the default)
-        loss = loss_fn(model(x), y)
-        loss.backward()
+        loss = training.gradients(run, idx, forward)
         optimizer.step()
-        return loss.detach()
+        return loss
 
     return train_step
 

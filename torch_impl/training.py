@@ -4,6 +4,7 @@ the framework-free rest is common/rank.py."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -155,6 +156,27 @@ def loss_function(run: RunSpec):
         )
 
     return cross_entropy
+
+
+def gradients(run: RunSpec, idx, compute, no_sync=None) -> torch.Tensor:
+    """Backward of one step on the sample indices `idx`, gradients left in .grad; returns the loss, detached.
+    compute(indices) -> the loss. With training.accumulation_steps k > 1: k micro-batches one after another, each
+    loss / k, torch summing their gradients in .grad; `no_sync`: DDP's context that holds its all-reduce back
+    until the last micro-batch. tf_impl's twin sums the gradients itself."""
+    k = run.config.training.accumulation_steps
+    if k == 1:
+        loss = compute(idx)
+        loss.backward()
+        return loss.detach()
+    n = len(idx) // k
+    losses = []
+    for m in range(k):
+        hold = no_sync() if no_sync is not None and m < k - 1 else contextlib.nullcontext()
+        with hold:
+            loss = compute(idx[m * n : (m + 1) * n])
+            (loss / k).backward()
+        losses.append(loss.detach())
+    return torch.stack(losses).mean()
 
 
 def train(run: RunSpec, step, step_inputs: list, rank: int = 0, after_warmup=None) -> tuple[np.ndarray, object]:
