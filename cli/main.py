@@ -18,12 +18,12 @@ from rich.table import Table
 
 from xfw.cli.progress import RichProgress
 from xfw.common import registry, runner
-from xfw.common.config import load_config
+from xfw.common.config import config_for_replicas, load_config
 from xfw.common.diff import diff_runs
 from xfw.common.errors import UserError
 from xfw.common.launch import under_engine_launcher
 from xfw.common.loop import write_json_atomic
-from xfw.common.orchestrate import compare_strategy, execute_run, preflight
+from xfw.common.orchestrate import compare_strategy, execute_run, preflight, run_replicas
 from xfw.common.outdir import OutputError, claim
 from xfw.common.records import NetworksResult, read_result
 from xfw.common.report import print_tables, write_report
@@ -118,8 +118,9 @@ def run(framework, implementation, config_path, overrides, replicas, timeout_s, 
         stages = config.model_parallel.stages if impl.kind.staged else 1
         config = load_config(config_path, overrides, _launcher_world_size(launcher) // stages)
     out = Path(out_dir or f"runs/{impl.id}").resolve()
-    spec = RunSpec(config, impl.framework, impl.strategy, impl.name, str(out))
     preflight(config, impl.strategy)
+    config = config_for_replicas(config, run_replicas(impl, config))  # weak scaling: this run's global batch
+    spec = RunSpec(config, impl.framework, impl.strategy, impl.name, str(out))
     if launcher:
         if launcher != impl.launcher:
             raise UserError(f"{impl.id} is started by {impl.launcher}, not {launcher}")

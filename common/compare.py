@@ -252,6 +252,18 @@ def with_samples_check(within: bool | None, note: str | None, mismatch: str | No
     return (None if within is None else False), "; ".join(filter(None, (note, mismatch)))
 
 
+def weak_scaling_by_design(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> str | None:
+    """Under weak scaling a run of R replicas trains R x per_replica_batch samples a step, its one-device reference
+    per_replica_batch: other batches, other curves, by design."""
+    per = config.training.per_replica_batch
+    if per is None or kind == Parity.CROSS_FRAMEWORK or a.strategy == b.strategy or a.replicas == b.replicas:
+        return None
+    return (
+        f"weak scaling: {a.replicas} replicas train {a.replicas * per} samples a step, one device {per}: "
+        "other batches, different curves by design"
+    )
+
+
 def batchnorm_by_design(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> str | None:
     """Why `a` normalises other batches than its reference `b` does, so that their curves differ by design (the
     diff is measured and shown, not judged); None when they normalise the same batches."""
@@ -275,7 +287,8 @@ def compare_pair(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> Comparis
     skipped = not_compared(a, b, kind, config)
     if skipped:
         return skipped
-    by_design = batchnorm_by_design(a, b, kind, config)
+    weak = weak_scaling_by_design(a, b, kind, config)
+    by_design = weak or batchnorm_by_design(a, b, kind, config)
     if by_design:
         kind = Parity.NOT_JUDGED
     tolerance = tolerance_for(kind, config)
@@ -289,7 +302,7 @@ def compare_pair(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> Comparis
     within, note = with_samples_check(
         curve.within,
         "; ".join(filter(None, (by_design, curve.note))) or None,
-        samples_mismatch(a.id, a.work_split, b.id, b.work_split),
+        None if weak else samples_mismatch(a.id, a.work_split, b.id, b.work_split),
     )
     return Comparison(
         a=a.id,

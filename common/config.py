@@ -212,6 +212,9 @@ class TrainingConfig(_Strict):
     # Gradient accumulation: each replica's share of a step is processed in this many micro-batches, one after
     # another, their gradients averaged into one update (the batch no longer has to fit at once).
     accumulation_steps: Annotated[int, Field(ge=1)] = 1
+    # Weak scaling: every replica trains this many samples per step, so a run of R replicas has a global batch
+    # of R x per_replica_batch (one device: per_replica_batch). Unset: strong scaling, global_batch split R ways.
+    per_replica_batch: Annotated[int, Field(gt=0)] | None = None
 
     @model_validator(mode="after")
     def _check_steps(self) -> TrainingConfig:
@@ -326,12 +329,19 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Config:
-        if self.training.global_batch % self.parallel.replicas:
+        per, replicas = self.training.per_replica_batch, self.parallel.replicas
+        explicit_global = "global_batch" in self.training.model_fields_set
+        if per is not None and explicit_global and self.training.global_batch != per * replicas:
+            raise ValueError(
+                f"training.global_batch {self.training.global_batch} is not training.per_replica_batch {per} x "
+                f"parallel.replicas {replicas}: set one of them (global_batch: strong scaling, per_replica_batch: weak)"
+            )
+        if self.training.per_replica_batch is None and self.training.global_batch % self.parallel.replicas:
             raise ValueError(
                 f"training.global_batch {self.training.global_batch} is not divisible by parallel.replicas "
                 f"{self.parallel.replicas}"
             )
-        per_replica = self.training.global_batch // self.parallel.replicas
+        per_replica = self.training.per_replica_batch or self.training.global_batch // self.parallel.replicas
         if per_replica % self.training.accumulation_steps:
             raise ValueError(
                 f"training.accumulation_steps {self.training.accumulation_steps} does not divide each replica's "
@@ -450,6 +460,19 @@ def network_config(config: Config, index: int) -> Config:
         return Config.model_validate(raw)
     except ValidationError as err:
         raise UserError(f"config: networks[{index}] ({net.name}): {_format_validation_error(err)}") from None
+
+
+def config_for_replicas(config: Config, replicas: int) -> Config:
+    """The config one run trains with: under weak scaling (training.per_replica_batch), a global batch of
+    replicas x per_replica_batch; otherwise the config as it is."""
+    per = config.training.per_replica_batch
+    if per is None:
+        return config
+    raw = config.model_dump(mode="json")
+    raw["training"].pop("per_replica_batch")
+    raw["training"]["global_batch"] = per * replicas
+    raw["parallel"]["replicas"] = config.parallel.replicas
+    return build_config(raw)
 
 
 def network_configs(config: Config) -> list[Config]:

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from xfw.common import launch, runner
 from xfw.common.compare import comparisons, run_entry
 from xfw.common.compare_networks import network_run_entry, sweep
-from xfw.common.config import Config, with_hidden_width
+from xfw.common.config import Config, config_for_replicas, with_hidden_width
 from xfw.common.data import load_dataset, loss_floor
 from xfw.common.errors import UserError
 from xfw.common.loop import progress_path, write_json_atomic
@@ -84,8 +84,12 @@ def preflight(config: Config, strategy: str) -> None:
     """Check what the config alone cannot: the dataset exists and fits the model, the split into stages
     exists, micro-batches divide the batch. In the parent, so that bad input is a one-line error here
     rather than a crash in every worker."""
-    load_dataset(config)
     kind = get_strategy(strategy)
+    if config.training.per_replica_batch is not None:
+        if kind.several_networks or kind.staged:
+            raise UserError("training.per_replica_batch (weak scaling) applies to single-device and data-parallel runs")
+        config = config_for_replicas(config, config.parallel.replicas if kind.data_parallel else 1)
+    load_dataset(config)
     if kind.several_networks:
         check_networks(config, strategy)
         for cfg in sized_configs(config, strategy).values():
@@ -255,7 +259,8 @@ def make_slot(impl: Implementation, config: Config, machine: Machine, progress: 
     base = base_entry(impl).model_copy(update={"oversubscribed": oversubscription(impl, machine, config) is not None})
     if width is not None:
         base = base.model_copy(update={"id": f"{impl.id}@h{width}", "size": {"hidden_width": width}})
-    slot = Slot(impl, config, base)
+    # weak scaling: each run's global batch is its replicas x training.per_replica_batch
+    slot = Slot(impl, config_for_replicas(config, run_replicas(impl, config)), base)
     reason = unavailable_reason(impl, machine, run_devices(impl, config), config)
     if reason:
         progress.finish(base.id, "skipped", reason)
@@ -373,3 +378,8 @@ def compare_strategy(
         summary.interrupted = f"{interruption(runner.interrupted())} before every run had started"
         publish()
     return summary
+
+
+def run_replicas(impl, config: Config) -> int:
+    """Data-parallel replicas one run of `impl` has: parallel.replicas for a data-parallel strategy, else 1."""
+    return config.parallel.replicas if impl.kind.data_parallel else 1

@@ -152,3 +152,37 @@ def test_accumulation_that_does_not_divide_a_replicas_batch_is_one_line():
 
     proc = xfw_in_process("compare", "--strategy", "mirrored", "--set", "training.accumulation_steps=3")
     assert_one_line_error(proc, "training.accumulation_steps 3 does not divide each replica's batch (32 / 2")
+
+
+def test_weak_scaling_gives_each_replica_a_fixed_batch(tmp_path):
+    out = _single(tmp_path, ["training.per_replica_batch=16"], "tf-mirrored-strategy", "torch-ddp")
+    runs, summary = out["runs"], out["summary"]
+    assert out["proc"].returncode == 0, out["proc"].stderr[-3000:]
+    batch = {r: runs[r]["env"]["hyperparameters"]["global_batch"] for r in runs if runs[r]["status"] == "ok"}
+    assert batch == {"tf-single": 16, "torch-single": 16, "tf-mirrored-strategy": 32, "torch-ddp": 32}
+    for run_id in ("tf-mirrored-strategy", "torch-ddp"):
+        assert sorted(w["samples_per_step"] for w in runs[run_id]["work_split"]) == [16, 16]
+    by_pair = {(c["a"], c["b"]): c for c in summary["comparisons"]}
+    for run_id in ("tf-mirrored-strategy", "torch-ddp"):
+        cmp = by_pair[(run_id, f"{run_id.split('-')[0]}-single")]
+        assert cmp["kind"] == "not_judged" and "weak scaling: 2 replicas train 32 samples a step" in cmp["note"]
+        assert cmp["scaling_efficiency"] == pytest.approx(cmp["throughput_ratio"] / 2)
+    # the same batch in both frameworks: judged as usual
+    assert by_pair[("tf-single", "torch-single")]["within_tolerance"] is True
+
+
+def test_weak_and_strong_scaling_together_is_one_line():
+    from conftest import assert_one_line_error, xfw_in_process
+
+    proc = xfw_in_process(
+        "compare",
+        "--strategy",
+        "mirrored",
+        "--set",
+        "training.per_replica_batch=8",
+        "--set",
+        "training.global_batch=64",
+    )
+    assert_one_line_error(
+        proc, "training.global_batch 64 is not training.per_replica_batch 8 x parallel.replicas 2: set one of them"
+    )
