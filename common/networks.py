@@ -67,7 +67,8 @@ def ensemble_predictions(config: Config, outcomes: list[NetworkOutcome], gather:
     if len(members) < 2:
         return None
     first = network_config(config, 0)
-    n_test, width = len(load_dataset(first).y_test), output_width(first.model)
+    # one row per prediction: per test sample, or per position of a test sequence (a language model)
+    n_test, width = load_dataset(first).y_test.size, output_width(first.model)
     mine = np.full((len(members), n_test, width), np.nan)
     for o in outcomes:
         if o.index in members and o.predictions is not None:
@@ -81,6 +82,8 @@ def ensemble_report(config: Config, predictions: np.ndarray, evals: dict[str, di
     members = ensemble_members(config)
     names = [config.networks[i].name for i in members]
     y = load_dataset(first).y_test
+    if first.loss == "cross_entropy":
+        y = y.reshape(-1)  # a language model's positions are predictions of their own
     mean = predictions.mean(axis=0)  # averaged probabilities (classification) or outputs (regression)
     if first.loss == "cross_entropy":
         metrics = {

@@ -225,3 +225,46 @@ def test_token_files_that_do_not_fit_the_model_are_refused(tmp_path):
     proc = xfw_in_process(*base, "--set", f"data.path={wide}")
     assert_one_line_error(proc, "token ids 0..99, but model.vocab is 64")
     load_config("configs/transformer.yaml")  # the shipped config itself is valid
+
+
+def test_several_networks_train_both_kinds(tmp_path):
+    # independent Transformers (the ensemble averages per-position probabilities) and ResNets sharing a device
+    proc = run_xfw(
+        "compare",
+        "--strategy",
+        "independent",
+        "--config",
+        "configs/transformer.yaml",
+        *_sets([*SMALL_TRANSFORMER, "training.steps=30"]),
+        "--only",
+        "tf-processes",
+        "--only",
+        "torch-processes",
+        "--out",
+        str(tmp_path / "independent"),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = load_summary(tmp_path / "independent")
+    runs = _runs(summary)
+    for fw in ("tf", "torch"):
+        ensemble = runs[f"{fw}-processes"]["ensemble"]
+        assert 0 < ensemble["test_accuracy"] < 1 and np.isfinite(ensemble["test_loss"])
+    assert all(c["within_tolerance"] for c in summary["comparisons"] if c["status"] == "ok")
+    proc = run_xfw(
+        "compare",
+        "--strategy",
+        "shared-device",
+        "--config",
+        "configs/resnet.yaml",
+        *_sets([*SMALL_RESNET, "training.steps=30"]),
+        "--only",
+        "tf-shared-threads",
+        "--only",
+        "torch-shared-threads",
+        "--out",
+        str(tmp_path / "shared"),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = load_summary(tmp_path / "shared")
+    assert all(c["within_tolerance"] for c in summary["comparisons"] if c["status"] == "ok")
+    assert {r["id"] for r in summary["runs"] if r["status"] == "ok"} >= {"tf-shared-threads", "torch-shared-threads"}

@@ -24,10 +24,10 @@ from xfw.tf_impl.models import build_model, build_stage
 
 def divergence(run: RunSpec, partner, mine):
     """How far `mine` is from the partner's (constant) predictions: KL(partner || mine) averaged over the
-    batch for classification, the mean squared difference for regression."""
+    batch (and positions, for a language model) for classification, the mean squared difference for regression."""
     if run.config.loss == "cross_entropy":
         p_log = tf.nn.log_softmax(partner)
-        return tf.reduce_mean(tf.reduce_sum(tf.exp(p_log) * (p_log - tf.nn.log_softmax(mine)), axis=1))
+        return tf.reduce_mean(tf.reduce_sum(tf.exp(p_log) * (p_log - tf.nn.log_softmax(mine)), axis=-1))
     return tf.reduce_mean(tf.square(mine - partner))
 
 

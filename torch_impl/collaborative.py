@@ -28,10 +28,10 @@ NO_LOSS = torch.tensor(float("nan"))  # the chain's encoder computes no loss
 
 def divergence(run: RunSpec, partner, mine):
     """How far `mine` is from the partner's (constant) predictions: KL(partner || mine) averaged over the
-    batch for classification, the mean squared difference for regression."""
+    batch (and positions, for a language model) for classification, the mean squared difference for regression."""
     if run.config.loss == "cross_entropy":
-        p_log = F.log_softmax(partner, dim=1)
-        return torch.mean(torch.sum(torch.exp(p_log) * (p_log - F.log_softmax(mine, dim=1)), dim=1))
+        p_log = F.log_softmax(partner, dim=-1)
+        return torch.mean(torch.sum(torch.exp(p_log) * (p_log - F.log_softmax(mine, dim=-1)), dim=-1))
     return torch.mean(torch.square(mine - partner))
 
 

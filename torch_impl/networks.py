@@ -34,8 +34,10 @@ def prepare(run: RunSpec, index: int, device: torch.device) -> Network:
 @torch.no_grad()
 def predictions(net: Network) -> np.ndarray:
     """Test-set probabilities (classification) or outputs: what the ensemble averages."""
+    net.model.eval()  # BatchNorm normalises by its moving statistics, as Keras's inference call does
     out = net.model(torch.from_numpy(to_torch_layout(net.s.data.x_test)).to(net.device))
-    return (torch.softmax(out, dim=1) if net.s.data.classification else out).double().cpu().numpy()
+    net.model.train()
+    return (torch.softmax(out, dim=-1) if net.s.data.classification else out).double().cpu().numpy()
 
 
 def train_alone(net: Network, rank: int = 0, after_warmup=None) -> NetworkOutcome:
