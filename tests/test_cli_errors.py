@@ -11,7 +11,7 @@ from xfw.common.registry import this_machine
     [
         ("training: {steps: [1\n", "malformed YAML"),
         ("trainng:\n  steps: 3\n", "unknown config key 'trainng'"),
-        ("model: {kind: resnet}\n", "model.kind: unknown value 'resnet'"),
+        ("model: {kind: vit}\n", "model.kind: unknown value 'vit'"),
         ("data: {kind: cifar}\n", "data.kind"),
         ("training: {global_batch: 33}\n", "global_batch 33 is not divisible by parallel.replicas 2"),
     ],

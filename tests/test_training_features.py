@@ -60,9 +60,15 @@ def test_same_update_same_curve_schedule_without_momentum_weight_decay_and_clipp
     assert "**schedule**" in report and "**clipping**" in report and "**weight_decay**" in report
 
 
-def test_clipping_bites_and_a_schedule_changes_the_curve(tmp_path):
-    base = _single(tmp_path / "base", ["optimizer.momentum=0"])
-    clipped = _single(tmp_path / "clipped", ["optimizer.momentum=0", "training.clip_global_norm=0.05"])
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory) -> dict:
+    """Both frameworks' single-device run with none of the features: the baseline the features change."""
+    return _single(tmp_path_factory.mktemp("plain"), [])
+
+
+def test_clipping_bites_and_both_frameworks_clip_alike(plain, tmp_path):
+    base = plain
+    clipped = _single(tmp_path / "clipped", ["training.clip_global_norm=0.05"])
     # a tight clip slows the first steps: not the same curve (the clip is really applied, in both)
     for fw in ("tf", "torch"):
         a, b = base["runs"][f"{fw}-single"]["loss"], clipped["runs"][f"{fw}-single"]["loss"]
@@ -127,9 +133,9 @@ def test_clipping_is_refused_where_stages_clip_apart():
     assert model_unsupported(find("tf", "gpipe"), cfg) is None  # one process, one optimizer over every stage
 
 
-def test_gradient_accumulation_matches_the_whole_batch_in_every_engine(tmp_path):
+def test_gradient_accumulation_matches_the_whole_batch_in_every_engine(plain, tmp_path):
     # No BatchNorm in the Transformer: 2 micro-batches of 8 per replica give the gradients of 16 at once.
-    whole = _single(tmp_path / "whole", [])
+    whole = plain
     accumulated = _single(
         tmp_path / "accumulated",
         ["training.accumulation_steps=2"],

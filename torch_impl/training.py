@@ -100,8 +100,8 @@ class ScheduledOptimizer:
     def param_groups(self):
         return self.optimizer.param_groups
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad()  # set_to_none, torch's default (Horovod's optimizer takes no argument)
 
     def step(self) -> None:
         if self.clip is not None:
