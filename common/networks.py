@@ -67,8 +67,10 @@ def ensemble_predictions(config: Config, outcomes: list[NetworkOutcome], gather:
     if len(members) < 2:
         return None
     first = network_config(config, 0)
-    # one row per prediction: per test sample, or per position of a test sequence (a language model)
-    n_test, width = load_dataset(first).y_test.size, output_width(first.model)
+    # one row per prediction: per test sample, or per position of a test sequence (a language model's class ids)
+    y_test = load_dataset(first).y_test
+    n_test = y_test.size if first.loss == "cross_entropy" else len(y_test)
+    width = output_width(first.model)
     mine = np.full((len(members), n_test, width), np.nan)
     for o in outcomes:
         if o.index in members and o.predictions is not None:

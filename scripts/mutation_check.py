@@ -62,6 +62,22 @@ MUTATIONS = [
         ),
     ),
     Mutation(
+        "torch BatchNorm given Keras's momentum (the old value's weight) as its own",
+        "torch_impl/blocks.py",
+        "    return nn.BatchNorm2d(channels, eps=cfg.epsilon, momentum=1.0 - cfg.decay)",
+        "    return nn.BatchNorm2d(channels, eps=cfg.epsilon, momentum=cfg.decay)",
+        ("tests/test_forward_parity.py",),
+    ),
+    Mutation(
+        "stride-2 convolutions padded TensorFlow's 'same' way (bottom and right only)",
+        "tf_impl/blocks.py",
+        "    if stride == 1:\n"
+        '        return [keras.layers.Conv2D(channels, 3, padding="same", use_bias=False, name=name)]',
+        "    if True:\n"
+        '        return [keras.layers.Conv2D(channels, 3, strides=stride, padding="same", use_bias=False, name=name)]',
+        ("tests/test_forward_parity.py",),
+    ),
+    Mutation(
         "throughput verdict with the comparison flipped",
         "common/compare.py",
         "if ratio > 1 + band and spread.low > 1:",

@@ -111,15 +111,14 @@ def test_data_parallel_with_schedule_and_clipping_matches_one_device(tmp_path):
         ],
         "tf-mirrored-strategy",
         "tf-manual-placement",
-        "tf-horovod",
-        "torch-ddp",
         "torch-horovod",
     )
     runs = out["runs"]
     # Keras 3 clips before its own cross-replica all-reduce: refused under tf.distribute, saying why
     assert runs["tf-mirrored-strategy"]["status"] == "skipped"
     assert "BEFORE its cross-replica all-reduce" in runs["tf-mirrored-strategy"]["reason"]
-    for run_id in ("tf-manual-placement", "tf-horovod", "torch-ddp", "torch-horovod"):
+    # torch-horovod clips after Horovod's allreduce (ScheduledOptimizer), as DDP does after its own
+    for run_id in ("tf-manual-placement", "torch-horovod"):
         fw = run_id.split("-")[0]
         assert runs[run_id]["status"] == "ok", runs[run_id].get("error")
         assert max_rel(runs[run_id]["loss"], runs[f"{fw}-single"]["loss"]) <= 1e-5, run_id
