@@ -27,10 +27,16 @@ from rich.table import Table
 
 from xfw.common.config import load_config
 from xfw.common.data import load_dataset, sample_order
-from xfw.common.models import blocks_of
+from xfw.common.models import blocks_of, is_state
 from xfw.common.weights import initial_weights
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _trained(weights: dict[str, np.ndarray], block: str) -> np.ndarray:
+    """A block's trained parameters, flattened: BatchNorm's moving statistics left out (torch updates its
+    variance unbiased, Keras biased: they differ by design, and training does not read them)."""
+    return np.concatenate([v.ravel() for k, v in weights.items() if k.startswith(f"{block}/") and not is_state(k)])
 
 
 def _train(framework: str, config_path: str, overrides: list[str], steps: int, out: str) -> None:
@@ -74,7 +80,7 @@ def _train(framework: str, config_path: str, overrides: list[str], steps: int, o
             step(tf.constant(idx))
             w = snapshot()
             for name in history:
-                history[name].append(np.concatenate([w[k].ravel() for k in w if k.startswith(f"{name}/")]))
+                history[name].append(_trained(w, name))
     else:
         import torch
 
@@ -92,7 +98,7 @@ def _train(framework: str, config_path: str, overrides: list[str], steps: int, o
             opt.step()
             w = export_weights(model, blocks)
             for name in history:
-                history[name].append(np.concatenate([w[k].ravel() for k in w if k.startswith(f"{name}/")]))
+                history[name].append(_trained(w, name))
     np.savez(out, **{name: np.stack(values) for name, values in history.items()})
 
 

@@ -268,3 +268,26 @@ def test_several_networks_train_both_kinds(tmp_path):
     summary = load_summary(tmp_path / "shared")
     assert all(c["within_tolerance"] for c in summary["comparisons"] if c["status"] == "ok")
     assert {r["id"] for r in summary["runs"] if r["status"] == "ok"} >= {"tf-shared-threads", "torch-shared-threads"}
+
+
+@pytest.mark.parametrize("config, overrides", [("resnet", SMALL_RESNET), ("transformer", SMALL_TRANSFORMER)])
+def test_model_parallel_stages_match_one_device(config, overrides, tmp_path):
+    # No micro-batches: each stage sees the whole batch, so BatchNorm normalises what one device does.
+    proc = run_xfw(
+        "compare",
+        "--strategy",
+        "model-parallel",
+        "--config",
+        f"configs/{config}.yaml",
+        *_sets(overrides),
+        "--out",
+        str(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = _runs(load_summary(tmp_path))
+    for run_id in ("tf-placed-stages", "torch-send-recv"):
+        framework = run_id.split("-")[0]
+        assert runs[run_id]["status"] == "ok", runs[run_id].get("error")
+        assert max_rel(runs[run_id]["loss"], runs[f"{framework}-single"]["loss"]) <= 1e-5, run_id
+        stages = runs[run_id]["model_parallel"]["per_stage"]
+        assert len(stages) == 2 and stages[1]["layers"][0] != "pool"  # a block boundary
