@@ -471,7 +471,6 @@ def config_for_replicas(config: Config, replicas: int) -> Config:
     raw = config.model_dump(mode="json")
     raw["training"].pop("per_replica_batch")
     raw["training"]["global_batch"] = per * replicas
-    raw["parallel"]["replicas"] = config.parallel.replicas
     return build_config(raw)
 
 

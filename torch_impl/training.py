@@ -96,10 +96,6 @@ class ScheduledOptimizer:
                 optimizer, lambda step: float(rates[min(step, len(rates) - 1)]) / base
             )
 
-    @property
-    def param_groups(self):
-        return self.optimizer.param_groups
-
     def zero_grad(self) -> None:
         self.optimizer.zero_grad()  # set_to_none, torch's default (Horovod's optimizer takes no argument)
 
@@ -119,9 +115,6 @@ class ScheduledOptimizer:
             self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
-
-    def state_dict(self):
-        return self.optimizer.state_dict()
 
 
 def make_optimizer(run: RunSpec, parameters, wrap=None):
