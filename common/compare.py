@@ -17,6 +17,7 @@ from xfw.common.models import has_batchnorm
 from xfw.common.records import (
     AnyRun,
     Comparison,
+    DeviceMemory,
     Flops,
     RatioRange,
     ReplicaWork,
@@ -60,6 +61,12 @@ def ratio_range(low: float, high: float, a: list[float] | None, b: list[float] |
     return RatioRange(low=low, high=high)
 
 
+def largest_device_memory(results: list) -> DeviceMemory | None:
+    """The GPU memory of the repeat that allocated the most (None: the run used no GPU)."""
+    used = [r.device_memory for r in results if r.device_memory is not None]
+    return max(used, key=lambda m: m.peak_bytes) if used else None
+
+
 def run_entry(base: RunBase, results: list[RunResult]) -> RunEntry:
     """Merge the repeats of one implementation: the loss curve of the first repeat (the others must be
     identical when determinism is on), throughput pooled over all repeats."""
@@ -81,6 +88,7 @@ def run_entry(base: RunBase, results: list[RunResult]) -> RunEntry:
         peak_memory_bytes=max(r.peak_memory_bytes for r in results),
         peak_memory_kind=first.peak_memory_kind,
         peak_memory_per_process=first.peak_memory_per_process,
+        device_memory=largest_device_memory(results),
         replica_weight_max_abs_diff=max(r.replica_weight_max_abs_diff for r in results),
         processes=first.processes,
         replicas=first.replicas,
@@ -90,6 +98,7 @@ def run_entry(base: RunBase, results: list[RunResult]) -> RunEntry:
             achieved_flops_per_s=achieved,
             peak_flops_per_s=peak,
             utilization=achieved / peak,
+            peak=first.peak_flops,
         ),
         parameters=first.model.parameters,
         repeats=len(results),

@@ -12,6 +12,7 @@ import numpy as np
 
 from xfw.common.compare import (
     curve_diff,
+    largest_device_memory,
     not_compared,
     ratio_range,
     samples_mismatch,
@@ -82,6 +83,7 @@ def network_run_entry(base: RunBase, results: list[NetworksResult]) -> NetworksR
         peak_memory_bytes=max(r.peak_memory_bytes for r in results),
         peak_memory_kind=first.peak_memory_kind,
         peak_memory_per_process=first.peak_memory_per_process,
+        device_memory=largest_device_memory(results),
         processes=first.processes,
         devices=first.devices,
         global_batch=batch,

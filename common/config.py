@@ -253,6 +253,10 @@ class ModelParallelConfig(_Strict):
 class RuntimeConfig(_Strict):
     determinism: bool = True
     precision: Literal["float32"] = "float32"
+    # TensorFloat-32 for float32 matmuls and convolutions on NVIDIA GPUs (Ampere and newer): TensorFlow allows it
+    # by default, PyTorch only for convolutions; xfw sets both frameworks to this value, so they compute alike
+    # (off: IEEE float32, what exact parity needs). No effect on a CPU.
+    tf32: bool = False
     timeout_s: Annotated[float, Field(gt=0)] = 600.0  # per run (per repeat), enforced by the parent process
 
 

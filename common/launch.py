@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xfw.common.errors import UserError
-from xfw.common.registry import Implementation, Machine
+from xfw.common.registry import Implementation, Machine, gpu_of_rank, ranks_share_a_gpu
 from xfw.common.runspec import RunSpec
 
 WORKER_MODULE = "xfw.cli.worker"
@@ -25,6 +25,8 @@ TOKEN_VAR = "XFW_RUN_TOKEN"
 PARENT_VAR = "XFW_PARENT_PID"
 # Test hook: "PORT,PORT,..." for the first try of a TF_CONFIG run (to collide on purpose). Unset in normal use.
 PORTS_VAR = "XFW_TEST_RENDEZVOUS_PORTS"
+# Set for the TF_CONFIG workers of a run whose workers share a GPU (they must not use NCCL).
+SHARED_GPU_VAR = "XFW_RANKS_SHARE_A_GPU"
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,9 @@ def plan(
             }
             if machine.gpus:
                 # One GPU per worker, or all on the first where the networks share one device.
-                worker_env["CUDA_VISIBLE_DEVICES"] = str(index % min(machine.gpus, run.devices))
+                worker_env["CUDA_VISIBLE_DEVICES"] = str(gpu_of_rank(index, machine.gpus, run.devices))
+                if ranks_share_a_gpu(n, machine.gpus, run.devices):
+                    worker_env[SHARED_GPU_VAR] = "1"
             envs.append(worker_env)
         return LaunchPlan([worker] * n, envs)
     raise ValueError(f"unknown launcher {impl.launcher}")

@@ -23,9 +23,11 @@ import numpy as np
 
 from xfw.common.data import Fed, work_record
 from xfw.common.faults import maybe_inject
+from xfw.common.launch import SHARED_GPU_VAR
 from xfw.common.models import parameter_count, training_flops_per_sample
 from xfw.common.partition import boundary_bytes, boundary_bytes_per_step, plan_stages, theoretical_bubble
 from xfw.common.records import (
+    DeviceMemory,
     ModelInfo,
     RunResult,
     StageReport,
@@ -144,6 +146,29 @@ class RankOutcome:
     fed: list[Fed] = field(default_factory=list)
     # Where the weights of each stage this process runs live (model-parallel runs).
     stage_devices: dict[int, str] = field(default_factory=dict)
+    # The framework allocator's peak bytes on each GPU this process used, by the GPU's index on the machine.
+    gpu_memory: dict[int, int] = field(default_factory=dict)
+
+
+def device_memory(processes: list[dict], total: bool = False) -> DeviceMemory | None:
+    """The run's GPU memory from each process's {GPU: peak bytes} (gather_json'd, so keys are strings): the
+    largest process's, or with `total` the sum over processes (networks sharing a GPU); None where no process
+    used a GPU."""
+    if not any(p["gpu_memory"] for p in processes):
+        return None
+    per_process = [int(sum(p["gpu_memory"].values())) for p in processes]
+    return DeviceMemory(
+        peak_bytes=sum(per_process) if total else max(per_process),
+        per_process=per_process,
+        kind="sum over the run's processes of each one's peak allocated on its GPUs"
+        if total
+        else "largest peak allocated on its GPUs of one process",
+    )
+
+
+def gpus_used(processes: list[dict]) -> int:
+    """Distinct GPUs the run's processes allocated on (0: none, a CPU run)."""
+    return len({gpu for p in processes for gpu in p["gpu_memory"]})
 
 
 def gather_json(obj, gather: Gather) -> list:
@@ -178,6 +203,7 @@ def finish_run(
         "stage_busy_s": {str(k): v for k, v in outcome.stage_busy_s.items()},
         "work": [work_record(f, rank) for f in outcome.fed],
         "stage_devices": {str(k): v for k, v in outcome.stage_devices.items()},
+        "gpu_memory": {str(k): v for k, v in outcome.gpu_memory.items()},
     }
     ranks = gather_json(mine, gather)
     width = parameter_count(run.config.model)  # no process holds more weights than the whole model
@@ -211,6 +237,7 @@ def finish_run(
         "peak_memory_bytes": max(peaks),
         "peak_memory_per_process": peaks,
         "peak_memory_kind": "largest peak resident set size of one process",
+        "device_memory": device_memory(ranks),
         "timing": Timing(
             global_batch=cfg.training.global_batch,
             warmup_steps=outcome.timing.warmup_steps,
@@ -236,7 +263,12 @@ def finish_run(
             for st in range(run.stages)
         ]
         result["model_parallel"] = stage_report(run, busy, step_s, where)
-    record = RunResult.model_validate(result | rank0_extras())
+    extras = rank0_extras()
+    # One device's peak times the devices the run occupied (distinct GPUs where it ran on GPUs, so that ranks
+    # sharing one GPU are not credited with two): the most it could reach.
+    devices = gpus_used(ranks) or run.devices
+    extras["peak_flops_per_s"] = extras["peak_flops"].flops_per_s * devices
+    record = RunResult.model_validate(result | extras)
     record.diverged_at_step = first_non_finite(record.loss)
     record.non_finite_metrics = non_finite_keys(record.eval)
     write_json_atomic(Path(run.out_dir) / "result.json", record.to_json())
@@ -287,7 +319,7 @@ def common_env(run: RunSpec, launcher: str, world_size: int) -> dict:
         "determinism": cfg.runtime.determinism,
         "env_vars": {
             k: os.environ[k]
-            for k in ("OMP_NUM_THREADS", "TF_ENABLE_ONEDNN_OPTS", "CUDA_VISIBLE_DEVICES")
+            for k in ("OMP_NUM_THREADS", "TF_ENABLE_ONEDNN_OPTS", "CUDA_VISIBLE_DEVICES", SHARED_GPU_VAR)
             if k in os.environ
         },
         "hyperparameters": {

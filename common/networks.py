@@ -16,7 +16,7 @@ import numpy as np
 
 from xfw.common.config import Config, network_config
 from xfw.common.data import Fed, load_dataset, work_record
-from xfw.common.loop import Gather, LoopTiming, gather_json, peak_rss_bytes, write_json_atomic
+from xfw.common.loop import Gather, LoopTiming, device_memory, gather_json, peak_rss_bytes, write_json_atomic
 from xfw.common.models import output_width, parameter_count, training_flops_per_sample
 from xfw.common.records import Ensemble, NetworksResult, first_non_finite, non_finite_keys
 from xfw.common.registry import STRATEGY
@@ -118,14 +118,16 @@ def finish_networks(
     gather: Gather,
     rank: int,
     rank0_extras: Callable[[], dict],
+    gpu_memory: dict[int, int],
     ensemble: bool = False,
 ) -> None:
-    """Gather every process's networks (losses, timings, evaluation, memory) and, for `ensemble`, the test
-    predictions; rank 0 writes result.json."""
+    """Gather every process's networks (losses, timings, evaluation, memory; `gpu_memory`: this process's
+    allocator peak per GPU) and, for `ensemble`, the test predictions; rank 0 writes result.json."""
     cfg = run.config
     mine = {
         "rank": rank,
         "peak_memory_bytes": peak_rss_bytes(),
+        "gpu_memory": {str(k): v for k, v in gpu_memory.items()},
         "networks": [
             {
                 "index": o.index,
@@ -192,6 +194,7 @@ def finish_networks(
         "peak_memory_bytes": int(sum(peaks)),
         "peak_memory_per_process": peaks,
         "peak_memory_kind": "sum over the run's processes of each one's peak resident set size",
+        "device_memory": device_memory(sorted(processes, key=lambda p: p["rank"]), total=True),
         "global_batch": batch,
         "steps": cfg.training.steps,
         "config": cfg.model_dump(mode="json"),

@@ -3,7 +3,7 @@ in its run (RankContext), the records the multi-network strategies keep per netw
 that starts networks together, and the end of a run (environment, then gather and write through
 common.loop.finish_run or common.networks.finish_networks).
 
-The framework hands over numpy arrays and callables (evaluate, peak flops, its own environment); nothing
+The framework hands over numpy arrays and callables (evaluate, peak flops, GPU memory, its own environment); nothing
 here imports TensorFlow, PyTorch or Horovod."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 
 from xfw.common.loop import LoopTiming, RankOutcome, common_env, finish_run, peak_rss_bytes, progress_writer, timed_loop
 from xfw.common.networks import Gather, NetworkOutcome, finish_networks
+from xfw.common.records import PeakFlops
 from xfw.common.runspec import RunSpec
 
 
@@ -136,10 +137,12 @@ def environment(
 
 @dataclass(frozen=True)
 class FrameworkEnd:
-    """What rank 0 asks the framework for at the end of a run: its environment and the machine's peak."""
+    """What a run asks the framework for at the end: the GPU memory its allocator used in this process (every
+    rank), the environment and one device's peak FLOP rate in the run's math mode (rank 0)."""
 
     environment: Callable[[RankContext], dict]
-    peak_flops: Callable[[], float]
+    peak_flops: Callable[[RunSpec], PeakFlops]
+    gpu_memory: Callable[[], dict[int, int]]  # {GPU index on the machine: peak bytes allocated}; {} on a CPU
 
 
 def report(
@@ -161,11 +164,18 @@ def report(
 
     def rank0_extras() -> dict:
         env = framework.environment(ctx)
-        # Peak of one device's share of the machine, times the devices: what the run could reach at most.
-        return {"eval": evaluate(), "env": env, "peak_flops_per_s": framework.peak_flops() * ctx.run.devices}
+        return {"eval": evaluate(), "env": env, "peak_flops": framework.peak_flops(ctx.run)}
 
     outcome = RankOutcome(
-        losses, timing, weight_copies, peak_rss_bytes(), stage, stage_busy_s or {}, fed or [], stage_devices or {}
+        losses,
+        timing,
+        weight_copies,
+        peak_rss_bytes(),
+        stage,
+        stage_busy_s or {},
+        fed or [],
+        stage_devices or {},
+        framework.gpu_memory(),
     )
     finish_run(ctx.run, outcome, ctx.gather, ctx.rank, rank0_extras)
 
@@ -173,7 +183,7 @@ def report(
 def report_networks(
     ctx: RankContext,
     outcomes: list[NetworkOutcome],
-    environment: Callable[[RankContext], dict],
+    framework: FrameworkEnd,
     exchange: dict | None = None,
     ensemble: bool = False,
 ) -> None:
@@ -182,6 +192,6 @@ def report_networks(
 
     def rank0_extras() -> dict:
         on = dataclasses.replace(ctx, devices=tuple(sorted({o.device for o in outcomes})))
-        return ({} if exchange is None else {"exchange": exchange}) | {"env": environment(on)}
+        return ({} if exchange is None else {"exchange": exchange}) | {"env": framework.environment(on)}
 
-    finish_networks(ctx.run, outcomes, ctx.gather, ctx.rank, rank0_extras, ensemble=ensemble)
+    finish_networks(ctx.run, outcomes, ctx.gather, ctx.rank, rank0_extras, framework.gpu_memory(), ensemble=ensemble)

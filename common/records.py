@@ -120,11 +120,34 @@ class Spread(Record):
     repeat_medians: list[Real] | None = None
 
 
+class PeakFlops(Record):
+    """The best square-matmul rate of one device in a run's precision and math mode (common/peak.py): what its
+    FLOP utilisation is measured against."""
+
+    flops_per_s: Rate
+    matmul_size: Count  # n of the n x n matmul that gave it (the smallest size past which doubling gained < 3%)
+    setting: dict[str, Any]  # what it was measured for: framework, device, precision, TF32, threads
+    measured_s: Real
+    measured_at: str
+    cache: str  # the file it is kept in; delete it to measure again
+    cached: bool = False  # read from the cache rather than measured by this run
+
+
 class Flops(Record):
     training_flops_per_sample: int
     achieved_flops_per_s: Real
-    peak_flops_per_s: Real
+    peak_flops_per_s: Real  # one device's peak (PeakFlops) times the run's devices
     utilization: Real
+    peak: PeakFlops | None = None
+
+
+class DeviceMemory(Record):
+    """GPU memory as each framework's allocator counts it (torch.cuda.max_memory_allocated,
+    tf.config.experimental.get_memory_info(...)["peak"]), beside the process RSS: the peak bytes allocated."""
+
+    peak_bytes: Bytes
+    per_process: list[int]  # each process's peak, summed over the GPUs it used, in rank order
+    kind: str  # the largest one process's (one model), or the sum over processes (several networks)
 
 
 class Exchange(Record):
@@ -187,6 +210,8 @@ class RunResult(RunIdentity):
     eval: dict[str, Real]
     env: dict[str, Any]
     peak_flops_per_s: Real
+    peak_flops: PeakFlops | None = None  # one device's (peak_flops_per_s: times the run's devices)
+    device_memory: DeviceMemory | None = None  # None: no GPU used
     config: dict[str, Any] | None = None  # the resolved config the run trained with (xfw diff checks it)
     work_split: list[ReplicaWork] = []  # one per replica, in replica order: which samples each trained on
     # The first step whose loss is NaN or infinite (null: none), and metrics that are not finite: a diverged
@@ -237,6 +262,7 @@ class NetworksResult(RunIdentity):
     peak_memory_bytes: Bytes
     peak_memory_per_process: list[int]
     peak_memory_kind: str
+    device_memory: DeviceMemory | None = None  # None: no GPU used
     global_batch: Count
     steps: Count
     ensemble: Ensemble | None = None
@@ -309,6 +335,7 @@ class RunEntry(RunBase):
     peak_memory_bytes: Bytes
     peak_memory_kind: str
     peak_memory_per_process: list[int] | None
+    device_memory: DeviceMemory | None = None  # None: no GPU used
     replica_weight_max_abs_diff: Real
     processes: Count
     replicas: Count
@@ -360,6 +387,7 @@ class NetworksRunEntry(RunBase):
     peak_memory_bytes: Bytes
     peak_memory_kind: str
     peak_memory_per_process: list[int]
+    device_memory: DeviceMemory | None = None  # None: no GPU used
     processes: Count
     devices: Count
     global_batch: Count

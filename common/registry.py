@@ -639,6 +639,17 @@ class Machine:
         return self.gpus or self.cpu_cores
 
 
+def gpu_of_rank(rank: int, gpus: int, devices: int) -> int:
+    """The GPU a rank runs on: its own where the run has a GPU per rank; else ranks take turns over the run's GPUs
+    (several networks sharing one device, or more replicas than GPUs)."""
+    return rank % min(gpus, devices)
+
+
+def ranks_share_a_gpu(processes: int, gpus: int, devices: int) -> bool:
+    """Whether two processes of a run land on one GPU (gpu_of_rank): NCCL refuses a group whose ranks do."""
+    return gpus > 0 and processes > min(gpus, devices)
+
+
 def _count_gpus() -> int:
     if not shutil.which("nvidia-smi"):
         return 0
@@ -651,6 +662,18 @@ def _count_gpus() -> int:
     if visible is not None:
         gpus = min(gpus, len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"]))
     return gpus
+
+
+def gpu_memory_mib(index: int) -> int:
+    """Total memory of the machine's GPU `index`, in MiB, as nvidia-smi reports it."""
+    out = subprocess.run(
+        ["nvidia-smi", f"--id={index}", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
+    return int(out.stdout.split()[0])
 
 
 def _horovod_frameworks() -> frozenset[str]:
@@ -691,6 +714,26 @@ def unavailable_reason(impl: Implementation, machine: Machine, devices: int = 2,
         return "needs a GPU, this machine has none"
     if impl.gpu_only and impl.devices != "one" and machine.gpus < max(devices, 2):
         return f"needs {max(devices, 2)} GPUs, this machine has {machine.gpus}"
+    if config is not None:
+        return shared_gpu_refusal(impl, machine, config)
+    return None
+
+
+def shared_gpu_refusal(impl: Implementation, machine: Machine, config) -> str | None:
+    """Why `impl` cannot run where its processes would share a GPU (several networks on one GPU, more replicas
+    than GPUs); None where they would not, or where it can. Shared-GPU torch groups run on gloo (see
+    torch_impl.training.init_process_group), which takes CUDA tensors in all_reduce and broadcast only."""
+    if not machine.gpus or impl.launcher == "process":
+        return None
+    if not ranks_share_a_gpu(run_processes(impl, config), machine.gpus, run_devices(impl, config)):
+        return None
+    if impl.horovod:
+        return "its processes would share a GPU, and Horovod's GPU collectives are NCCL's, which needs one GPU per rank"
+    if impl.framework == "torch" and (impl.kind.staged or impl.kind.exchanges):
+        return (
+            "its processes would share a GPU: NCCL needs one GPU per rank, and gloo cannot send or all-gather "
+            "CUDA tensors (only all-reduce and broadcast them)"
+        )
     return None
 
 

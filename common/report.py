@@ -35,7 +35,7 @@ def run_rows(summary: Summary) -> list[list[str]]:
     rows = []
     for r in summary.runs:
         if r.status != "ok":
-            rows.append([r.id, r.status, "-", "-", "-", "-", "-", "-", "-", _why(r)])
+            rows.append([r.id, r.status, "-", "-", "-", "-", "-", "-", "-", "-", _why(r)])
             continue
         s = r.throughput_spread
         rows.append(
@@ -48,8 +48,12 @@ def run_rows(summary: Summary) -> list[list[str]]:
                 f"{r.step_time_s * 1e3:.3f}",
                 f"{r.warmup_s:.2f}",
                 f"{r.peak_memory_bytes / 2**20:,.0f}",
-                f"{r.flops.utilization * 100:.2f}%",
-                "; ".join([f"{r.processes} proc, weights spread {r.replica_weight_max_abs_diff:.1g}"] + _flags(r)),
+                _gpu_mib(r),
+                f"{r.flops.utilization * 100:.3g}%",
+                "; ".join(
+                    [f"{r.processes} proc, weights spread {r.replica_weight_max_abs_diff:.1g}", *_backend(r)]
+                    + _flags(r)
+                ),
             ]
         )
     return rows
@@ -63,7 +67,8 @@ RUN_HEADERS = [
     "samples/s [IQR]",
     "step ms",
     "warm-up s",
-    "peak MiB",
+    "RSS MiB",
+    "GPU MiB",
     "FLOP util",
     "notes",
 ]
@@ -178,7 +183,8 @@ NET_RUN_HEADERS = [
     "timed s",
     "overlap",
     "combined samples/s",
-    "peak MiB",
+    "RSS MiB",
+    "GPU MiB",
     "processes",
     "notes",
 ]
@@ -230,7 +236,7 @@ def _run_notes(r) -> str:
         )
     if r.exchange is not None:
         notes.append(f"exchanged {r.exchange.bytes_per_step / 1024:,.1f} KiB/step ({r.exchange.what})")
-    return "; ".join(notes + _flags(r))
+    return "; ".join(notes + _backend(r) + _flags(r))
 
 
 def _status_text(r) -> str:
@@ -245,9 +251,27 @@ def _why(r: SkippedRun | FailedRun | InterruptedRun) -> str:
     return r.error.splitlines()[0] if r.status == "failed" else r.reason
 
 
+def _gpu_mib(r) -> str:
+    """The framework allocator's peak on the GPU ("-": the run used none)."""
+    return "-" if r.device_memory is None else f"{r.device_memory.peak_bytes / 2**20:,.0f}"
+
+
+def _backend(r) -> list[str]:
+    """The process group's backend where it is not the obvious one: gloo on GPUs (ranks sharing a GPU)."""
+    backend = r.env.get("process_group_backend")
+    return [f"{backend} (ranks share a GPU)"] if backend == "gloo" and r.device_memory is not None else []
+
+
 def _flags(r) -> list[str]:
     """What the reader must know before trusting the row's numbers."""
     flags = []
+    flops = getattr(r, "flops", None)
+    if flops is not None and flops.utilization > 1:
+        where = f" ({flops.peak.cache})" if flops.peak else ""
+        flags.append(
+            f"FLOP utilisation above 100%: the cached peak{where} was measured on a busy machine (delete it to "
+            "measure again), or the FLOP count is wrong"
+        )
     if r.oversubscribed:
         flags.append("OVERSUBSCRIBED: more devices x threads than cores, throughput is contention")
     if not r.loss_identical_across_repeats:
@@ -263,7 +287,7 @@ def network_run_rows(summary: Summary) -> list[list[str]]:
     rows = []
     for r in summary.runs:
         if r.status != "ok":
-            rows.append([r.id, r.status, "-", "-", "-", "-", "-", "-", _why(r)])
+            rows.append([r.id, r.status, "-", "-", "-", "-", "-", "-", "-", _why(r)])
             continue
         rows.append(
             [
@@ -274,6 +298,7 @@ def network_run_rows(summary: Summary) -> list[list[str]]:
                 f"{r.overlap:.0%}",
                 f"{r.combined_throughput_samples_per_s:,.0f}",
                 f"{r.peak_memory_bytes / 2**20:,.0f}",
+                _gpu_mib(r),
                 str(r.processes),
                 _run_notes(r),
             ]
@@ -577,6 +602,34 @@ EXPLAIN = {
 }
 
 
+def measurement_lines(summary: Summary) -> list[str]:
+    """What the memory and utilisation columns count, and each run's peak: how and when it was measured."""
+    lines = [
+        "RSS MiB: peak resident set size of the largest process (one model), or the sum over processes "
+        "(several networks). GPU MiB: the framework allocator's peak bytes on the GPU (torch.cuda."
+        "max_memory_allocated, tf.config.experimental.get_memory_info(...)['peak']), counted the same way; "
+        "'-': the run used no GPU.",
+    ]
+    peaks = {r.id: r.flops.peak for r in summary.runs if r.status == "ok" and getattr(r, "flops", None)}
+    if peaks:
+        lines.append(
+            "FLOP util: training FLOPs per sample (3 x the forward pass's multiply-adds x 2) x samples/s, over one "
+            "device's peak x the devices the run occupied (distinct GPUs, where ranks share one). The peak is the "
+            "best rate of square float32 matmuls, grown until a doubling gains under 3%, in the run's math mode."
+        )
+    for run_id, peak in peaks.items():
+        if peak is None:
+            continue
+        s = peak.setting
+        mode = ("TF32 on" if s.get("tf32") else "TF32 off") if s.get("gpu") else f"{s.get('threads')} threads"
+        lines.append(
+            f"{run_id}: peak {peak.flops_per_s / 1e9:,.1f} GFLOP/s ({s.get('framework')}, {s.get('device')}, "
+            f"{mode}, {peak.matmul_size}x{peak.matmul_size} matmuls), measured "
+            f"{peak.measured_at}" + (f", read from {peak.cache}" if peak.cached else f", kept in {peak.cache}")
+        )
+    return lines
+
+
 def write_report(summary: Summary, out_dir: Path) -> Path:
     # An earlier compare's report.md must not pass for this one's if this one cannot be written.
     (out_dir / "report.md").unlink(missing_ok=True)
@@ -626,6 +679,7 @@ def write_report(summary: Summary, out_dir: Path) -> Path:
             parts.append(caption[len("networks ") :].strip("()").capitalize() + ".")
     parts += [f"- {line}" for line in sweep_flips(summary)]
     parts += [f"![{p}]({p})" for p in plots]
+    parts += ["## How memory and FLOP utilisation are counted", *[f"- {line}" for line in measurement_lines(summary)]]
     parts += ["## Where the frameworks differ by design", *[f"- **{k}**: {v}" for k, v in semantic.items()]]
     if multi:
         parts += ["## Config", "```json\n" + json.dumps({k: cfg[k] for k in kind.config_sections}, indent=1) + "\n```"]

@@ -16,13 +16,21 @@ from xfw.common.records import Summary, read_result
 
 ROOT = Path(__file__).resolve().parent.parent
 XFW = str(Path(sys.executable).with_name("xfw"))
+# The installed command; where xfw runs from the source folders instead (scripts/gpu_check.sh on a machine with
+# its own Python), the same CLI as a module.
+XFW_COMMAND = [XFW] if Path(XFW).exists() else [sys.executable, "-m", "xfw.cli.main"]
 
 
 def run_xfw(
     *args: str, env: dict | None = None, timeout: float = 600, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [XFW, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT, env=os.environ | (env or {})
+        [*XFW_COMMAND, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd or ROOT,
+        env=os.environ | (env or {}),
     )
 
 

@@ -59,7 +59,7 @@ def _devices(run: RunSpec) -> list[str]:
 
 
 def run_mutual(run: RunSpec, launcher: str) -> None:
-    training.configure(run, logical_cpus=run.devices)
+    training.configure(run, local_devices=run.devices)
     pairs = [_member(run, i, device) for i, device in enumerate(_devices(run))]
     members, s = [m for m, _ in pairs], pairs[0][1]
     loss_fn = training.loss_function(run)
@@ -90,11 +90,11 @@ def run_mutual(run: RunSpec, launcher: str) -> None:
         )
         for m in members
     ]
-    report_networks(RankContext(run, launcher), outcomes, training.environment, mutual_exchange(run.config))
+    report_networks(RankContext(run, launcher), outcomes, training.END, mutual_exchange(run.config))
 
 
 def run_chain(run: RunSpec, launcher: str) -> None:
-    training.configure(run, logical_cpus=run.devices)
+    training.configure(run, local_devices=run.devices)
     devices = _devices(run)
     s = training.setup(run)
     parts = chain_parts(run.config)
@@ -147,4 +147,4 @@ def run_chain(run: RunSpec, launcher: str) -> None:
             fed=training.fed(1, step_inputs),
         ),
     ]
-    report_networks(RankContext(run, launcher), outcomes, training.environment, chain_exchange(parts, batch))
+    report_networks(RankContext(run, launcher), outcomes, training.END, chain_exchange(parts, batch))

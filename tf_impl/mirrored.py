@@ -7,9 +7,12 @@ only because of parallelism are tagged `# tf.distribute:` or `# placement:`.
 
 from __future__ import annotations
 
+import os
+
 import tensorflow as tf
 
 from xfw.common.data import replica_slice
+from xfw.common.launch import SHARED_GPU_VAR
 from xfw.common.rank import RankContext
 from xfw.common.runspec import RunSpec
 from xfw.tf_impl import training
@@ -78,16 +81,22 @@ def _run_strategy(ctx: RankContext, s, strategy) -> None:
 
 
 def run_mirrored_strategy(run: RunSpec, launcher: str) -> None:
-    s = training.setup(run, logical_cpus=run.replicas)
+    s = training.setup(run, local_devices=run.replicas)
     devices = training.logical_devices(run.replicas)
-    strategy = tf.distribute.MirroredStrategy(devices=devices)  # tf.distribute: one process, N devices
+    # tf.distribute: one process, N devices
+    strategy = tf.distribute.MirroredStrategy(devices=devices, cross_device_ops=training.cross_device_ops())
     _run_strategy(RankContext(run, launcher, devices=tuple(devices)), s, strategy)
 
 
 def run_multi_worker(run: RunSpec, launcher: str) -> None:
     training.configure(run)
     # tf.distribute: built before any op, from TF_CONFIG (AUTO picks ring collectives on CPU, NCCL on GPU).
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    options = None
+    if os.environ.get(SHARED_GPU_VAR):
+        # Workers on one GPU: NCCL refuses two ranks on one device; ring collectives (over gRPC) do not.
+        ring = tf.distribute.experimental.CommunicationImplementation.RING
+        options = tf.distribute.experimental.CommunicationOptions(implementation=ring)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     s = training.setup(run)
     resolver = strategy.cluster_resolver
     rank, world_size = resolver.task_id, strategy.num_replicas_in_sync
@@ -100,7 +109,7 @@ def run_multi_worker(run: RunSpec, launcher: str) -> None:
 
 
 def run_manual_placement(run: RunSpec, launcher: str) -> None:
-    s = training.setup(run, logical_cpus=run.replicas)
+    s = training.setup(run, local_devices=run.replicas)
     cfg = run.config
     devices = training.logical_devices(run.replicas)
     global_batch, replicas = cfg.training.global_batch, run.replicas

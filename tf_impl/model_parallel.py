@@ -23,7 +23,7 @@ from xfw.tf_impl.models import build_stage, flat_weights
 
 def run_placed_stages(run: RunSpec, launcher: str) -> None:
     replicas, n_stages, micro_batches = run.replicas, run.stages, run.micro_batches
-    s = training.setup(run, logical_cpus=run.devices)
+    s = training.setup(run, local_devices=run.devices)
     devices = training.logical_devices(run.devices)
     stages = plan_stages(run.config)
     models = []

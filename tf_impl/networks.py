@@ -51,7 +51,7 @@ def outcome(net: Network, losses: np.ndarray, timing, step_inputs: list) -> Netw
 
 
 def _finish(ctx: RankContext, outcomes: list[NetworkOutcome]) -> None:
-    report_networks(ctx, outcomes, training.environment, ensemble=ctx.run.kind.ensemble)
+    report_networks(ctx, outcomes, training.END, ensemble=ctx.run.kind.ensemble)
 
 
 def run_sequential(run: RunSpec, launcher: str) -> None:
@@ -65,7 +65,7 @@ def run_sequential(run: RunSpec, launcher: str) -> None:
 def run_placed_networks(run: RunSpec, launcher: str) -> None:
     """All networks in one tf.function, network k under tf.device(devices[k]); they share nothing, so
     TensorFlow's executor runs their ops at the same time (one inter-op thread per device)."""
-    training.configure(run, logical_cpus=run.devices)
+    training.configure(run, local_devices=run.devices)
     devices = training.logical_devices(run.devices)
     nets = [prepare(run, i, devices[i]) for i in range(run.networks)]
 

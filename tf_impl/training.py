@@ -17,7 +17,10 @@ import tensorflow as tf
 
 from xfw.common import rank as common_rank
 from xfw.common.data import Dataset, Fed, load_dataset, sample_order
+from xfw.common.peak import cpu_name, machine_peak, visible_gpus
 from xfw.common.rank import RankContext
+from xfw.common.records import PeakFlops
+from xfw.common.registry import gpu_memory_mib
 from xfw.common.runspec import RunSpec
 from xfw.common.schedules import learning_rates
 from xfw.common.semantics import optimizer_hyperparameters
@@ -34,10 +37,11 @@ class Setup:
 
 
 _configured = False
+GPU_MEMORY_SHARE = 0.9  # of a GPU's memory, split between the logical GPUs cut from it (the rest: CUDA's own)
 
 
-def configure(run: RunSpec, logical_cpus: int = 1, inter_op_threads: int | None = None):
-    """Threads, determinism and logical devices: must happen before TensorFlow initialises its runtime
+def configure(run: RunSpec, local_devices: int = 1, inter_op_threads: int | None = None):
+    """Threads, determinism, math mode and logical devices: must happen before TensorFlow initialises its runtime
     (MultiWorkerMirroredStrategy does that when it is created, so it calls this first). Idempotent."""
     global _configured
     if _configured:
@@ -46,19 +50,34 @@ def configure(run: RunSpec, logical_cpus: int = 1, inter_op_threads: int | None 
     tf.config.threading.set_intra_op_parallelism_threads(cfg.parallel.threads_per_replica)
     # One inter-op thread per replica, so replicas placed in one process can run at the same time.
     # (Networks trained in threads of one process: one per network.)
-    tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads or max(1, logical_cpus))
+    tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads or max(1, local_devices))
     if cfg.runtime.determinism:
         tf.config.experimental.enable_op_determinism()
-    if logical_cpus > 1 and not tf.config.list_physical_devices("GPU"):
+    # TensorFloat-32 is on by default in TensorFlow; xfw sets it as runtime.tf32 says, in both frameworks.
+    tf.config.experimental.enable_tensor_float_32_execution(cfg.runtime.tf32)
+    gpus = tf.config.list_physical_devices("GPU")
+    if local_devices > 1 and not gpus:
         # Split the CPU into N logical devices so that one process can hold N replicas.
         cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * local_devices)
+    elif local_devices > len(gpus) > 0:
+        # Fewer GPUs than devices (one GPU, two replicas): each GPU becomes several logical GPUs, each with an
+        # equal share of its memory (TensorFlow needs a limit per logical GPU).
+        per_gpu = -(-local_devices // len(gpus))
+        for index, gpu in zip(visible_gpus(len(gpus)), gpus):
+            limit = int(gpu_memory_mib(index) * GPU_MEMORY_SHARE / per_gpu)
+            tf.config.set_logical_device_configuration(gpu, [tf.config.LogicalDeviceConfiguration(limit)] * per_gpu)
     _configured = True
 
 
-def setup(run: RunSpec, logical_cpus: int = 1, inter_op_threads: int | None = None) -> Setup:
+def splits_gpus() -> bool:
+    """Whether configure made several logical GPUs of one physical GPU (call after configure)."""
+    return len(tf.config.list_logical_devices("GPU")) > len(tf.config.list_physical_devices("GPU"))
+
+
+def setup(run: RunSpec, local_devices: int = 1, inter_op_threads: int | None = None) -> Setup:
     """Configure TensorFlow (if not yet done), then load data and initial weights."""
-    configure(run, logical_cpus, inter_op_threads)
+    configure(run, local_devices, inter_op_threads)
     cfg = run.config
     keras.utils.set_random_seed(cfg.seed)  # no layer draws random numbers (weights are loaded), but be sure
     data = load_dataset(cfg)
@@ -83,6 +102,12 @@ def logical_devices(count: int) -> list[str]:
             f"the run needs {count} devices but TensorFlow sees {len(devices)}: {[d.name for d in devices]}"
         )
     return [d.name for d in devices[:count]]
+
+
+def cross_device_ops():
+    """What MirroredStrategy all-reduces with: its default (NCCL on GPUs), except on logical GPUs that share one
+    physical GPU, where NCCL refuses two devices of one GPU and a reduction on one device works everywhere."""
+    return tf.distribute.ReductionToOneDevice() if splits_gpus() else None
 
 
 def collective_gather(strategy):
@@ -206,16 +231,52 @@ def evaluate(run: RunSpec, s: Setup, model) -> dict:
     return metrics
 
 
-def matmul_peak_flops(n: int = 1024, repeats: int = 5) -> float:
-    """Best fp32 matmul rate of this process with its thread settings: the peak a run is measured against."""
-    a, b = tf.random.normal([n, n]), tf.random.normal([n, n])
-    tf.linalg.matmul(a, b).numpy()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        tf.linalg.matmul(a, b).numpy()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+def matmul_peak_flops(run: RunSpec) -> PeakFlops:
+    """One device's peak (common/peak.py): square float32 matmuls on this process's first device, in the run's math
+    mode and thread count, measured once per machine and setting."""
+    device = default_device()
+    gpu = "GPU" in device
+    setting = {
+        "framework": f"tensorflow {tf.__version__}",
+        "device": gpu_name() if gpu else cpu_name(),
+        "gpu": gpu,
+        "precision": "float32",
+        "tf32": tf.config.experimental.tensor_float_32_execution_enabled() and gpu,
+        "threads": tf.config.threading.get_intra_op_parallelism_threads(),
+    }
+
+    def matmul_seconds(n: int, count: int) -> float:
+        with tf.device(device):
+            a, b = tf.random.normal([n, n]), tf.random.normal([n, n])
+            a[0, 0].numpy()  # waits for the device
+            start = time.perf_counter()
+            for _ in range(count):
+                c = tf.linalg.matmul(a, b)
+            c[0, 0].numpy()
+        return time.perf_counter() - start
+
+    return machine_peak(setting, matmul_seconds, gpu=gpu)
+
+
+def gpu_name() -> str:
+    details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
+    return details.get("device_name", "GPU")
+
+
+def gpu_memory() -> dict[int, int]:
+    """Peak bytes TensorFlow's allocator held on each GPU this process used ({} without GPUs). Logical GPUs
+    (configure) are counted on the physical GPU they were cut from."""
+    physical = tf.config.list_physical_devices("GPU")
+    logical = tf.config.list_logical_devices("GPU")
+    if not logical:
+        return {}
+    machine_index = visible_gpus(len(physical))
+    per_physical = -(-len(logical) // len(physical))  # configure cuts each GPU into this many, in order
+    peaks: dict[int, int] = {}
+    for i, device in enumerate(logical):
+        gpu = machine_index[i // per_physical]
+        peaks[gpu] = peaks.get(gpu, 0) + int(tf.config.experimental.get_memory_info(device.name)["peak"])
+    return {gpu: peak for gpu, peak in peaks.items() if peak}
 
 
 def stage_seconds(
@@ -261,9 +322,11 @@ def environment(ctx: RankContext) -> dict:
     """What result.json records about the software and the process that produced it."""
     threads = tf.config.threading
     versions = {"tensorflow": tf.__version__, "keras": keras.__version__}
-    return common_rank.environment(
+    env = common_rank.environment(
         ctx, versions, threads.get_intra_op_parallelism_threads(), threads.get_inter_op_parallelism_threads()
     )
+    env["math_mode"] = {"tensor_float_32_execution": tf.config.experimental.tensor_float_32_execution_enabled()}
+    return env
 
 
 def report(ctx: RankContext, s: Setup, model, losses: np.ndarray, timing, weight_copies: list, **stages) -> None:
@@ -273,4 +336,4 @@ def report(ctx: RankContext, s: Setup, model, losses: np.ndarray, timing, weight
 
 
 # What rank 0 asks this framework for at the end of a run (common.rank.report).
-END = common_rank.FrameworkEnd(environment=environment, peak_flops=matmul_peak_flops)
+END = common_rank.FrameworkEnd(environment=environment, peak_flops=matmul_peak_flops, gpu_memory=gpu_memory)

@@ -91,14 +91,14 @@ def run_mutual(run: RunSpec, launcher: str) -> None:
         )
         for m in members
     ]
-    report_networks(RankContext(run, launcher), outcomes, training.environment, mutual_exchange(run.config))
+    report_networks(RankContext(run, launcher), outcomes, training.END, mutual_exchange(run.config))
 
 
 def run_mutual_distributed(run: RunSpec, launcher: str) -> None:
     """One process per network; every step the processes all-gather their predictions on the batch."""
     device = training.init_process_group(run)
     rank, world = dist.get_rank(), dist.get_world_size()
-    ctx = RankContext(run, launcher, rank, world, gather=training.collective_gather(device))
+    ctx = RankContext(run, launcher, rank, world, gather=training.collective_gather())
     m, s = _member(run, rank, device)
     loss_fn = training.loss_function(run)
 
@@ -126,8 +126,8 @@ def run_mutual_distributed(run: RunSpec, launcher: str) -> None:
         busy_s_per_step=_busy(m),
         fed=training.fed(m.index, step_inputs),
     )
-    report_networks(ctx, [outcome], training.environment, mutual_exchange(run.config, "dist.all_gather"))
-    dist.barrier()  # rank 0 writes before anyone tears the group down
+    report_networks(ctx, [outcome], training.END, mutual_exchange(run.config, "dist.all_gather"))
+    training.barrier()  # rank 0 writes before anyone tears the group down
     dist.destroy_process_group()
 
 
@@ -176,7 +176,7 @@ def run_chain(run: RunSpec, launcher: str) -> None:
             fed=training.fed(1, step_inputs),
         ),
     ]
-    report_networks(RankContext(run, launcher), outcomes, training.environment, chain_exchange(parts, batch))
+    report_networks(RankContext(run, launcher), outcomes, training.END, chain_exchange(parts, batch))
 
 
 def run_chain_send_recv(run: RunSpec, launcher: str) -> None:
@@ -184,7 +184,7 @@ def run_chain_send_recv(run: RunSpec, launcher: str) -> None:
     with point-to-point send/recv every step."""
     device = training.init_process_group(run)
     rank, world = dist.get_rank(), dist.get_world_size()
-    ctx = RankContext(run, launcher, rank, world, gather=training.collective_gather(device))
+    ctx = RankContext(run, launcher, rank, world, gather=training.collective_gather())
     s = training.setup(run, device)
     parts = chain_parts(run.config)
     part = parts[rank]
@@ -220,7 +220,7 @@ def run_chain_send_recv(run: RunSpec, launcher: str) -> None:
     busy = training.stage_seconds(run, module, part, batch, rank == 1, device)
     # Both parts' weights to every rank, so that the head's process evaluates the whole chain.
     weights = [None] * world
-    dist.all_gather_object(weights, export_weights(module, part.layers))
+    training.all_gather_object(weights, export_weights(module, part.layers))
     if rank == 0:
         outcome = NetworkOutcome(
             0, "encoder", None, timing, {}, f"rank 0: {device}", busy_s_per_step=busy, fed=training.fed(0, step_inputs)
@@ -237,6 +237,6 @@ def run_chain_send_recv(run: RunSpec, launcher: str) -> None:
             busy_s_per_step=busy,
             fed=training.fed(1, step_inputs),
         )
-    report_networks(ctx, [outcome], training.environment, chain_exchange(parts, batch, "dist.send/recv"))
-    dist.barrier()  # rank 0 writes before anyone tears the group down
+    report_networks(ctx, [outcome], training.END, chain_exchange(parts, batch, "dist.send/recv"))
+    training.barrier()  # rank 0 writes before anyone tears the group down
     dist.destroy_process_group()

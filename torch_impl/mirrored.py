@@ -48,12 +48,12 @@ def _run_process_group(run: RunSpec, launcher: str, wrap, average_gradients) -> 
     block = replica_slice(run.config.training.global_batch, rank, world)  # this rank's block
     step_inputs = [torch.from_numpy(row[block]).to(device) for row in s.order]
     losses, timing = training.train(run, train_step, step_inputs, rank)
-    ctx = RankContext(run, launcher, rank, world, (f"rank {rank}: {device}",), training.collective_gather(device))
+    ctx = RankContext(run, launcher, rank, world, (f"rank {rank}: {device}",), training.collective_gather())
     fed = [training.fed(rank, step_inputs)]
     training.report(ctx, s, model, losses, timing, [flat_weights(model.parameters())], fed=fed)
     # torch.distributed: wait for rank 0 to finish writing before tearing down; a rank that destroys the
     # group while its peer is still busy aborts in gloo now and then ("terminate called ...").
-    dist.barrier()
+    training.barrier()
     dist.destroy_process_group()
 
 

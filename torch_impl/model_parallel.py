@@ -25,7 +25,7 @@ NO_LOSS = torch.tensor(float("nan"))  # stages before the last compute no loss
 def _full_model_on_rank0(run: RunSpec, stage, module, rank: int):
     """Every stage's weights, in the canonical layout, gathered to build the whole model for evaluation."""
     parts = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, export_weights(module, stage.layers))
+    training.all_gather_object(parts, export_weights(module, stage.layers))
     if rank != 0:
         return None
     merged = {k: v for part in parts for k, v in part.items()}
@@ -40,7 +40,7 @@ def _stage_context(run: RunSpec, launcher: str, stage, device: torch.device) -> 
         rank,
         dist.get_world_size(),
         (f"rank {rank}: stage {stage.index} on {device}",),
-        training.collective_gather(device),
+        training.collective_gather(),
     )
 
 
@@ -56,14 +56,14 @@ def _finish(ctx: RankContext, s, stage, module, losses, timing, device, busy_bat
                     run, module, stage, busy_batch, last, device, count=run.micro_batches
                 )
             }
-        dist.barrier()
+        training.barrier()
     full = _full_model_on_rank0(run, stage, module, ctx.rank)
     weights = [flat_weights(module.parameters())]
     where = {stage.index: f"rank {ctx.rank}: {device}"}
     training.report(
         ctx, s, full, losses, timing, weights, stage=stage.index, stage_busy_s=busy, fed=fed, stage_devices=where
     )
-    dist.barrier()  # rank 0 writes before anyone tears the group down
+    training.barrier()  # rank 0 writes before anyone tears the group down
     dist.destroy_process_group()
 
 

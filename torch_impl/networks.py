@@ -53,7 +53,7 @@ def outcome(net: Network, losses: np.ndarray, timing, step_inputs: list) -> Netw
 
 
 def _finish(ctx: RankContext, outcomes: list[NetworkOutcome]) -> None:
-    report_networks(ctx, outcomes, training.environment, ensemble=ctx.run.kind.ensemble)
+    report_networks(ctx, outcomes, training.END, ensemble=ctx.run.kind.ensemble)
 
 
 def run_sequential(run: RunSpec, launcher: str) -> None:
@@ -93,10 +93,10 @@ def run_processes(run: RunSpec, launcher: str) -> None:
     all-gathers only."""
     device = training.init_process_group(run)
     rank, world = dist.get_rank(), dist.get_world_size()
-    ctx = RankContext(run, launcher, rank, world, gather=training.collective_gather(device))
+    ctx = RankContext(run, launcher, rank, world, gather=training.collective_gather())
     net = prepare(run, rank, device)
-    result = train_alone(net, rank, after_warmup=dist.barrier)  # torch.distributed: start barrier
+    result = train_alone(net, rank, after_warmup=training.barrier)  # torch.distributed: start barrier
     result = dataclasses.replace(result, device=f"rank {rank}: {device}")
     _finish(ctx, [result])
-    dist.barrier()  # rank 0 writes before anyone tears the group down
+    training.barrier()  # rank 0 writes before anyone tears the group down
     dist.destroy_process_group()

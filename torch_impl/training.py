@@ -15,7 +15,10 @@ import torch.nn.functional as F
 
 from xfw.common import rank as common_rank
 from xfw.common.data import Dataset, Fed, load_dataset, sample_order
+from xfw.common.peak import cpu_name, machine_peak, visible_gpus
 from xfw.common.rank import RankContext
+from xfw.common.records import PeakFlops
+from xfw.common.registry import gpu_of_rank, ranks_share_a_gpu
 from xfw.common.runspec import RunSpec
 from xfw.common.schedules import learning_rates
 from xfw.common.semantics import optimizer_hyperparameters
@@ -38,6 +41,7 @@ def setup(run: RunSpec, device: torch.device | None = None) -> Setup:
     torch.set_num_threads(cfg.parallel.threads_per_replica)
     if cfg.runtime.determinism:
         torch.use_deterministic_algorithms(True)
+    set_math_mode(cfg.runtime.tf32)
     torch.manual_seed(cfg.seed)  # no layer draws random numbers (weights are loaded), but be sure
     device = device or default_device()
     data = load_dataset(cfg)
@@ -47,33 +51,62 @@ def setup(run: RunSpec, device: torch.device | None = None) -> Setup:
     return Setup(device, data, order, initial_weights(cfg.model, cfg.weights_seed), x, y)
 
 
+def set_math_mode(tf32: bool) -> None:
+    """TensorFloat-32 for float32 matmuls and convolutions on or off (runtime.tf32), set explicitly: PyTorch's own
+    defaults differ between the two (matmul off, cuDNN convolutions on), TensorFlow's are both on."""
+    precision = "tf32" if tf32 else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = precision
+    torch.backends.cudnn.conv.fp32_precision = precision
+
+
 def default_device() -> torch.device:
     """The first GPU, or the CPU where there is none."""
     return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
 
 
+# The group that carries a run's bookkeeping (start and teardown barriers, the result gathers): gloo on CPU
+# tensors, which any ranks can form, those sharing a GPU included. Training collectives use the default group.
+_coordination = None
+
+
 def init_process_group(run: RunSpec) -> torch.device:
+    """Join torchrun's process group and take this rank's device. NCCL where every rank has a GPU of its own;
+    gloo where ranks share one (several networks on one GPU, more replicas than GPUs), since NCCL refuses two
+    ranks on one device: gloo's all_reduce and broadcast, all DDP needs, take CUDA tensors."""
+    global _coordination
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    backend = "nccl" if gpus and not ranks_share_a_gpu(run.processes, gpus, run.devices) else "gloo"
     # torch.distributed: rank, world size and rendezvous come from torchrun's environment.
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    dist.init_process_group(backend)
     if dist.get_world_size() != run.processes:
         raise RuntimeError(f"torchrun started {dist.get_world_size()} processes but the run needs {run.processes}")
-    if torch.cuda.is_available():
-        # One GPU per rank, or all on the first where the run's networks share one device.
-        local_rank = dist.get_rank() % min(torch.cuda.device_count(), run.devices)
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
+    _coordination = dist.new_group(backend="gloo") if backend == "nccl" else dist.group.WORLD
+    if gpus:
+        device = torch.device("cuda", gpu_of_rank(dist.get_rank(), gpus, run.devices))
+        torch.cuda.set_device(device)
+        return device
     return torch.device("cpu")
 
 
-def collective_gather(device: torch.device):
-    """RankContext.gather for a torchrun process group."""
+def barrier() -> None:
+    """torch.distributed: every rank reaches this line before any goes on (the coordination group)."""
+    dist.barrier(group=_coordination)
+
+
+def all_gather_object(parts: list, obj) -> None:
+    """torch.distributed: every rank's picklable `obj` into `parts`, in rank order (the coordination group)."""
+    dist.all_gather_object(parts, obj, group=_coordination)
+
+
+def collective_gather():
+    """RankContext.gather for a torchrun process group: CPU tensors through the coordination group."""
 
     def gather(vector: np.ndarray) -> np.ndarray:
         # torch.distributed: one all-gather after training.
-        mine = torch.from_numpy(vector).to(device)
+        mine = torch.from_numpy(vector)
         parts = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, mine)
-        return torch.stack(parts).cpu().numpy()
+        dist.all_gather(parts, mine, group=_coordination)
+        return torch.stack(parts).numpy()
 
     return gather
 
@@ -201,17 +234,40 @@ def evaluate(run: RunSpec, s: Setup, model) -> dict:
     return metrics
 
 
-def matmul_peak_flops(n: int = 1024, repeats: int = 5) -> float:
-    """Best fp32 matmul rate of this process with its thread settings: the peak a run is measured against."""
-    device = default_device()
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    (a @ b).sum().item()
-    best = float("inf")
-    for _ in range(repeats):
+def matmul_peak_flops(run: RunSpec) -> PeakFlops:
+    """One device's peak (common/peak.py): square float32 matmuls on this process's device, in the run's math mode
+    and thread count, measured once per machine and setting."""
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    tf32 = run.config.runtime.tf32 and device.type == "cuda"
+    setting = {
+        "framework": f"torch {torch.__version__}",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "gpu": device.type == "cuda",
+        "precision": "float32",
+        "tf32": tf32,
+        "threads": torch.get_num_threads(),
+    }
+
+    def matmul_seconds(n: int, count: int) -> float:
+        set_math_mode(tf32)
+        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+        a[0, 0].item()  # waits for the device
         start = time.perf_counter()
-        (a @ b)[0, 0].item()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+        for _ in range(count):
+            c = a @ b
+        c[0, 0].item()
+        return time.perf_counter() - start
+
+    return machine_peak(setting, matmul_seconds, gpu=device.type == "cuda")
+
+
+def gpu_memory() -> dict[int, int]:
+    """Peak bytes PyTorch's caching allocator held on each GPU this process used ({} without CUDA)."""
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return {}
+    visible = visible_gpus(torch.cuda.device_count())
+    peaks = {visible[d]: torch.cuda.max_memory_allocated(d) for d in range(torch.cuda.device_count())}
+    return {gpu: peak for gpu, peak in peaks.items() if peak}
 
 
 def stage_seconds(
@@ -257,7 +313,14 @@ def stage_seconds(
 def environment(ctx: RankContext) -> dict:
     """What result.json records about the software and the process that produced it."""
     versions = {"torch": torch.__version__}
-    return common_rank.environment(ctx, versions, torch.get_num_threads(), torch.get_num_interop_threads())
+    env = common_rank.environment(ctx, versions, torch.get_num_threads(), torch.get_num_interop_threads())
+    env["math_mode"] = {
+        "matmul_fp32_precision": torch.backends.cuda.matmul.fp32_precision,
+        "conv_fp32_precision": torch.backends.cudnn.conv.fp32_precision,
+    }
+    if dist.is_initialized():
+        env["process_group_backend"] = dist.get_backend()
+    return env
 
 
 def report(ctx: RankContext, s: Setup, model, losses: np.ndarray, timing, weight_copies: list, **stages) -> None:
@@ -267,4 +330,4 @@ def report(ctx: RankContext, s: Setup, model, losses: np.ndarray, timing, weight
 
 
 # What rank 0 asks this framework for at the end of a run (common.rank.report).
-END = common_rank.FrameworkEnd(environment=environment, peak_flops=matmul_peak_flops)
+END = common_rank.FrameworkEnd(environment=environment, peak_flops=matmul_peak_flops, gpu_memory=gpu_memory)
