@@ -75,9 +75,13 @@ ONE_SIDE_ONLY = {
         "placed": "a tensor is put on a device by tf.device scope; torch has tensor.to(device)",
         "TabulatedSchedule": "Keras reads a schedule object; torch's LambdaLR (in ScheduledOptimizer) reads the table",
         "DenseGradients": "TensorFlow's embedding gradients are sparse (IndexedSlices); torch's are dense",
+        "splits_gpus": "TensorFlow cuts one GPU into logical GPUs for several replicas; torch puts ranks on one GPU",
+        "cross_device_ops": "MirroredStrategy's all-reduce; torch's one-process data parallelism is nn.DataParallel",
     },
     ("torch", "training.py"): {
         "init_process_group": "torchrun's process group; TensorFlow's multi-process runs build their strategy",
+        "barrier": "a barrier of the process group's gloo side; TensorFlow's workers synchronise in the strategy",
+        "all_gather_object": "torch.distributed gathers picklable objects; TensorFlow's strategies gather tensors",
         "ScheduledOptimizer": "torch clips and schedules outside its optimizer; Keras does both inside its own",
     },
     ("tf", "mirrored.py"): {

@@ -53,8 +53,7 @@ def configure(run: RunSpec, local_devices: int = 1, inter_op_threads: int | None
     tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads or max(1, local_devices))
     if cfg.runtime.determinism:
         tf.config.experimental.enable_op_determinism()
-    # TensorFloat-32 is on by default in TensorFlow; xfw sets it as runtime.tf32 says, in both frameworks.
-    tf.config.experimental.enable_tensor_float_32_execution(cfg.runtime.tf32)
+    set_math_mode(cfg.runtime.tf32)
     gpus = tf.config.list_physical_devices("GPU")
     if local_devices > 1 and not gpus:
         # Split the CPU into N logical devices so that one process can hold N replicas.
@@ -68,6 +67,12 @@ def configure(run: RunSpec, local_devices: int = 1, inter_op_threads: int | None
             limit = int(gpu_memory_mib(index) * GPU_MEMORY_SHARE / per_gpu)
             tf.config.set_logical_device_configuration(gpu, [tf.config.LogicalDeviceConfiguration(limit)] * per_gpu)
     _configured = True
+
+
+def set_math_mode(tf32: bool) -> None:
+    """TensorFloat-32 for float32 matmuls and convolutions on or off (runtime.tf32), set explicitly: TensorFlow's
+    default is on for both, PyTorch's differ between the two."""
+    tf.config.experimental.enable_tensor_float_32_execution(tf32)
 
 
 def splits_gpus() -> bool:

@@ -241,7 +241,7 @@ def matmul_peak_flops(run: RunSpec) -> PeakFlops:
     tf32 = run.config.runtime.tf32 and device.type == "cuda"
     setting = {
         "framework": f"torch {torch.__version__}",
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "device": gpu_name() if device.type == "cuda" else cpu_name(),
         "gpu": device.type == "cuda",
         "precision": "float32",
         "tf32": tf32,
@@ -259,6 +259,10 @@ def matmul_peak_flops(run: RunSpec) -> PeakFlops:
         return time.perf_counter() - start
 
     return machine_peak(setting, matmul_seconds, gpu=device.type == "cuda")
+
+
+def gpu_name() -> str:
+    return torch.cuda.get_device_name(torch.cuda.current_device())
 
 
 def gpu_memory() -> dict[int, int]:
