@@ -217,7 +217,7 @@ def tolerance_for(kind: Parity, config: Config) -> float | None:
         return 0.0
     if kind == Parity.NOT_JUDGED:
         return None
-    return getattr(config.parity, kind.value)
+    return config.parity.tolerance(kind.value, config.runtime.precision)
 
 
 def not_compared(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> Comparison | None:

@@ -128,6 +128,9 @@ class TransformerSpec(_Strict):
 # One spec class per model kind; what each kind is made of (blocks, data, stages) is its entry in
 # common.models.MODEL_KINDS.
 ModelSpec = Annotated[MLPSpec | CNNSpec | ResNetSpec | TransformerSpec, Field(discriminator="kind")]
+# Default parity tolerances under mixed precision, measured (README "Precision").
+MIXED_BF16_SAME, MIXED_BF16_CROSS = 1e-2, 1e-2
+MIXED_F16_SAME, MIXED_F16_CROSS = 1e-2, 1e-2
 MODEL_SPEC_TAGS = ("mlp", "cnn", "resnet", "transformer")
 
 
@@ -252,7 +255,13 @@ class ModelParallelConfig(_Strict):
 
 class RuntimeConfig(_Strict):
     determinism: bool = True
-    precision: Literal["float32"] = "float32"
+    # float32, or mixed precision: weights and the optimizer in float32, matmuls and convolutions in bfloat16 or
+    # float16 (Keras's mixed policy / torch.autocast; float16 with dynamic loss scaling). Single-device and
+    # data-parallel runs.
+    precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
+    # Each framework's own compiler for the forward pass, the loss and their backward: TensorFlow XLA
+    # (tf.function(jit_compile=True)), PyTorch torch.compile (inductor). The first steps pay for compiling (warm-up).
+    compile: bool = False
     # TensorFloat-32 for float32 matmuls and convolutions on NVIDIA GPUs (Ampere and newer): TensorFlow allows it
     # by default, PyTorch only for convolutions; xfw sets both frameworks to this value, so they compute alike
     # (off: IEEE float32, what exact parity needs). No effect on a CPU.
@@ -260,11 +269,24 @@ class RuntimeConfig(_Strict):
     timeout_s: Annotated[float, Field(gt=0)] = 600.0  # per run (per repeat), enforced by the parent process
 
 
+class Tolerances(_Strict):
+    same_framework: Annotated[float, Field(gt=0)]
+    cross_framework: Annotated[float, Field(gt=0)]
+
+
 class ParityConfig(_Strict):
     # Largest relative per-step loss difference allowed between two runs of the same framework
-    # (parallel vs single device) and between the two frameworks.
+    # (parallel vs single device) and between the two frameworks, in float32.
     same_framework: Annotated[float, Field(gt=0)] = 1e-5
     cross_framework: Annotated[float, Field(gt=0)] = 1e-5
+    # The same under mixed precision (runtime.precision): every product rounded to 8 (bfloat16) or 11 (float16)
+    # significant bits. Defaults measured on the shipped configs (README "Precision").
+    mixed_bfloat16: Tolerances = Tolerances(same_framework=MIXED_BF16_SAME, cross_framework=MIXED_BF16_CROSS)
+    mixed_float16: Tolerances = Tolerances(same_framework=MIXED_F16_SAME, cross_framework=MIXED_F16_CROSS)
+
+    def tolerance(self, kind: str, precision: str) -> float:
+        """The tolerance of a `kind` ("same_framework" | "cross_framework") comparison at `precision`."""
+        return getattr(self if precision == "float32" else getattr(self, precision), kind)
 
 
 class NetworkSpec(_Strict):

@@ -164,6 +164,9 @@ class Implementation:
     no_sync_batchnorm: str | None = None
     # Why it cannot clip by the global norm of the averaged gradients (training.clip_global_norm); None: it can.
     no_global_clipping: str | None = None
+    # Why it cannot train in mixed precision (runtime.precision), or compile (runtime.compile); None: it can.
+    no_mixed_precision: str | None = None
+    no_compile: str | None = None
     reference: str = "single"  # the same framework's implementation this one is diffed against
     twin: str | None = None  # the other framework's implementation to diff against (default: same name)
 
@@ -260,6 +263,8 @@ REGISTRY: tuple[Implementation, ...] = (
         gpu_only=True,
         no_sync_batchnorm="nn.DataParallel replicates the module every step; SyncBatchNorm works only under "
         "DistributedDataParallel",
+        no_mixed_precision="nn.DataParallel runs each replica's forward in a thread of its own, which torch.autocast "
+        "(thread-local) does not reach",
     ),
     _impl(
         "torch",
@@ -748,6 +753,19 @@ def model_unsupported(impl: Implementation, config) -> str | None:
             "training.accumulation_steps applies to single-device and data-parallel runs (pipelines cut the batch "
             "into model_parallel.micro_batches already)"
         )
+    mixed = config.runtime.precision != "float32"
+    whole_model_steps = impl.kind.data_parallel or impl.strategy == "single"
+    if mixed and not whole_model_steps:
+        return (
+            f"runtime.precision {config.runtime.precision} applies to single-device and data-parallel runs "
+            "(model-parallel and several-network runs train in float32)"
+        )
+    if config.runtime.compile and not whole_model_steps:
+        return "runtime.compile applies to single-device and data-parallel runs"
+    if config.runtime.compile and impl.no_compile:
+        return f"cannot compile (runtime.compile): {impl.no_compile}"
+    if mixed and impl.no_mixed_precision:
+        return f"cannot train in {config.runtime.precision}: {impl.no_mixed_precision}"
     clipping = config.training.clip_global_norm is not None
     if clipping and impl.no_global_clipping and config.parallel.replicas > 1:
         return f"cannot clip by the global norm (training.clip_global_norm): {impl.no_global_clipping}"

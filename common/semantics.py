@@ -8,7 +8,25 @@ from __future__ import annotations
 
 from xfw.common.config import AdamWConfig, Config, ModelSpec, ResNetSpec, SGDConfig, TransformerSpec
 
+# Dynamic loss scaling under mixed_float16, the same in both frameworks (Keras's LossScaleOptimizer and torch's
+# GradScaler start and grow differently by default: 2^15 / 2^16): the scale starts here, halves on a step with
+# a non-finite gradient (that step is skipped) and doubles after this many finite steps.
+LOSS_SCALE = {"initial": 2.0**15, "growth_interval": 2000}
+
+# What the matmul peak of a run is measured in (common/peak.py).
+MATMUL_DTYPE = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
+
 NOTES = {
+    "mixed_precision": (
+        "Mixed precision follows each framework's own policy. Both keep the weights and the optimizer in float32 "
+        "and xfw computes the loss in float32. Keras's mixed policy runs every layer in the low dtype (variables "
+        "cast on read; its BatchNormalization and LayerNormalization compute in float32); torch.autocast runs "
+        "matmuls and convolutions in it and softmax, layer_norm and losses in float32, while elementwise ops "
+        "(activations, residual additions) take their inputs' dtype. So the two round at different places, and "
+        "their curves part by more than in float32: parity.mixed_bfloat16 / parity.mixed_float16 hold the "
+        "tolerances. mixed_float16 scales the loss dynamically in both (initial scale 2^15, doubled after 2000 "
+        "finite steps, halved and the step skipped on a non-finite gradient)."
+    ),
     "sgd": (
         "SGD with momentum: Keras keeps v = m*v - lr*g and adds v; torch keeps b = m*b + g and subtracts lr*b. "
         "With a constant learning rate the two are the same update (nesterov too), so runs agree to float rounding."
@@ -177,4 +195,6 @@ def notes_for(config: Config) -> dict[str, str]:
         notes["schedule"] = NOTES["schedule"]
     if config.training.clip_global_norm is not None:
         notes["clipping"] = NOTES["clipping"]
+    if config.runtime.precision != "float32":
+        notes["mixed_precision"] = NOTES["mixed_precision"]
     return notes | model_notes(config.model)

@@ -62,6 +62,7 @@ def run_horovod(run: RunSpec, launcher: str) -> None:
         v.assign(hvd.broadcast(v.value, root_rank=0))
     loss_fn = training.loss_function(run)
 
+    @training.compiled(run)
     def forward(idx):
         x, y = tf.gather(s.x, idx), tf.gather(s.y, idx)
         loss = tf.reduce_mean(loss_fn(y, model(x, training=True)))
@@ -69,7 +70,7 @@ def run_horovod(run: RunSpec, launcher: str) -> None:
 
     @tf.function
     def train_step(idx):
-        grads, loss = training.gradients(run, idx, model.trainable_variables, forward)
+        grads, loss = training.gradients(run, idx, model.trainable_variables, forward, optimizer)
         # Horovod: embedding gradients arrive as tf.IndexedSlices, which Horovod would allgather (and cannot
         # when their index dtypes differ); dense, as Horovod's own sparse_as_dense=True makes them.
         grads = [tf.convert_to_tensor(g) for g in grads]

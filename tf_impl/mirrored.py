@@ -35,6 +35,7 @@ def _run_strategy(ctx: RankContext, s, strategy) -> None:
     # A micro-batch's objective is divided by the accumulation steps again in training.gradients.
     micro_global_batch = global_batch // cfg.training.accumulation_steps
 
+    @training.compiled(run)
     def forward(idx):
         x, y = tf.gather(s.x, idx), tf.gather(s.y, idx)
         per_example = loss_fn(y, model(x, training=True))
@@ -44,7 +45,7 @@ def _run_strategy(ctx: RankContext, s, strategy) -> None:
         )
 
     def replica_step(idx):
-        grads, loss = training.gradients(run, idx, model.trainable_variables, forward)
+        grads, loss = training.gradients(run, idx, model.trainable_variables, forward, optimizer)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))  # tf.distribute: all-reduce inside
         return loss
 
@@ -118,6 +119,7 @@ def run_manual_placement(run: RunSpec, launcher: str) -> None:
     loss_fn = training.loss_function(run)
     blocks = [replica_slice(global_batch, r, replicas) for r in range(replicas)]
 
+    @training.compiled(run)
     def forward(idx):
         x, y = tf.gather(s.x, idx), tf.gather(s.y, idx)
         loss = tf.reduce_mean(loss_fn(y, model(x, training=True)))
@@ -128,7 +130,7 @@ def run_manual_placement(run: RunSpec, launcher: str) -> None:
         replica_grads, replica_losses = [], []
         for device, idx in zip(devices, replica_idx):
             with tf.device(device):  # placement: this replica's forward and backward run on its device
-                grads, loss = training.gradients(run, idx, model.trainable_variables, forward)
+                grads, loss = training.gradients(run, idx, model.trainable_variables, forward, optimizer)
                 replica_grads.append(grads)
                 replica_losses.append(loss)
         # placement: average the replicas' gradients by hand, then one update of the single weight copy.

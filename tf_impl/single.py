@@ -16,13 +16,14 @@ def step_body(run: RunSpec, s, model):
     optimizer = training.make_optimizer(run)
     loss_fn = training.loss_function(run)
 
+    @training.compiled(run)
     def forward(idx):
         x, y = tf.gather(s.x, idx), tf.gather(s.y, idx)
         loss = tf.reduce_mean(loss_fn(y, model(x, training=True)))
         return loss, loss
 
     def train_step(idx):
-        grads, loss = training.gradients(run, idx, model.trainable_variables, forward)
+        grads, loss = training.gradients(run, idx, model.trainable_variables, forward, optimizer)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 

@@ -23,7 +23,7 @@ from xfw.common.records import PeakFlops
 from xfw.common.registry import gpu_memory_mib
 from xfw.common.runspec import RunSpec
 from xfw.common.schedules import learning_rates
-from xfw.common.semantics import optimizer_hyperparameters
+from xfw.common.semantics import LOSS_SCALE, MATMUL_DTYPE, optimizer_hyperparameters
 from xfw.common.weights import initial_weights
 
 
@@ -54,6 +54,8 @@ def configure(run: RunSpec, local_devices: int = 1, inter_op_threads: int | None
     if cfg.runtime.determinism:
         tf.config.experimental.enable_op_determinism()
     set_math_mode(cfg.runtime.tf32)
+    # Keras's mixed policy: variables float32, layers compute in bfloat16/float16 (float32: the default policy).
+    keras.mixed_precision.set_global_policy(cfg.runtime.precision)
     gpus = tf.config.list_physical_devices("GPU")
     if local_devices > 1 and not gpus:
         # Split the CPU into N logical devices so that one process can hold N replicas.
@@ -166,7 +168,13 @@ def make_optimizer(run: RunSpec):
         params["learning_rate"] = TabulatedSchedule(
             learning_rates(cfg.optimizer.lr, cfg.optimizer.schedule, cfg.training.steps)
         )
-    return type(cls.__name__, (DenseGradients, cls), {})(**params)
+    optimizer = type(cls.__name__, (DenseGradients, cls), {})(**params)
+    if cfg.runtime.precision == "mixed_float16":
+        # Dynamic loss scaling, started and grown as torch's GradScaler is told to (common.semantics.LOSS_SCALE).
+        optimizer = keras.optimizers.LossScaleOptimizer(
+            optimizer, initial_scale=LOSS_SCALE["initial"], dynamic_growth_steps=LOSS_SCALE["growth_interval"]
+        )
+    return optimizer
 
 
 def loss_function(run: RunSpec):
@@ -179,27 +187,38 @@ def loss_function(run: RunSpec):
         base = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
 
     def per_example(targets, outputs):
-        losses = base(targets, outputs)
+        losses = base(targets, keras.ops.cast(outputs, "float32"))  # mixed precision: the loss in float32
         return keras.ops.mean(losses, axis=tuple(range(1, len(losses.shape)))) if len(losses.shape) > 1 else losses
 
     return per_example
 
 
-def gradients(run: RunSpec, idx, variables, compute) -> tuple[list, object]:
+def compiled(run: RunSpec):
+    """Decorator: the step's `forward` (a batch's loss) compiled by XLA where runtime.compile says so; its gradient
+    is then compiled too. torch_impl's twin hands it to torch.compile."""
+    if not run.config.runtime.compile:
+        return lambda forward: forward
+    return lambda forward: tf.function(forward, jit_compile=True)
+
+
+def gradients(run: RunSpec, idx, variables, compute, optimizer=None) -> tuple[list, object]:
     """(gradients, loss) of one step on the sample indices `idx`. compute(indices) -> (objective, loss) runs the
     forward pass. With training.accumulation_steps k > 1: k micro-batches one after another, each objective / k,
-    the gradients summed (dense), the loss their mean; torch_impl's twin accumulates in .grad."""
+    the gradients summed (dense), the loss their mean; torch_impl's twin accumulates in .grad. Under loss scaling
+    (`optimizer` a LossScaleOptimizer) the gradients are of the scaled objective: its apply_gradients unscales."""
     k = run.config.training.accumulation_steps
+    scaled = optimizer.scale_loss if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else lambda v: v
     if k == 1:
         with tf.GradientTape() as tape:
             objective, loss = compute(idx)
+            objective = scaled(objective)
         return tape.gradient(objective, variables), loss
     n = idx.shape[0] // k
     total, losses = None, []
     for m in range(k):  # unrolled in the tf.function: k is small and fixed
         with tf.GradientTape() as tape:
             objective, loss = compute(idx[m * n : (m + 1) * n])
-            objective = objective / k
+            objective = scaled(objective / k)
         grads = [tf.convert_to_tensor(g) for g in tape.gradient(objective, variables)]
         total = grads if total is None else [a + b for a, b in zip(total, grads)]
         losses.append(loss)
@@ -237,22 +256,23 @@ def evaluate(run: RunSpec, s: Setup, model) -> dict:
 
 
 def matmul_peak_flops(run: RunSpec) -> PeakFlops:
-    """One device's peak (common/peak.py): square float32 matmuls on this process's first device, in the run's math
-    mode and thread count, measured once per machine and setting."""
+    """One device's peak (common/peak.py): square matmuls on this process's first device in the run's precision
+    (float32, bfloat16, float16), math mode and thread count, measured once per machine and setting."""
     device = default_device()
     gpu = "GPU" in device
+    dtype = MATMUL_DTYPE[run.config.runtime.precision]
     setting = {
         "framework": f"tensorflow {tf.__version__}",
         "device": gpu_name() if gpu else cpu_name(),
         "gpu": gpu,
-        "precision": "float32",
+        "precision": dtype,
         "tf32": tf.config.experimental.tensor_float_32_execution_enabled() and gpu,
         "threads": tf.config.threading.get_intra_op_parallelism_threads(),
     }
 
     def matmul_seconds(n: int, count: int) -> float:
         with tf.device(device):
-            a, b = tf.random.normal([n, n]), tf.random.normal([n, n])
+            a, b = tf.random.normal([n, n], dtype=dtype), tf.random.normal([n, n], dtype=dtype)
             a[0, 0].numpy()  # waits for the device
             start = time.perf_counter()
             for _ in range(count):

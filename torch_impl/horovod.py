@@ -44,12 +44,13 @@ def run_horovod(run: RunSpec, launcher: str) -> None:
     hvd.broadcast_optimizer_state(optimizer.optimizer, root_rank=0)
     loss_fn = training.loss_function(run)
 
+    @training.compiled(run)
     def forward(idx):
         return loss_fn(model(s.x[idx]), s.y[idx])
 
     def train_step(idx):
         optimizer.zero_grad()  # set_to_none (the default)
-        loss = training.gradients(run, idx, forward)
+        loss = training.gradients(run, idx, forward, optimizer=optimizer)
         optimizer.step()
         return loss
 

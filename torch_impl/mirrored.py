@@ -34,13 +34,14 @@ def _run_process_group(run: RunSpec, launcher: str, wrap, average_gradients) -> 
     optimizer = training.make_optimizer(run, model.parameters())
     loss_fn = training.loss_function(run)
 
+    @training.compiled(run)
     def forward(idx):
         return loss_fn(net(s.x[idx]), s.y[idx])
 
     def train_step(idx):
         optimizer.zero_grad()  # set_to_none (the default)
         # DDP: its all-reduce held back until the last micro-batch of an accumulated step
-        loss = training.gradients(run, idx, forward, getattr(net, "no_sync", None))
+        loss = training.gradients(run, idx, forward, getattr(net, "no_sync", None), optimizer)
         average_gradients(model, world)
         optimizer.step()
         return loss
@@ -87,12 +88,13 @@ def run_data_parallel(run: RunSpec, launcher: str) -> None:
     optimizer = training.make_optimizer(run, model.parameters())
     loss_fn = training.loss_function(run)
 
+    @training.compiled(run)
     def forward(idx):
         return loss_fn(net(s.x[idx]), s.y[idx])
 
     def train_step(idx):
         optimizer.zero_grad()  # set_to_none (the default)
-        loss = training.gradients(run, idx, forward)
+        loss = training.gradients(run, idx, forward, optimizer=optimizer)
         optimizer.step()
         return loss
 

@@ -16,12 +16,13 @@ def step_body(run: RunSpec, s, model):
     optimizer = training.make_optimizer(run, model.parameters())
     loss_fn = training.loss_function(run)
 
+    @training.compiled(run)
     def forward(idx):
         return loss_fn(model(s.x[idx]), s.y[idx])
 
     def train_step(idx):
         optimizer.zero_grad()  # set_to_none (the default)
-        loss = training.gradients(run, idx, forward)
+        loss = training.gradients(run, idx, forward, optimizer=optimizer)
         optimizer.step()
         return loss
 

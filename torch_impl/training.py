@@ -21,7 +21,7 @@ from xfw.common.records import PeakFlops
 from xfw.common.registry import gpu_of_rank, ranks_share_a_gpu
 from xfw.common.runspec import RunSpec
 from xfw.common.schedules import learning_rates
-from xfw.common.semantics import optimizer_hyperparameters
+from xfw.common.semantics import LOSS_SCALE, MATMUL_DTYPE, optimizer_hyperparameters
 from xfw.common.weights import initial_weights
 from xfw.torch_impl.models import to_torch_layout
 
@@ -121,6 +121,13 @@ class ScheduledOptimizer:
         cfg = run.config
         self.optimizer = optimizer
         self.clip = cfg.training.clip_global_norm
+        self.scaler = None
+        if cfg.runtime.precision == "mixed_float16":
+            # Dynamic loss scaling, started and grown as Keras's LossScaleOptimizer is told to.
+            device = next(p for group in optimizer.param_groups for p in group["params"]).device.type
+            self.scaler = torch.amp.GradScaler(
+                device, init_scale=LOSS_SCALE["initial"], growth_interval=LOSS_SCALE["growth_interval"]
+            )
         self.scheduler = None
         if cfg.optimizer.schedule.kind != "constant":
             rates = learning_rates(cfg.optimizer.lr, cfg.optimizer.schedule, cfg.training.steps)
@@ -133,19 +140,23 @@ class ScheduledOptimizer:
         self.optimizer.zero_grad()  # set_to_none, torch's default (Horovod's optimizer takes no argument)
 
     def step(self) -> None:
-        if self.clip is not None:
+        if self.clip is None and self.scaler is None:
+            self.optimizer.step()
+        else:
             horovod = hasattr(self.optimizer, "synchronize")
             if horovod:
-                self.optimizer.synchronize()  # Horovod: the averaged gradients, before their norm is taken
-            parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(parameters, self.clip)
-            if horovod:
-                with self.optimizer.skip_synchronize():
+                self.optimizer.synchronize()  # Horovod: the averaged gradients, before they are unscaled or clipped
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            if self.clip is not None:
+                parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+                torch.nn.utils.clip_grad_norm_(parameters, self.clip)
+            with self.optimizer.skip_synchronize() if horovod else contextlib.nullcontext():
+                if self.scaler is not None:
+                    self.scaler.step(self.optimizer)  # skipped where a gradient is not finite
+                    self.scaler.update()
+                else:
                     self.optimizer.step()
-            else:
-                self.optimizer.step()
-        else:
-            self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
 
@@ -172,9 +183,10 @@ def loss_function(run: RunSpec):
     losses and leaves the reduction to the caller). A language model's positions are flattened into the
     batch: with equal sequence lengths the mean over positions is the mean of per-sequence means."""
     if run.config.loss == "mse":
-        return F.mse_loss
+        return lambda outputs, targets: F.mse_loss(outputs.float(), targets)  # mixed precision: loss in float32
 
     def cross_entropy(outputs, targets):
+        outputs = outputs.float()
         return (
             F.cross_entropy(outputs.flatten(0, -2), targets.flatten())
             if outputs.dim() > 2
@@ -184,23 +196,45 @@ def loss_function(run: RunSpec):
     return cross_entropy
 
 
-def gradients(run: RunSpec, idx, compute, no_sync=None) -> torch.Tensor:
+def autocast(run: RunSpec, device_type: str):
+    """The forward pass's precision: torch.autocast to bfloat16/float16 (weights stay float32), or nothing."""
+    precision = run.config.runtime.precision
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=torch.bfloat16 if precision == "mixed_bfloat16" else torch.float16)
+
+
+def compiled(run: RunSpec):
+    """Decorator: the step's `forward` (a batch's loss) compiled by torch.compile (inductor; its backward through
+    AOTAutograd) where runtime.compile says so. tf_impl's twin hands it to XLA."""
+    if not run.config.runtime.compile:
+        return lambda forward: forward
+    return lambda forward: torch.compile(forward)
+
+
+def gradients(run: RunSpec, idx, compute, no_sync=None, optimizer=None) -> torch.Tensor:
     """Backward of one step on the sample indices `idx`, gradients left in .grad; returns the loss, detached.
-    compute(indices) -> the loss. With training.accumulation_steps k > 1: k micro-batches one after another, each
-    loss / k, torch summing their gradients in .grad; `no_sync`: DDP's context that holds its all-reduce back
-    until the last micro-batch. tf_impl's twin sums the gradients itself."""
+    compute(indices) -> the loss, run under the configured precision (autocast). With
+    training.accumulation_steps k > 1: k micro-batches one after another, each loss / k, torch summing their
+    gradients in .grad; `no_sync`: DDP's context that holds its all-reduce back until the last micro-batch.
+    Under loss scaling (`optimizer`'s GradScaler) the gradients are of the scaled loss: its step() unscales.
+    tf_impl's twin sums the gradients itself."""
     k = run.config.training.accumulation_steps
+    scaler = getattr(optimizer, "scaler", None)
+    scaled = scaler.scale if scaler is not None else lambda v: v
     if k == 1:
-        loss = compute(idx)
-        loss.backward()
+        with autocast(run, idx.device.type):
+            loss = compute(idx)
+        scaled(loss).backward()
         return loss.detach()
     n = len(idx) // k
     losses = []
     for m in range(k):
         hold = no_sync() if no_sync is not None and m < k - 1 else contextlib.nullcontext()
         with hold:
-            loss = compute(idx[m * n : (m + 1) * n])
-            (loss / k).backward()
+            with autocast(run, idx.device.type):
+                loss = compute(idx[m * n : (m + 1) * n])
+            scaled(loss / k).backward()
         losses.append(loss.detach())
     return torch.stack(losses).mean()
 
@@ -225,7 +259,8 @@ def evaluate(run: RunSpec, s: Setup, model) -> dict:
     x = torch.from_numpy(to_torch_layout(s.data.x_test)).to(s.device)
     y = torch.from_numpy(s.data.y_test).to(s.device)
     model.eval()  # BatchNorm normalises by its moving statistics
-    logits = model(x)
+    with autocast(run, s.device.type):
+        logits = model(x)
     model.train()
     metrics = {"test_loss": float(loss_function(run)(logits, y))}
     if s.data.classification:
@@ -235,22 +270,24 @@ def evaluate(run: RunSpec, s: Setup, model) -> dict:
 
 
 def matmul_peak_flops(run: RunSpec) -> PeakFlops:
-    """One device's peak (common/peak.py): square float32 matmuls on this process's device, in the run's math mode
-    and thread count, measured once per machine and setting."""
+    """One device's peak (common/peak.py): square matmuls on this process's device in the run's precision (float32,
+    bfloat16, float16), math mode and thread count, measured once per machine and setting."""
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     tf32 = run.config.runtime.tf32 and device.type == "cuda"
+    dtype = MATMUL_DTYPE[run.config.runtime.precision]
     setting = {
         "framework": f"torch {torch.__version__}",
         "device": gpu_name() if device.type == "cuda" else cpu_name(),
         "gpu": device.type == "cuda",
-        "precision": "float32",
+        "precision": dtype,
         "tf32": tf32,
         "threads": torch.get_num_threads(),
     }
 
     def matmul_seconds(n: int, count: int) -> float:
         set_math_mode(tf32)
-        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+        a = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
+        b = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
         a[0, 0].item()  # waits for the device
         start = time.perf_counter()
         for _ in range(count):
