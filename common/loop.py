@@ -316,6 +316,7 @@ def common_env(run: RunSpec, launcher: str, world_size: int) -> dict:
         "threads_per_replica": cfg.parallel.threads_per_replica,
         "cpu_affinity": sorted(os.sched_getaffinity(0)),  # the cores this process may run on
         "precision": cfg.runtime.precision,
+        "compile": cfg.runtime.compile,
         "determinism": cfg.runtime.determinism,
         "env_vars": {
             k: os.environ[k]

@@ -742,6 +742,11 @@ def shared_gpu_refusal(impl: Implementation, machine: Machine, config) -> str | 
     return None
 
 
+def _cxx_compiler() -> str | None:
+    """The C++ compiler torch's inductor would build its kernels with (CXX, else g++), where it exists."""
+    return shutil.which(os.environ.get("CXX") or "g++")
+
+
 def model_unsupported(impl: Implementation, config) -> str | None:
     """Why `impl` cannot train config's model as configured; None when it can."""
     spec = config.model
@@ -764,6 +769,11 @@ def model_unsupported(impl: Implementation, config) -> str | None:
         return "runtime.compile applies to single-device and data-parallel runs"
     if config.runtime.compile and impl.no_compile:
         return f"cannot compile (runtime.compile): {impl.no_compile}"
+    if config.runtime.compile and impl.framework == "torch" and not _cxx_compiler():
+        return (
+            "torch.compile (inductor) needs a C++ compiler and finds none "
+            f"({os.environ.get('CXX') or 'g++'} is not on PATH; set CXX)"
+        )
     if mixed and impl.no_mixed_precision:
         return f"cannot train in {config.runtime.precision}: {impl.no_mixed_precision}"
     clipping = config.training.clip_global_norm is not None

@@ -615,7 +615,7 @@ def measurement_lines(summary: Summary) -> list[str]:
         lines.append(
             "FLOP util: training FLOPs per sample (3 x the forward pass's multiply-adds x 2) x samples/s, over one "
             "device's peak x the devices the run occupied (distinct GPUs, where ranks share one). The peak is the "
-            "best rate of square float32 matmuls, grown until a doubling gains under 3%, in the run's math mode."
+            "best rate of square matmuls in the run's precision and math mode, grown until a doubling gains under 3%."
         )
     for run_id, peak in peaks.items():
         if peak is None:
@@ -624,6 +624,7 @@ def measurement_lines(summary: Summary) -> list[str]:
         mode = ("TF32 on" if s.get("tf32") else "TF32 off") if s.get("gpu") else f"{s.get('threads')} threads"
         lines.append(
             f"{run_id}: peak {peak.flops_per_s / 1e9:,.1f} GFLOP/s ({s.get('framework')}, {s.get('device')}, "
+            f"{s.get('precision')}, "
             f"{mode}, {peak.matmul_size}x{peak.matmul_size} matmuls), measured "
             f"{peak.measured_at}" + (f", read from {peak.cache}" if peak.cached else f", kept in {peak.cache}")
         )

@@ -163,6 +163,8 @@ def optimizer_hyperparameters(config: Config, framework: str) -> dict:
             args["weight_decay"] = opt.weight_decay
         if clip is not None:
             args["global_clipnorm"] = clip
+        if config.runtime.precision == "mixed_float16":
+            args["loss_scale"] = f"keras.optimizers.LossScaleOptimizer ({_loss_scale_text()})"
         return dict(sorted(args.items(), key=lambda kv: kv[0] != "class"))
     args = {"lr": opt.lr, "weight_decay": getattr(opt, "weight_decay", 0.0)}
     if isinstance(opt, SGDConfig):
@@ -174,7 +176,13 @@ def optimizer_hyperparameters(config: Config, framework: str) -> dict:
         args["lr_scheduler"] = f"torch.optim.lr_scheduler.LambdaLR ({schedule}, xfw table)"
     if clip is not None:
         args["clip_grad_norm_"] = clip
+    if config.runtime.precision == "mixed_float16":
+        args["loss_scale"] = f"torch.amp.GradScaler ({_loss_scale_text()})"
     return dict(sorted(args.items(), key=lambda kv: kv[0] != "class"))
+
+
+def _loss_scale_text() -> str:
+    return f"dynamic, from {LOSS_SCALE['initial']:g}, doubled after {LOSS_SCALE['growth_interval']} finite steps"
 
 
 def loss_function_name(config: Config, framework: str) -> str:

@@ -159,6 +159,7 @@ def make_optimizer(run: RunSpec):
     are its arguments."""
     cfg = run.config
     params = optimizer_hyperparameters(cfg, "tf")
+    params.pop("loss_scale", None)  # made below
     cls = {
         "keras.optimizers.SGD": keras.optimizers.SGD,
         "keras.optimizers.Adam": keras.optimizers.Adam,

@@ -42,6 +42,9 @@ class CrossReplicaBatchNorm(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
+        # Mixed precision: statistics and normalisation in float32, as Keras's BatchNormalization computes them
+        # (and a bfloat16 sum is one Horovod cannot all-reduce).
+        x = x.float()
         c = x.shape[1]
         count = x.new_full((1,), x.numel() // c)
         total = self.all_reduce_sum(torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count]))

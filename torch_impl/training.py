@@ -172,6 +172,7 @@ def make_optimizer(run: RunSpec, parameters, wrap=None):
     }[params.pop("class")]
     params.pop("lr_scheduler", None)
     params.pop("clip_grad_norm_", None)
+    params.pop("loss_scale", None)  # ScheduledOptimizer's GradScaler
     if "betas" in params:
         params["betas"] = tuple(params["betas"])
     optimizer = cls(parameters, **params)

@@ -1,0 +1,99 @@
+"""Each framework at its best: mixed precision (runtime.precision) and its own compiler (runtime.compile), as
+matched settings of single-device and data-parallel runs, held to the tolerances the config states for them."""
+
+import pytest
+from conftest import assert_one_line_error, load_summary, run_xfw, xfw_in_process
+
+from xfw.common.config import Config
+
+pytestmark = pytest.mark.frameworks
+STEPS = "training.steps=100"
+
+
+def compare(tmp_path, *args: str) -> dict:
+    proc = run_xfw("compare", *args, "--set", STEPS, "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return load_summary(tmp_path)
+
+
+def test_bfloat16_data_parallel_runs_hold_the_bfloat16_tolerances_in_both_frameworks(tmp_path):
+    summary = compare(
+        tmp_path,
+        *("--strategy", "mirrored", "--set", "runtime.precision=mixed_bfloat16"),
+        *("--only", "tf-single,tf-mirrored-strategy,torch-single,torch-ddp"),
+    )
+    runs = {r["id"]: r for r in summary["runs"]}
+    assert all(r["status"] == "ok" for r in runs.values()), [r.get("error") for r in runs.values()]
+    tolerances = Config().parity.mixed_bfloat16
+    judged = {(c["a"], c["b"]): c for c in summary["comparisons"] if c["status"] == "ok"}
+    assert judged[("tf-mirrored-strategy", "tf-single")]["tolerance"] == tolerances.same_framework
+    assert judged[("tf-single", "torch-single")]["tolerance"] == tolerances.cross_framework
+    assert all(c["within_tolerance"] for c in judged.values()), judged
+    # bfloat16 really ran: the frameworks round at different places, far beyond float32's 1e-5 ...
+    assert judged[("tf-single", "torch-single")]["max_rel_loss_diff"] > 1e-5
+    # ... and the peak its utilisation is measured against is a bfloat16 matmul's.
+    assert runs["torch-ddp"]["flops"]["peak"]["setting"]["precision"] == "bfloat16"
+    assert runs["tf-single"]["env"]["precision"] == "mixed_bfloat16"
+    assert "mixed_precision" in runs["tf-single"]["env"]["semantics"]
+
+
+def test_float16_scales_the_loss_the_same_way_in_both_frameworks(tmp_path):
+    summary = compare(tmp_path, "--strategy", "single", "--set", "runtime.precision=mixed_float16")
+    tf_run, torch_run = summary["runs"]
+    assert tf_run["status"] == torch_run["status"] == "ok", (tf_run.get("error"), torch_run.get("error"))
+    assert "LossScaleOptimizer" in tf_run["env"]["hyperparameters"]["optimizer"]["loss_scale"]
+    assert "GradScaler" in torch_run["env"]["hyperparameters"]["optimizer"]["loss_scale"]
+    (comparison,) = summary["comparisons"]
+    assert comparison["within_tolerance"] and comparison["tolerance"] == Config().parity.mixed_float16.cross_framework
+
+
+def test_compiled_runs_keep_float32_parity(tmp_path):
+    """XLA and inductor fuse and reorder, and still agree with each other within the float32 tolerance; the
+    compile time is in the warm-up, apart from the timed steps."""
+    summary = compare(tmp_path, "--strategy", "single", "--set", "runtime.compile=true")
+    tf_run, torch_run = summary["runs"]
+    assert tf_run["status"] == torch_run["status"] == "ok", (tf_run.get("error"), torch_run.get("error"))
+    assert tf_run["env"]["compile"] and torch_run["env"]["compile"]
+    (comparison,) = summary["comparisons"]
+    assert comparison["within_tolerance"] and comparison["tolerance"] == 1e-5, comparison
+
+
+@pytest.mark.parametrize(
+    "setting, expected",
+    [
+        ("runtime.precision=fp16", "runtime.precision"),
+        ("runtime.compile=maybe", "runtime.compile"),
+        ("parity.mixed_bfloat16.same_framework=0", "parity.mixed_bfloat16.same_framework"),
+    ],
+)
+def test_a_precision_or_compiler_that_does_not_exist_is_one_line(setting, expected):
+    assert_one_line_error(xfw_in_process("compare", "--strategy", "single", "--set", setting), expected)
+
+
+@pytest.mark.parametrize(
+    "args, env, reason",
+    [
+        (
+            (
+                *("--strategy", "shared-device", "--config", "configs/shared_device.yaml"),
+                *("--set", "shared_device.hidden_widths=[16]", "--only", "torch-shared-threads"),
+                *("--set", "runtime.precision=mixed_bfloat16"),
+            ),
+            {},
+            "runtime.precision mixed_bfloat16 applies to single-device and data-parallel runs",
+        ),
+        (
+            ("--strategy", "single", "--only", "torch-single", "--set", "runtime.compile=true"),
+            {"CXX": "/nonexistent/c++"},
+            "torch.compile (inductor) needs a C++ compiler and finds none (/nonexistent/c++ is not on PATH",
+        ),
+    ],
+    ids=["precision-on-several-networks", "inductor-without-a-compiler"],
+)
+def test_a_run_that_cannot_take_a_setting_is_skipped_with_the_reason(tmp_path, monkeypatch, args, env, reason):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    proc = xfw_in_process("compare", *args, "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    runs = load_summary(tmp_path)["runs"]  # the run asked for, and its reference where that is another
+    assert runs and all(r["status"] == "skipped" and reason in r["reason"] for r in runs), runs
