@@ -222,6 +222,8 @@ REGISTRY: tuple[Implementation, ...] = (
         "one tf.device per replica, gradients averaged explicitly, one process",
         no_sync_batchnorm="each replica's forward pass runs whole in one graph without a replica context, so "
         "Keras's synchronized BatchNormalization has no replicas to reduce over",
+        no_compile="every replica reads the one copy of the weights from its own device, and an XLA cluster "
+        "compiled for one device cannot read a variable that lives on another",
     ),
     _impl(
         "tf",
