@@ -83,6 +83,7 @@ ONE_SIDE_ONLY = {
         "barrier": "a barrier of the process group's gloo side; TensorFlow's workers synchronise in the strategy",
         "all_gather_object": "torch.distributed gathers picklable objects; TensorFlow's strategies gather tensors",
         "ScheduledOptimizer": "torch clips and schedules outside its optimizer; Keras does both inside its own",
+        "autocast": "torch.autocast wraps each forward pass; Keras's mixed policy is set once, in configure",
     },
     ("tf", "mirrored.py"): {
         "run_mirrored_strategy": "tf.distribute.MirroredStrategy (one process, N devices)",
