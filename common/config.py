@@ -128,9 +128,11 @@ class TransformerSpec(_Strict):
 # One spec class per model kind; what each kind is made of (blocks, data, stages) is its entry in
 # common.models.MODEL_KINDS.
 ModelSpec = Annotated[MLPSpec | CNNSpec | ResNetSpec | TransformerSpec, Field(discriminator="kind")]
-# Default parity tolerances under mixed precision, measured (README "Precision").
-MIXED_BF16_SAME, MIXED_BF16_CROSS = 1e-2, 1e-2
-MIXED_F16_SAME, MIXED_F16_CROSS = 1e-2, 1e-2
+# Default parity tolerances under mixed precision: about 1.5-2x the largest relative loss difference measured on
+# the shipped configs (README "Each framework at its best": bfloat16 3.5e-2 same framework, 7.2e-2 across;
+# float16 1.2e-2 and 8.9e-3).
+MIXED_BF16_SAME, MIXED_BF16_CROSS = 5e-2, 1e-1
+MIXED_F16_SAME, MIXED_F16_CROSS = 2e-2, 2e-2
 MODEL_SPEC_TAGS = ("mlp", "cnn", "resnet", "transformer")
 
 
