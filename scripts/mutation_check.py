@@ -1,6 +1,6 @@
-"""Does the suite catch real bugs? Applies deliberate bugs one at a time to a copy of the code, runs the tests
-that should catch each, and lists, per bug, the test that failed. Exit status 1 if any bug went unnoticed (or a
-bug no longer applies because the code it targets changed: update the list below).
+"""Does the suite catch real bugs? Applies deliberate bugs, each alone on a fresh copy of the code (two copies at
+a time), runs the tests that should catch each, and lists, per bug, the test that failed. Exit status 1 if any bug
+went unnoticed (or a bug no longer applies because the code it targets changed: update the list below).
 
     .venv/bin/python scripts/mutation_check.py [--only NAME ...]
 
@@ -10,6 +10,7 @@ so the checkout itself is never modified. CI runs this after the test suite (.ci
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+PARALLEL = 2  # mutants checked at once
 PACKAGE_DIRS = {"common": "common", "cli": "cli", "tf_impl": "tf_impl", "torch_impl": "torch_impl"}
 
 
@@ -119,16 +121,31 @@ def import_root(tree: Path, root: Path) -> None:
         (pkg / name).symlink_to(tree / folder)
 
 
-def apply(mutation: Mutation, tree: Path) -> None:
-    path = tree / mutation.file
-    text = path.read_text()
+def applies(mutation: Mutation, text: str) -> None:
+    """Stop the check if the mutation's target is not in `text` exactly once (the code it breaks has moved)."""
     count = text.count(mutation.original)
     if count != 1:
         raise SystemExit(
             f"mutation_check: '{mutation.name}' no longer applies: {mutation.file} holds its target "
             f"{count} times, not once (update scripts/mutation_check.py)"
         )
+
+
+def apply(mutation: Mutation, tree: Path) -> None:
+    path = tree / mutation.file
+    text = path.read_text()
+    applies(mutation, text)
     path.write_text(text.replace(mutation.original, mutation.mutated))
+
+
+def check(mutation: Mutation) -> tuple[str | None, float]:
+    """The mutation made on a fresh copy of the checkout, and its tests run there: run_tests's answer."""
+    with tempfile.TemporaryDirectory(prefix="xfw-mutant-") as tmp:
+        tree, root = Path(tmp) / "tree", Path(tmp) / "import"
+        copy_tree(tree)
+        apply(mutation, tree)
+        import_root(tree, root)
+        return run_tests(mutation, tree, root)
 
 
 def run_tests(mutation: Mutation, tree: Path, root: Path) -> tuple[str | None, float]:
@@ -175,13 +192,12 @@ def main() -> int:
         return 2
     survived = 0
     print(f"mutation check: {len(chosen)} deliberate bug(s), each on a fresh copy of {ROOT}")
-    for mutation in chosen:
-        with tempfile.TemporaryDirectory(prefix="xfw-mutant-") as tmp:
-            tree, root = Path(tmp) / "tree", Path(tmp) / "import"
-            copy_tree(tree)
-            apply(mutation, tree)
-            import_root(tree, root)
-            caught, seconds = run_tests(mutation, tree, root)
+    for mutation in chosen:  # before any test runs: a mutation that no longer applies stops the check at once
+        applies(mutation, (ROOT / mutation.file).read_text())
+    # Two mutants at a time: each runs one single-worker pytest that spends most of its time starting frameworks.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        outcomes = list(pool.map(check, chosen))
+    for mutation, (caught, seconds) in zip(chosen, outcomes):
         if caught:
             print(f"  caught   {mutation.name}\n           by {caught} ({seconds:.0f} s)")
         else:
