@@ -285,8 +285,7 @@ def matmul_peak_flops(run: RunSpec) -> PeakFlops:
         "threads": torch.get_num_threads(),
     }
 
-    def matmul_seconds(n: int, count: int) -> float:
-        set_math_mode(tf32)
+    def matmul_seconds(n: int, count: int) -> float:  # in the math mode setup() set from runtime.tf32
         a = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
         b = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
         a[0, 0].item()  # waits for the device
