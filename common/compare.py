@@ -67,6 +67,14 @@ def largest_device_memory(results: list) -> DeviceMemory | None:
     return max(used, key=lambda m: m.peak_bytes) if used else None
 
 
+def input_wait_per_step(results: list[RunResult]) -> float | None:
+    """Median over repeats of the mean input wait of a timed step (None: results written before xfw measured it)."""
+    waits = [
+        sum(r.timing.input_wait_s) / sum(w.steps for w in r.timing.windows) for r in results if r.timing.input_wait_s
+    ]
+    return float(np.median(waits)) if waits else None
+
+
 def run_entry(base: RunBase, results: list[RunResult]) -> RunEntry:
     """Merge the repeats of one implementation: the loss curve of the first repeat (the others must be
     identical when determinism is on), throughput pooled over all repeats."""
@@ -83,6 +91,7 @@ def run_entry(base: RunBase, results: list[RunResult]) -> RunEntry:
         throughput_samples_per_s=median,
         throughput_spread=spread,
         step_time_s=first.timing.global_batch / median,
+        input_wait_s_per_step=input_wait_per_step(results),
         warmup_s=float(np.median([r.timing.warmup_s for r in results])),
         warmup_steps=first.timing.warmup_steps,
         peak_memory_bytes=max(r.peak_memory_bytes for r in results),

@@ -136,6 +136,9 @@ MIXED_F16_SAME, MIXED_F16_CROSS = 2e-2, 2e-2
 MODEL_SPEC_TAGS = ("mlp", "cnn", "resnet", "transformer")
 
 
+NATIVE_LOADER = {"workers": 0, "prefetch": 2, "pin_memory": True}  # data.pipeline native's defaults
+
+
 class DataConfig(_Strict):
     kind: Literal[
         "synthetic_regression", "synthetic_classification", "digits", "npz", "synthetic_images", "markov_text"
@@ -144,6 +147,35 @@ class DataConfig(_Strict):
     test_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2  # 0: no held-out split, no evaluation
     path: str | None = None  # npz only: arrays x and y (or x_train/y_train[/x_test/y_test])
     noise: Annotated[float, Field(ge=0)] = 0.1
+    # How batches reach the step. preloaded: the training set is one tensor on the device and each step gathers
+    # its samples by index inside the step. native: each framework's own input pipeline over the same arrays and
+    # the same per-epoch order (TensorFlow tf.data, distributed by the strategy; PyTorch a DataLoader with a
+    # DistributedSampler), batches prepared ahead of the step; the time each step waits for its batch is reported.
+    pipeline: Literal["preloaded", "native"] = "preloaded"
+    # native only (unset: the default named). Loading workers: PyTorch DataLoader num_workers (default 0: the training
+    # process loads), TensorFlow map num_parallel_calls (0: AUTOTUNE).
+    workers: Annotated[int, Field(ge=0)] | None = None
+    # native only. Batches prepared ahead (default 2): tf.data prefetch buffer; DataLoader prefetch_factor (per worker).
+    prefetch: Annotated[int, Field(ge=1)] | None = None
+    # native only. DataLoader pin_memory (default true: page-locked host batches, copied to the GPU asynchronously);
+    # GPU runs only.
+    pin_memory: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _loader_defaults(cls, data):
+        """A native pipeline's unset loader settings get their defaults, written into the resolved config."""
+        if isinstance(data, dict) and data.get("pipeline") == "native":
+            data = {**NATIVE_LOADER, **{k: v for k, v in data.items() if v is not None}}
+        return data
+
+    @model_validator(mode="after")
+    def _check_pipeline(self) -> DataConfig:
+        if self.pipeline == "preloaded":
+            given = [name for name in NATIVE_LOADER if getattr(self, name) is not None]
+            if given:
+                raise ValueError(f"data.{given[0]} applies to data.pipeline native only (pipeline is preloaded)")
+        return self
 
     @model_validator(mode="after")
     def _check_path(self) -> DataConfig:
@@ -220,6 +252,9 @@ class TrainingConfig(_Strict):
     # Weak scaling: every replica trains this many samples per step, so a run of R replicas has a global batch
     # of R x per_replica_batch (one device: per_replica_batch). Unset: strong scaling, global_batch split R ways.
     per_replica_batch: Annotated[int, Field(gt=0)] | None = None
+    # Keras fit implementations only: steps run per call into the compiled train function (model.compile's
+    # steps_per_execution); timing windows and progress then move in these units.
+    steps_per_execution: Annotated[int, Field(ge=1)] = 1
 
     @model_validator(mode="after")
     def _check_steps(self) -> TrainingConfig:
@@ -227,6 +262,13 @@ class TrainingConfig(_Strict):
             raise ValueError(
                 f"steps ({self.steps}) must exceed warmup_steps ({self.warmup_steps}) by at least timing_windows "
                 f"({self.timing_windows})"
+            )
+        timed = self.steps - self.warmup_steps
+        if timed < self.timing_windows * self.steps_per_execution:
+            raise ValueError(
+                f"steps ({self.steps}) must exceed warmup_steps ({self.warmup_steps}) by at least timing_windows x "
+                f"steps_per_execution ({self.timing_windows} x {self.steps_per_execution}): a Keras fit window is "
+                "whole executions"
             )
         return self
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -344,6 +346,26 @@ def replica_slice(global_batch: int, replica: int, replicas: int) -> slice:
         raise UserError(f"global batch {global_batch} is not divisible by {replicas} replicas")
     per = global_batch // replicas
     return slice(replica * per, (replica + 1) * per)
+
+
+class DeliveredBatches:
+    """The step inputs as the training loop takes them, keeping each one's sample indices (`indices(batch)`) as it
+    goes by: what reached the steps, read back from the batches themselves (for Fed). Wraps a list of
+    precomputed index tensors (data.pipeline preloaded) or a framework's input pipeline (native)."""
+
+    def __init__(self, batches: Iterable, indices: Callable[[Any], Any]):
+        self.batches, self.indices_of = batches, indices
+        self.indices: list = []
+
+    def __iter__(self) -> Iterator:
+        for batch in self.batches:
+            self.indices.append(self.indices_of(batch))
+            yield batch
+
+
+def steps_per_epoch(train_size: int, global_batch: int) -> int:
+    """The steps of one pass over the training set (the last one may reach into the next epoch's order)."""
+    return -(-train_size // global_batch)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import platform
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,44 +54,59 @@ class LoopTiming:
     started_at: float = 0.0
     timed_started_at: float = 0.0
     ended_at: float = 0.0
+    # Seconds of each timed window spent waiting for the next step's input (inside the window's seconds).
+    input_wait_s: list[float] = field(default_factory=list)
 
 
 def timed_loop(
     step: Callable[[Any], Any],
-    step_inputs: list[Any],
+    step_inputs: Iterable[Any],
+    steps: int,
     sync: Callable[[Any], None],
     warmup_steps: int,
     windows: int,
     on_progress: Callable[[int], None],
     after_warmup: Callable[[], None] | None = None,
 ) -> tuple[list[Any], LoopTiming]:
-    """Calls `step` on each precomputed input in order and keeps what it returns (the step's loss).
-    `after_warmup` runs between warm-up and the timed steps (a barrier, so that networks trained at the
-    same time are timed over the same stretch)."""
-    steps = len(step_inputs)
+    """Calls `step` on each of the first `steps` inputs in order and keeps what it returns (the step's loss).
+    `step_inputs` is a list of precomputed inputs or an input pipeline's iterator; the time spent getting each
+    input is the step's input wait. `after_warmup` runs between warm-up and the timed steps (a barrier, so that
+    networks trained at the same time are timed over the same stretch)."""
     losses: list[Any] = []
     record = losses.append
+    inputs = iter(step_inputs)
+    clock = time.perf_counter
+
+    def run_steps(count: int) -> float:
+        """`count` steps; returns the seconds spent waiting for their inputs."""
+        waited = 0.0
+        for _ in range(count):
+            asked = clock()
+            item = next(inputs)
+            waited += clock() - asked
+            record(step(item))
+        return waited
+
     started_at = time.time()
-    start = time.perf_counter()
-    for item in step_inputs[:warmup_steps]:
-        record(step(item))
+    start = clock()
+    run_steps(warmup_steps)
     sync(losses[-1])
-    warmup_s = time.perf_counter() - start
+    warmup_s = clock() - start
     on_progress(warmup_steps)
     if after_warmup is not None:
         after_warmup()
     timed_started_at = time.time()
     bounds = np.linspace(warmup_steps, steps, windows + 1).round().astype(int)
     timed: list[tuple[int, float]] = []
+    waits: list[float] = []
     for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-        window = step_inputs[lo:hi]
-        start = time.perf_counter()
-        for item in window:
-            record(step(item))
+        start = clock()
+        waits.append(run_steps(hi - lo))
         sync(losses[-1])
-        timed.append((hi - lo, time.perf_counter() - start))
+        timed.append((hi - lo, clock() - start))
         on_progress(hi)  # outside the timed window
-    return losses, LoopTiming(warmup_steps, warmup_s, timed, started_at, timed_started_at, time.time())
+    timing = LoopTiming(warmup_steps, warmup_s, timed, started_at, timed_started_at, time.time(), waits)
+    return losses, timing
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -243,6 +258,7 @@ def finish_run(
             warmup_steps=outcome.timing.warmup_steps,
             warmup_s=outcome.timing.warmup_s,
             windows=[Window(steps=n, seconds=s) for n, s in windows],
+            input_wait_s=outcome.timing.input_wait_s,
         ),
         "model": ModelInfo(
             parameters=parameter_count(cfg.model), training_flops_per_sample=training_flops_per_sample(cfg.model)
@@ -304,6 +320,14 @@ def stage_report(run: RunSpec, busy_s: list[float], step_s: float, devices: list
     )
 
 
+def data_pipeline(cfg) -> dict:
+    """How the run's batches reached its steps (data.pipeline and, for native, its settings)."""
+    d = cfg.data
+    if d.pipeline == "preloaded":
+        return {"kind": "preloaded"}
+    return {"kind": "native", "workers": d.workers, "prefetch": d.prefetch, "pin_memory": d.pin_memory}
+
+
 def common_env(run: RunSpec, launcher: str, world_size: int) -> dict:
     cfg = run.config
     return {
@@ -318,6 +342,7 @@ def common_env(run: RunSpec, launcher: str, world_size: int) -> dict:
         "precision": cfg.runtime.precision,
         "compile": cfg.runtime.compile,
         "determinism": cfg.runtime.determinism,
+        "data_pipeline": data_pipeline(cfg),
         "env_vars": {
             k: os.environ[k]
             for k in ("OMP_NUM_THREADS", "TF_ENABLE_ONEDNN_OPTS", "CUDA_VISIBLE_DEVICES", SHARED_GPU_VAR)

@@ -115,7 +115,7 @@ def timed_training(
     """common.loop.timed_loop with the run's warm-up steps and timing windows; each rank reports its progress."""
     t = run.config.training
     progress = progress_writer(run, rank)
-    return timed_loop(step, step_inputs, sync, t.warmup_steps, t.timing_windows, progress, after_warmup)
+    return timed_loop(step, step_inputs, t.steps, sync, t.warmup_steps, t.timing_windows, progress, after_warmup)
 
 
 def environment(

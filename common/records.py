@@ -75,6 +75,8 @@ class Timing(Record):
     warmup_steps: int
     warmup_s: Real
     windows: list[Window]
+    # Per window: the seconds of it spent waiting for step inputs (the input pipeline not keeping up).
+    input_wait_s: list[Real] = []
 
 
 class ModelInfo(Record):
@@ -330,6 +332,9 @@ class RunEntry(RunBase):
     throughput_samples_per_s: Rate  # median over every timed window of every repeat
     throughput_spread: Spread
     step_time_s: Rate
+    # Median over repeats of the timed steps' mean wait for their input (data.pipeline native: the pipeline's
+    # next batch; preloaded: taking the next precomputed index tensor from a list).
+    input_wait_s_per_step: Real | None = None
     warmup_s: Real
     warmup_steps: int
     peak_memory_bytes: Bytes

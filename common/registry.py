@@ -767,6 +767,8 @@ def model_unsupported(impl: Implementation, config) -> str | None:
             f"runtime.precision {config.runtime.precision} applies to single-device and data-parallel runs "
             "(model-parallel and several-network runs train in float32)"
         )
+    if config.data.pipeline == "native" and not whole_model_steps:
+        return "data.pipeline native applies to single-device and data-parallel runs"
     if config.runtime.compile and not whole_model_steps:
         return "runtime.compile applies to single-device and data-parallel runs"
     if config.runtime.compile and impl.no_compile:

@@ -35,7 +35,7 @@ def run_rows(summary: Summary) -> list[list[str]]:
     rows = []
     for r in summary.runs:
         if r.status != "ok":
-            rows.append([r.id, r.status, "-", "-", "-", "-", "-", "-", "-", "-", _why(r)])
+            rows.append([r.id, r.status, "-", "-", "-", "-", "-", "-", "-", "-", "-", _why(r)])
             continue
         s = r.throughput_spread
         rows.append(
@@ -46,6 +46,7 @@ def run_rows(summary: Summary) -> list[list[str]]:
                 _test_metric(r),
                 f"{r.throughput_samples_per_s:,.0f} [{s.p25:,.0f}-{s.p75:,.0f}]",
                 f"{r.step_time_s * 1e3:.3f}",
+                _input_ms(r),
                 f"{r.warmup_s:.2f}",
                 f"{r.peak_memory_bytes / 2**20:,.0f}",
                 _gpu_mib(r),
@@ -66,6 +67,7 @@ RUN_HEADERS = [
     "test",
     "samples/s [IQR]",
     "step ms",
+    "input ms",
     "warm-up s",
     "RSS MiB",
     "GPU MiB",
@@ -249,6 +251,14 @@ def _status_text(r) -> str:
 
 def _why(r: SkippedRun | FailedRun | InterruptedRun) -> str:
     return r.error.splitlines()[0] if r.status == "failed" else r.reason
+
+
+def _input_ms(r) -> str:
+    """A timed step's mean wait for its input, and the pipeline that fed it ("-": not measured)."""
+    if r.input_wait_s_per_step is None:
+        return "-"
+    pipeline = r.env.get("data_pipeline", {}).get("kind")
+    return f"{r.input_wait_s_per_step * 1e3:.3g}" + (f" ({pipeline})" if pipeline else "")
 
 
 def _gpu_mib(r) -> str:

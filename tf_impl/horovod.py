@@ -63,14 +63,14 @@ def run_horovod(run: RunSpec, launcher: str) -> None:
     loss_fn = training.loss_function(run)
 
     @training.compiled(run)
-    def forward(idx):
-        x, y = tf.gather(s.x, idx), tf.gather(s.y, idx)
+    def forward(batch):
+        x, y = training.batch_tensors(s, batch)
         loss = tf.reduce_mean(loss_fn(y, model(x, training=True)))
         return loss, loss
 
     @tf.function
-    def train_step(idx):
-        grads, loss = training.gradients(run, idx, model.trainable_variables, forward, optimizer)
+    def train_step(batch):
+        grads, loss = training.gradients(run, batch, model.trainable_variables, forward, optimizer)
         # Horovod: embedding gradients arrive as tf.IndexedSlices, which Horovod would allgather (and cannot
         # when their index dtypes differ); dense, as Horovod's own sparse_as_dense=True makes them.
         grads = [tf.convert_to_tensor(g) for g in grads]
@@ -79,14 +79,15 @@ def run_horovod(run: RunSpec, launcher: str) -> None:
         return loss
 
     block = replica_slice(cfg.training.global_batch, hvd.rank(), hvd.size())  # Horovod: this rank's block
-    step_inputs = [tf.constant(row[block]) for row in s.order]
-    losses, timing = training.train(run, train_step, step_inputs, hvd.rank())
+    # Horovod: each rank's pipeline reads only its block of every global batch
+    batches = training.step_batches(run, s, preloaded=lambda: [tf.constant(row[block]) for row in s.order], block=block)
+    losses, timing = training.train(run, train_step, batches, hvd.rank())
 
     def gather(vector: np.ndarray) -> np.ndarray:
         return hvd.allgather(tf.constant(vector[None])).numpy()  # Horovod: once, after training
 
     device = training.default_device()
     ctx = RankContext(run, launcher, hvd.rank(), hvd.size(), (f"rank {hvd.rank()}: {device}",), gather)
-    fed = [training.fed(hvd.rank(), step_inputs)]
+    fed = [training.fed(hvd.rank(), batches.indices)]
     training.report(ctx, s, model, losses, timing, [flat_weights(model.trainable_variables)], fed=fed)
     hvd.join()  # Horovod: every rank waits here until rank 0 has written the result, then all shut down

@@ -36,22 +36,22 @@ def _run_strategy(ctx: RankContext, s, strategy) -> None:
     micro_global_batch = global_batch // cfg.training.accumulation_steps
 
     @training.compiled(run)
-    def forward(idx):
-        x, y = tf.gather(s.x, idx), tf.gather(s.y, idx)
+    def forward(batch):
+        x, y = training.batch_tensors(s, batch)
         per_example = loss_fn(y, model(x, training=True))
         # tf.distribute: gradients are summed over replicas, so each replica divides by the global batch.
         return tf.nn.compute_average_loss(per_example, global_batch_size=micro_global_batch), tf.reduce_mean(
             per_example
         )
 
-    def replica_step(idx):
-        grads, loss = training.gradients(run, idx, model.trainable_variables, forward, optimizer)
+    def replica_step(batch):
+        grads, loss = training.gradients(run, batch, model.trainable_variables, forward, optimizer)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))  # tf.distribute: all-reduce inside
         return loss
 
     @tf.function
-    def train_step(per_replica_idx):
-        losses = strategy.run(replica_step, args=(per_replica_idx,))
+    def train_step(per_replica_batch):
+        losses = strategy.run(replica_step, args=(per_replica_batch,))
         # The mean over this process's replicas only: no cross-worker collective in the timed step.
         local = strategy.experimental_local_results(losses)
         return tf.add_n(local) / len(local)
@@ -66,8 +66,11 @@ def _run_strategy(ctx: RankContext, s, strategy) -> None:
 
         return strategy.experimental_distribute_values_from_function(block)
 
-    step_inputs = [shard(row) for row in s.order]
-    losses, timing = training.train(run, train_step, step_inputs, ctx.rank)
+    # tf.distribute: a native pipeline's global batches are split over the replicas (and workers) by the strategy.
+    batches = training.step_batches(
+        run, s, preloaded=lambda: [shard(row) for row in s.order], distribute=strategy.experimental_distribute_dataset
+    )
+    losses, timing = training.train(run, train_step, batches, ctx.rank)
     copies = [
         flat_weights([strategy.experimental_local_results(v.value)[i] for v in model.trainable_variables])
         for i in range(strategy.num_replicas_in_sync // ctx.world_size)
@@ -75,7 +78,7 @@ def _run_strategy(ctx: RankContext, s, strategy) -> None:
     # tf.distribute: each replica's block as the strategy placed it (one replica per worker under MWMS).
     local = len(copies)
     fed = [
-        training.fed(ctx.rank * local + i, [strategy.experimental_local_results(v)[i] for v in step_inputs])
+        training.fed(ctx.rank * local + i, [strategy.experimental_local_results(v)[i] for v in batches.indices])
         for i in range(local)
     ]
     training.report(ctx, s, model, losses, timing, copies, fed=fed)
@@ -120,17 +123,17 @@ def run_manual_placement(run: RunSpec, launcher: str) -> None:
     blocks = [replica_slice(global_batch, r, replicas) for r in range(replicas)]
 
     @training.compiled(run)
-    def forward(idx):
-        x, y = tf.gather(s.x, idx), tf.gather(s.y, idx)
+    def forward(batch):
+        x, y = training.batch_tensors(s, batch)
         loss = tf.reduce_mean(loss_fn(y, model(x, training=True)))
         return loss, loss
 
     @tf.function
-    def train_step(replica_idx):
+    def train_step(replica_batches):
         replica_grads, replica_losses = [], []
-        for device, idx in zip(devices, replica_idx):
+        for device, batch in zip(devices, replica_batches):
             with tf.device(device):  # placement: this replica's forward and backward run on its device
-                grads, loss = training.gradients(run, idx, model.trainable_variables, forward, optimizer)
+                grads, loss = training.gradients(run, batch, model.trainable_variables, forward, optimizer)
                 replica_grads.append(grads)
                 replica_losses.append(loss)
         # placement: average the replicas' gradients by hand, then one update of the single weight copy.
@@ -138,8 +141,22 @@ def run_manual_placement(run: RunSpec, launcher: str) -> None:
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return tf.add_n(replica_losses) / replicas
 
-    step_inputs = [tuple(training.placed(row[b], d) for b, d in zip(blocks, devices)) for row in s.order]
-    losses, timing = training.train(run, train_step, step_inputs)
-    fed = [training.fed(r, [replica_idx[r] for replica_idx in step_inputs]) for r in range(replicas)]
+    def split(dataset):
+        # placement: each replica's block of a native pipeline's batch, copied to its device
+        for batch in dataset:
+            yield tuple(
+                tf.nest.map_structure(lambda t, b=b, d=d: training.placed(t[b], d), batch)
+                for b, d in zip(blocks, devices)
+            )
+
+    batches = training.step_batches(
+        run,
+        s,
+        preloaded=lambda: [tuple(training.placed(row[b], d) for b, d in zip(blocks, devices)) for row in s.order],
+        distribute=split,
+        indices=lambda parts: tuple(part[0] for part in parts),
+    )
+    losses, timing = training.train(run, train_step, batches)
+    fed = [training.fed(r, [replica_idx[r] for replica_idx in batches.indices]) for r in range(replicas)]
     ctx = RankContext(run, launcher, devices=tuple(devices))
     training.report(ctx, s, model, losses, timing, [flat_weights(model.trainable_variables)], fed=fed)

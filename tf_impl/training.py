@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from xfw.common import rank as common_rank
-from xfw.common.data import Dataset, Fed, load_dataset, sample_order
+from xfw.common.data import Dataset, DeliveredBatches, Fed, load_dataset, sample_order
 from xfw.common.peak import cpu_name, machine_peak, visible_gpus
 from xfw.common.rank import RankContext
 from xfw.common.records import PeakFlops
@@ -194,6 +194,44 @@ def loss_function(run: RunSpec):
     return per_example
 
 
+def native_dataset(run: RunSpec, s: Setup, block: slice = slice(None)) -> tf.data.Dataset:
+    """data.pipeline native: tf.data over the training arrays in xfw's order (the per-epoch permutations laid end
+    to end), `block` of each global batch (a rank's share; the whole batch for a strategy to split), each batch
+    gathered as (indices, x, y) in parallel map calls and prefetched. The indices travel with the batch, so what
+    reached each replica is read back from it."""
+    cfg = run.config
+    rows = s.order[:, block]
+    dataset = tf.data.Dataset.from_tensor_slices(rows.reshape(-1)).batch(rows.shape[1])
+    dataset = dataset.map(
+        lambda idx: (idx, tf.gather(s.x, idx), tf.gather(s.y, idx)),
+        num_parallel_calls=cfg.data.workers or tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    options = tf.data.Options()
+    # tf.distribute: a multi-worker strategy shards the batches' elements (DATA), not files (there are none).
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options).prefetch(cfg.data.prefetch)
+
+
+def step_batches(run: RunSpec, s: Setup, preloaded, block: slice = slice(None), distribute=None, indices=None):
+    """What the steps read, as common.data.DeliveredBatches: preloaded, the index tensors `preloaded()` makes from
+    s.order; native, native_dataset's batches of `block`, passed through `distribute` (a strategy's
+    experimental_distribute_dataset, or a split over devices) where given. `indices(batch)` picks a native
+    batch's sample indices (default: its first element)."""
+    if run.config.data.pipeline == "preloaded":
+        return DeliveredBatches(preloaded(), indices=lambda batch: batch)
+    dataset = native_dataset(run, s, block)
+    return DeliveredBatches(distribute(dataset) if distribute else dataset, indices or (lambda batch: batch[0]))
+
+
+def batch_tensors(s: Setup, batch) -> tuple:
+    """(x, y) of a step's batch: a native pipeline's (indices, x, y) as delivered, or the samples a preloaded
+    step gathers from the training set by index (inside the step, on the step's device)."""
+    if isinstance(batch, tuple):
+        return batch[1], batch[2]
+    return tf.gather(s.x, batch), tf.gather(s.y, batch)
+
+
 def compiled(run: RunSpec):
     """Decorator: the step's `forward` (a batch's loss) compiled by XLA where runtime.compile says so; its gradient
     is then compiled too. torch_impl's twin hands it to torch.compile."""
@@ -202,8 +240,9 @@ def compiled(run: RunSpec):
     return lambda forward: tf.function(forward, jit_compile=True)
 
 
-def gradients(run: RunSpec, idx, variables, compute, optimizer=None) -> tuple[list, object]:
-    """(gradients, loss) of one step on the sample indices `idx`. compute(indices) -> (objective, loss) runs the
+def gradients(run: RunSpec, batch, variables, compute, optimizer=None) -> tuple[list, object]:
+    """(gradients, loss) of one step on `batch` (sample indices, or a native pipeline's (indices, x, y)).
+    compute(batch) -> (objective, loss) runs the
     forward pass. With training.accumulation_steps k > 1: k micro-batches one after another, each objective / k,
     the gradients summed (dense), the loss their mean; torch_impl's twin accumulates in .grad. Under loss scaling
     (`optimizer` a LossScaleOptimizer) the gradients are of the scaled objective: its apply_gradients unscales."""
@@ -211,14 +250,14 @@ def gradients(run: RunSpec, idx, variables, compute, optimizer=None) -> tuple[li
     scaled = optimizer.scale_loss if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else lambda v: v
     if k == 1:
         with tf.GradientTape() as tape:
-            objective, loss = compute(idx)
+            objective, loss = compute(batch)
             objective = scaled(objective)
         return tape.gradient(objective, variables), loss
-    n = idx.shape[0] // k
+    n = tf.shape(tf.nest.flatten(batch)[0])[0] // k  # a distributed dataset's batches have no static size
     total, losses = None, []
     for m in range(k):  # unrolled in the tf.function: k is small and fixed
         with tf.GradientTape() as tape:
-            objective, loss = compute(idx[m * n : (m + 1) * n])
+            objective, loss = compute(tf.nest.map_structure(lambda t, m=m: t[m * n : (m + 1) * n], batch))
             objective = scaled(objective / k)
         grads = [tf.convert_to_tensor(g) for g in tape.gradient(objective, variables)]
         total = grads if total is None else [a + b for a, b in zip(total, grads)]
@@ -226,8 +265,8 @@ def gradients(run: RunSpec, idx, variables, compute, optimizer=None) -> tuple[li
     return total, tf.add_n(losses) / k
 
 
-def train(run: RunSpec, step, step_inputs: list, rank: int = 0, after_warmup=None) -> tuple[np.ndarray, object]:
-    """Runs the shared timed loop over precomputed per-step inputs; returns per-step losses as numpy
+def train(run: RunSpec, step, step_inputs, rank: int = 0, after_warmup=None) -> tuple[np.ndarray, object]:
+    """Runs the shared timed loop over the per-step inputs (a list, or step_batches); returns per-step losses as numpy
     (shape (steps,), or (steps, networks) where one step trains several networks)."""
     # .numpy() forces the pending step to finish before the clock is read.
     losses, timing = common_rank.timed_training(run, step, step_inputs, lambda loss: loss.numpy(), rank, after_warmup)

@@ -45,24 +45,38 @@ def run_horovod(run: RunSpec, launcher: str) -> None:
     loss_fn = training.loss_function(run)
 
     @training.compiled(run)
-    def forward(idx):
-        return loss_fn(model(s.x[idx]), s.y[idx])
+    def forward(batch):
+        x, y = training.batch_tensors(s, batch)
+        return loss_fn(model(x), y)
 
-    def train_step(idx):
+    def train_step(batch):
         optimizer.zero_grad()  # set_to_none (the default)
-        loss = training.gradients(run, idx, forward, optimizer=optimizer)
+        loss = training.gradients(run, batch, forward, optimizer=optimizer)
         optimizer.step()
         return loss
 
     block = replica_slice(cfg.training.global_batch, hvd.rank(), hvd.size())  # Horovod: this rank's block
-    step_inputs = [torch.from_numpy(row[block]).to(device) for row in s.order]
-    losses, timing = training.train(run, train_step, step_inputs, hvd.rank())
+    # Horovod: each rank's sampler gives it its block of every global batch
+    batches = training.step_batches(
+        run,
+        s,
+        preloaded=lambda: [torch.from_numpy(row[block]).to(device) for row in s.order],
+        rank=hvd.rank(),
+        replicas=hvd.size(),
+    )
+    losses, timing = training.train(run, train_step, batches, hvd.rank())
 
     def gather(vector: np.ndarray) -> np.ndarray:
         return hvd.allgather(torch.from_numpy(vector[None])).numpy()  # Horovod: once, after training
 
     ctx = RankContext(run, launcher, hvd.rank(), hvd.size(), (f"rank {hvd.rank()}: {device}",), gather)
     training.report(
-        ctx, s, model, losses, timing, [flat_weights(model.parameters())], fed=[training.fed(hvd.rank(), step_inputs)]
+        ctx,
+        s,
+        model,
+        losses,
+        timing,
+        [flat_weights(model.parameters())],
+        fed=[training.fed(hvd.rank(), batches.indices)],
     )
     hvd.join()  # Horovod: every rank waits here until rank 0 has written the result, then all shut down

@@ -35,22 +35,30 @@ def _run_process_group(run: RunSpec, launcher: str, wrap, average_gradients) -> 
     loss_fn = training.loss_function(run)
 
     @training.compiled(run)
-    def forward(idx):
-        return loss_fn(net(s.x[idx]), s.y[idx])
+    def forward(batch):
+        x, y = training.batch_tensors(s, batch)
+        return loss_fn(net(x), y)
 
-    def train_step(idx):
+    def train_step(batch):
         optimizer.zero_grad()  # set_to_none (the default)
         # DDP: its all-reduce held back until the last micro-batch of an accumulated step
-        loss = training.gradients(run, idx, forward, getattr(net, "no_sync", None), optimizer)
+        loss = training.gradients(run, batch, forward, getattr(net, "no_sync", None), optimizer)
         average_gradients(model, world)
         optimizer.step()
         return loss
 
     block = replica_slice(run.config.training.global_batch, rank, world)  # this rank's block
-    step_inputs = [torch.from_numpy(row[block]).to(device) for row in s.order]
-    losses, timing = training.train(run, train_step, step_inputs, rank)
+    # torch.distributed: a native pipeline's sampler gives each rank its block of every global batch
+    batches = training.step_batches(
+        run,
+        s,
+        preloaded=lambda: [torch.from_numpy(row[block]).to(device) for row in s.order],
+        rank=rank,
+        replicas=world,
+    )
+    losses, timing = training.train(run, train_step, batches, rank)
     ctx = RankContext(run, launcher, rank, world, (f"rank {rank}: {device}",), training.collective_gather())
-    fed = [training.fed(rank, step_inputs)]
+    fed = [training.fed(rank, batches.indices)]
     training.report(ctx, s, model, losses, timing, [flat_weights(model.parameters())], fed=fed)
     # torch.distributed: wait for rank 0 to finish writing before tearing down; a rank that destroys the
     # group while its peer is still busy aborts in gloo now and then ("terminate called ...").
@@ -89,19 +97,20 @@ def run_data_parallel(run: RunSpec, launcher: str) -> None:
     loss_fn = training.loss_function(run)
 
     @training.compiled(run)
-    def forward(idx):
-        return loss_fn(net(s.x[idx]), s.y[idx])
+    def forward(batch):
+        x, y = training.batch_tensors(s, batch)
+        return loss_fn(net(x), y)
 
-    def train_step(idx):
+    def train_step(batch):
         optimizer.zero_grad()  # set_to_none (the default)
-        loss = training.gradients(run, idx, forward, optimizer=optimizer)
+        loss = training.gradients(run, batch, forward, optimizer=optimizer)
         optimizer.step()
         return loss
 
-    step_inputs = [torch.from_numpy(row).to(s.device) for row in s.order]
-    losses, timing = training.train(run, train_step, step_inputs)
+    batches = training.step_batches(run, s, preloaded=lambda: [torch.from_numpy(row).to(s.device) for row in s.order])
+    losses, timing = training.train(run, train_step, batches)
     ctx = RankContext(run, launcher, devices=tuple(f"cuda:{d}" for d in devices))
     # DataParallel: what each GPU got, split by the engine's own scatter (the rule it applies to the inputs).
-    blocks = [scatter(idx, devices) for idx in step_inputs]
+    blocks = [scatter(idx, devices) for idx in batches.indices]
     fed = [training.fed(r, [b[r] for b in blocks]) for r in range(len(devices))]
     training.report(ctx, s, model, losses, timing, [flat_weights(model.parameters())], fed=fed)

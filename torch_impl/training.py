@@ -12,9 +12,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, DistributedSampler
 
 from xfw.common import rank as common_rank
-from xfw.common.data import Dataset, Fed, load_dataset, sample_order
+from xfw.common.data import Dataset, DeliveredBatches, Fed, load_dataset, replica_slice, sample_order, steps_per_epoch
 from xfw.common.peak import cpu_name, machine_peak, visible_gpus
 from xfw.common.rank import RankContext
 from xfw.common.records import PeakFlops
@@ -197,6 +198,82 @@ def loss_function(run: RunSpec):
     return cross_entropy
 
 
+class TrainingSet(torch.utils.data.Dataset):
+    """The training arrays as a map-style Dataset: item i is (i, x[i], y[i]); the index travels with the sample,
+    so what reached each replica is read back from its batches."""
+
+    def __init__(self, data: Dataset):
+        self.x = torch.from_numpy(to_torch_layout(data.x_train))
+        self.y = torch.from_numpy(data.y_train)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        return i, self.x[i], self.y[i]
+
+
+class StepOrderSampler(DistributedSampler):
+    """A DistributedSampler that yields xfw's order: epoch e (set_epoch) is the e-th stretch of steps_per_epoch
+    global batches of common.data.sample_order, of which this rank takes its block (replica_slice) of each. A
+    DataLoader of batch size global_batch / replicas then delivers exactly the rows a preloaded run indexes."""
+
+    def __init__(self, dataset: TrainingSet, order: np.ndarray, num_replicas: int, rank: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.order = order
+        self.block = replica_slice(order.shape[1], rank, num_replicas)
+        self.steps_per_epoch = steps_per_epoch(len(dataset), order.shape[1])
+
+    def _rows(self) -> np.ndarray:
+        first = self.epoch * self.steps_per_epoch
+        return self.order[first : first + self.steps_per_epoch, self.block]
+
+    def __iter__(self):
+        return iter(self._rows().reshape(-1).tolist())
+
+    def __len__(self) -> int:
+        return self._rows().size
+
+
+def _loader_batches(run: RunSpec, loader: DataLoader, sampler: StepOrderSampler, device: torch.device):
+    """Every step's batch from the DataLoader, epoch after epoch, copied to `device` (asynchronously from
+    pinned memory)."""
+    epochs = -(-run.config.training.steps // sampler.steps_per_epoch)
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)  # as the source documents do: every epoch its own order
+        for batch in loader:
+            yield tuple(t.to(device, non_blocking=loader.pin_memory) for t in batch)
+
+
+def step_batches(run: RunSpec, s: Setup, preloaded, rank: int = 0, replicas: int = 1) -> DeliveredBatches:
+    """What the steps read, as common.data.DeliveredBatches: preloaded, the index tensors `preloaded()` makes from
+    s.order; native, a DataLoader over TrainingSet with a StepOrderSampler for this rank's block of each global
+    batch, data.workers loading processes, data.prefetch batches ahead per worker, pinned memory on a GPU."""
+    if run.config.data.pipeline == "preloaded":
+        return DeliveredBatches(preloaded(), indices=lambda batch: batch)
+    d = run.config.data
+    dataset = TrainingSet(s.data)
+    sampler = StepOrderSampler(dataset, s.order, replicas, rank)
+    loader = DataLoader(
+        dataset,
+        batch_size=len(sampler.order[0, sampler.block]),
+        sampler=sampler,
+        num_workers=d.workers,
+        prefetch_factor=d.prefetch if d.workers else None,
+        persistent_workers=d.workers > 0,
+        pin_memory=d.pin_memory and s.device.type == "cuda",
+    )
+    return DeliveredBatches(_loader_batches(run, loader, sampler, s.device), indices=lambda batch: batch[0])
+
+
+def batch_tensors(s: Setup, batch) -> tuple:
+    """(x, y) of a step's batch: a native pipeline's (indices, x, y) as delivered, or the samples a preloaded
+    step gathers from the training set by index (inside the step, on the step's device)."""
+    if isinstance(batch, tuple):
+        return batch[1], batch[2]
+    return s.x[batch], s.y[batch]
+
+
 def autocast(run: RunSpec, device_type: str):
     """The forward pass's precision: torch.autocast to bfloat16/float16 (weights stay float32), or nothing."""
     precision = run.config.runtime.precision
@@ -213,35 +290,42 @@ def compiled(run: RunSpec):
     return lambda forward: torch.compile(forward)
 
 
-def gradients(run: RunSpec, idx, compute, no_sync=None, optimizer=None) -> torch.Tensor:
-    """Backward of one step on the sample indices `idx`, gradients left in .grad; returns the loss, detached.
-    compute(indices) -> the loss, run under the configured precision (autocast). With
-    training.accumulation_steps k > 1: k micro-batches one after another, each loss / k, torch summing their
-    gradients in .grad; `no_sync`: DDP's context that holds its all-reduce back until the last micro-batch.
+def _rows(batch, start: int, stop: int):
+    """Rows start:stop of a batch (of each of a native batch's tensors)."""
+    return tuple(t[start:stop] for t in batch) if isinstance(batch, tuple) else batch[start:stop]
+
+
+def gradients(run: RunSpec, batch, compute, no_sync=None, optimizer=None) -> torch.Tensor:
+    """Backward of one step on `batch` (sample indices, or a native pipeline's (indices, x, y)), gradients left
+    in .grad; returns the loss, detached. compute(batch) -> the loss, run under the configured precision
+    (autocast). With training.accumulation_steps k > 1: k micro-batches one after another, each loss / k, torch
+    summing their gradients in .grad; `no_sync`: DDP's context that holds its all-reduce back until the last
+    micro-batch.
     Under loss scaling (`optimizer`'s GradScaler) the gradients are of the scaled loss: its step() unscales.
     tf_impl's twin sums the gradients itself."""
     k = run.config.training.accumulation_steps
     scaler = getattr(optimizer, "scaler", None)
     scaled = scaler.scale if scaler is not None else lambda v: v
+    leading = batch[0] if isinstance(batch, tuple) else batch
     if k == 1:
-        with autocast(run, idx.device.type):
-            loss = compute(idx)
+        with autocast(run, leading.device.type):
+            loss = compute(batch)
         scaled(loss).backward()
         return loss.detach()
-    n = len(idx) // k
+    n = len(leading) // k
     losses = []
     for m in range(k):
         hold = no_sync() if no_sync is not None and m < k - 1 else contextlib.nullcontext()
         with hold:
-            with autocast(run, idx.device.type):
-                loss = compute(idx[m * n : (m + 1) * n])
+            with autocast(run, leading.device.type):
+                loss = compute(_rows(batch, m * n, (m + 1) * n))
             scaled(loss / k).backward()
         losses.append(loss.detach())
     return torch.stack(losses).mean()
 
 
-def train(run: RunSpec, step, step_inputs: list, rank: int = 0, after_warmup=None) -> tuple[np.ndarray, object]:
-    """Runs the shared timed loop over precomputed per-step inputs; returns per-step losses as numpy
+def train(run: RunSpec, step, step_inputs, rank: int = 0, after_warmup=None) -> tuple[np.ndarray, object]:
+    """Runs the shared timed loop over the per-step inputs (a list, or step_batches); returns per-step losses as numpy
     (shape (steps,), or (steps, networks) where one step trains several networks)."""
     # .cpu() forces the pending step to finish before the clock is read (any shape).
     losses, timing = common_rank.timed_training(run, step, step_inputs, lambda loss: loss.cpu(), rank, after_warmup)
