@@ -297,8 +297,8 @@ def run_repeat(
 
 def implementations_for(strategy: str, only: list[str] = ()) -> list[Implementation]:
     """The strategy's implementations (or those of them named in `only`) plus, for the one-network
-    strategies, each framework's single-device reference; TF first. (A multi-network strategy's
-    references are among its own implementations.)"""
+    strategies, the single-device references they are diffed against, in each framework; TF first. (A
+    multi-network strategy's references are among its own implementations.)"""
     wanted = for_strategy(strategy)
     if only:
         unknown = sorted(set(only) - {i.id for i in wanted})
@@ -309,7 +309,8 @@ def implementations_for(strategy: str, only: list[str] = ()) -> list[Implementat
             )
         wanted = [i for i in wanted if i.id in only]
     ref = get_strategy(strategy).reference_strategy
-    references = [i for i in REGISTRY if ref is not None and i.strategy == ref and i not in wanted]
+    named = {i.reference for i in wanted}
+    references = [i for i in REGISTRY if ref is not None and i.strategy == ref and i.name in named and i not in wanted]
     return sorted(references + wanted, key=lambda i: (i.strategy != ref, i.framework != "tf"))
 
 

@@ -4,13 +4,17 @@ that starts it. `xfw list`, `xfw run` and `xfw compare` read only this table."""
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import importlib.util
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+
+from packaging.version import Version
 
 from xfw.common.errors import UserError
 
@@ -167,6 +171,10 @@ class Implementation:
     # Why it cannot train in mixed precision (runtime.precision), or compile (runtime.compile); None: it can.
     no_mixed_precision: str | None = None
     no_compile: str | None = None
+    # Trains through Keras model.fit (no custom loop): always fed by tf.data, one batch per optimizer update.
+    keras_fit: bool = False
+    # Why the installed libraries cannot run it under a config (a known bug, checked by version); None: they can.
+    library_bug: Callable[[object], str | None] | None = None
     reference: str = "single"  # the same framework's implementation this one is diffed against
     twin: str | None = None  # the other framework's implementation to diff against (default: same name)
 
@@ -234,6 +242,42 @@ REGISTRY: tuple[Implementation, ...] = (
         "horovodrun",
         "horovod.tensorflow, grouped_allreduce of gradients, launched by horovodrun",
         horovod=True,
+    ),
+    _impl(
+        "tf",
+        "single",
+        "fit",
+        "keras_fit",
+        "run_fit",
+        "process",
+        "Keras model.compile + model.fit, one device, fed by tf.data (no torch twin: diffed with the custom loop)",
+        keras_fit=True,
+    ),
+    _impl(
+        "tf",
+        "mirrored",
+        "fit-mirrored",
+        "keras_fit",
+        "run_fit_mirrored",
+        "process",
+        "Keras model.fit under MirroredStrategy's scope, one process, N devices, fed by tf.data",
+        keras_fit=True,
+        library_bug=lambda config: keras_fit_mirrored_bug(config),  # defined below the registry
+        no_global_clipping="Keras 3 clips inside apply_gradients BEFORE its cross-replica all-reduce "
+        "(keras/src/optimizers/base_optimizer.py), so global_clipnorm would clip each replica's share",
+    ),
+    _impl(
+        "tf",
+        "mirrored",
+        "fit-multi-worker",
+        "keras_fit",
+        "run_fit_multi_worker",
+        "tf_config",
+        "Keras model.fit under MultiWorkerMirroredStrategy's scope, N processes with TF_CONFIG, fed by tf.data",
+        keras_fit=True,
+        library_bug=lambda config: keras_fit_multi_worker_bug(),  # defined below the registry
+        no_global_clipping="Keras 3 clips inside apply_gradients BEFORE its cross-replica all-reduce "
+        "(keras/src/optimizers/base_optimizer.py), so global_clipnorm would clip each replica's share",
     ),
     _impl("torch", "single", "single", "single", "run_single", "process", "nn.Module, plain loop, one device"),
     _impl(
@@ -683,6 +727,46 @@ def gpu_memory_mib(index: int) -> int:
     return int(out.stdout.split()[0])
 
 
+# The newest Keras seen with the two fit bugs below (xfw's tf-fit-multi-worker, and tf-fit-mirrored with
+# steps_per_execution > 1); a newer Keras is tried. Seen: 3.15.1 with TensorFlow 2.21.0 on CPU, and in every Keras 3
+# before it according to the issues cited.
+KERAS_FIT_LAST_BROKEN = "3.15.1"
+
+
+def _keras_with_fit_bugs() -> str | None:
+    """The installed Keras's version where it is one with the fit bugs; None where it is newer (or absent)."""
+    try:
+        installed = importlib.metadata.version("keras")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return installed if Version(installed) <= Version(KERAS_FIT_LAST_BROKEN) else None
+
+
+def keras_fit_multi_worker_bug() -> str | None:
+    """Why the installed Keras cannot fit under MultiWorkerMirroredStrategy; None where it may."""
+    version = _keras_with_fit_bugs()
+    if version is None:
+        return None
+    return (
+        f"Keras {version}'s model.fit stops before its first step under MultiWorkerMirroredStrategy: it reduces "
+        "the first (x, y) batch with strategy.reduce, which the multi-worker strategy cannot do for a nest "
+        "(keras-team/keras#20585, tensorflow/tensorflow#72388); the custom loop (tf-multi-worker) runs"
+    )
+
+
+def keras_fit_mirrored_bug(config) -> str | None:
+    """Why the installed Keras cannot fit under MirroredStrategy with steps_per_execution > 1; None where it may."""
+    version = _keras_with_fit_bugs()
+    k = config.training.steps_per_execution if config is not None else 1
+    if version is None or k == 1:
+        return None
+    return (
+        f"Keras {version}'s model.fit under MirroredStrategy fails with steps_per_execution {k} > 1 (\"You must "
+        "feed a value for placeholder tensor 'while/cond/Placeholder'\", keras-team/keras#19246); set "
+        "training.steps_per_execution=1"
+    )
+
+
 def _horovod_frameworks() -> frozenset[str]:
     # Looks at the compiled extensions without importing horovod (which would import a framework).
     spec = importlib.util.find_spec("horovod")
@@ -715,6 +799,9 @@ def unavailable_reason(impl: Implementation, machine: Machine, devices: int = 2,
         reason = model_unsupported(impl, config)
         if reason:
             return reason
+    bug = impl.library_bug(config) if impl.library_bug is not None else None
+    if bug:
+        return bug
     if impl.horovod and impl.framework not in machine.horovod_frameworks:
         return f"Horovod is not installed with {FRAMEWORK_NAMES[impl.framework]} support (run `make setup`)"
     if impl.gpu_only and impl.devices == "one" and machine.gpus < 1:
@@ -759,6 +846,11 @@ def model_unsupported(impl: Implementation, config) -> str | None:
         return (
             "training.accumulation_steps applies to single-device and data-parallel runs (pipelines cut the batch "
             "into model_parallel.micro_batches already)"
+        )
+    if config.training.accumulation_steps > 1 and impl.keras_fit:
+        return (
+            "training.accumulation_steps: Keras fit's train step takes one batch per optimizer update (the "
+            "optimizer's gradient_accumulation_steps counts whole steps, not micro-batches of one)"
         )
     mixed = config.runtime.precision != "float32"
     whole_model_steps = impl.kind.data_parallel or impl.strategy == "single"

@@ -92,7 +92,8 @@ def run_mirrored_strategy(run: RunSpec, launcher: str) -> None:
     _run_strategy(RankContext(run, launcher, devices=tuple(devices)), s, strategy)
 
 
-def run_multi_worker(run: RunSpec, launcher: str) -> None:
+def multi_worker_strategy(run: RunSpec, launcher: str) -> tuple[tf.distribute.Strategy, RankContext]:
+    """This worker's MultiWorkerMirroredStrategy (from TF_CONFIG) and its place in the run."""
     training.configure(run)
     # tf.distribute: built before any op, from TF_CONFIG (AUTO picks ring collectives on CPU, NCCL on GPU).
     options = None
@@ -101,7 +102,6 @@ def run_multi_worker(run: RunSpec, launcher: str) -> None:
         ring = tf.distribute.experimental.CommunicationImplementation.RING
         options = tf.distribute.experimental.CommunicationOptions(implementation=ring)
     strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-    s = training.setup(run)
     resolver = strategy.cluster_resolver
     rank, world_size = resolver.task_id, strategy.num_replicas_in_sync
     if world_size != run.replicas:
@@ -109,7 +109,12 @@ def run_multi_worker(run: RunSpec, launcher: str) -> None:
     ctx = RankContext(
         run, launcher, rank, world_size, (training.default_device(),), training.collective_gather(strategy)
     )
-    _run_strategy(ctx, s, strategy)
+    return strategy, ctx
+
+
+def run_multi_worker(run: RunSpec, launcher: str) -> None:
+    strategy, ctx = multi_worker_strategy(run, launcher)
+    _run_strategy(ctx, training.setup(run), strategy)
 
 
 def run_manual_placement(run: RunSpec, launcher: str) -> None:
