@@ -40,7 +40,7 @@ def test_data_parallel_matches_single_device(mirrored):
             assert len(r["loss"]) == 300
             assert max_rel(r["loss"], runs[f"{r['framework']}-single"]["loss"]) <= 1e-5, r["id"]
             checked += 1
-    assert checked >= 6  # MirroredStrategy, MWMS, manual placement, DDP, all_reduce, Horovod x2 on CPU
+    assert checked >= 7  # MirroredStrategy (custom loop and fit), MWMS, manual placement, DDP, all_reduce, Horovod x2
 
 
 # Every CPU implementation of the mirrored strategy, and the references: a run that becomes skipped fails here.
@@ -50,13 +50,16 @@ EXPECTED_OK_ON_CPU = {
     "tf-multi-worker",
     "tf-manual-placement",
     "tf-horovod",
+    "tf-fit-mirrored",
     "torch-single",
     "torch-ddp",
     "torch-allreduce",
     "torch-horovod",
 }
 # Replicas in one process, each on a device of its own (placement, or MirroredStrategy's).
-PLACED = {"tf-mirrored-strategy", "tf-manual-placement"}
+PLACED = {"tf-mirrored-strategy", "tf-manual-placement", "tf-fit-mirrored"}
+# The two frameworks' custom loops on one device (`--strategy single` also runs Keras fit).
+CUSTOM_LOOPS = ("--only", "tf-single", "--only", "torch-single")
 
 
 def test_the_expected_implementations_ran(mirrored):
@@ -171,7 +174,9 @@ def test_cnn_tf_vs_torch_and_under_ddp_and_mirrored_strategy(tmp_path):
 
 
 def test_adam_divergence_is_measured_and_explained(tmp_path):
-    proc = run_xfw("compare", "--strategy", "single", "--config", "configs/adam.yaml", "--out", str(tmp_path))
+    proc = run_xfw(
+        "compare", "--strategy", "single", *CUSTOM_LOOPS, "--config", "configs/adam.yaml", "--out", str(tmp_path)
+    )
     summary = load_summary(tmp_path)
     (cmp,) = summary["comparisons"]
     # Keras and torch place Adam's epsilon differently: the curves drift apart beyond float noise...
@@ -189,7 +194,7 @@ def test_tf_vs_torch_other_optimizer_and_loss_settings(tmp_path):
     # Nesterov momentum and cross-entropy on classes, mapped to each framework's own (one compare for both).
     overrides = ["optimizer.nesterov=true", "data.kind=synthetic_classification", "loss=cross_entropy"]
     args = [a for o in overrides for a in ("--set", o)]
-    proc = run_xfw("compare", "--strategy", "single", *args, "--out", str(tmp_path))
+    proc = run_xfw("compare", "--strategy", "single", *CUSTOM_LOOPS, *args, "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = {r["id"]: r for r in load_summary(tmp_path)["runs"]}
     assert max_rel(runs["tf-single"]["loss"], runs["torch-single"]["loss"]) <= 1e-5

@@ -37,25 +37,29 @@ def test_bfloat16_data_parallel_runs_hold_the_bfloat16_tolerances_in_both_framew
     assert "mixed_precision" in runs["tf-single"]["env"]["semantics"]
 
 
-def test_float16_scales_the_loss_the_same_way_in_both_frameworks(tmp_path):
+def test_float16_scales_the_loss_the_same_way_in_both_frameworks_and_in_keras_fit(tmp_path):
     summary = compare(tmp_path, "--strategy", "single", "--set", "runtime.precision=mixed_float16")
-    tf_run, torch_run = summary["runs"]
-    assert tf_run["status"] == torch_run["status"] == "ok", (tf_run.get("error"), torch_run.get("error"))
-    assert "LossScaleOptimizer" in tf_run["env"]["hyperparameters"]["optimizer"]["loss_scale"]
-    assert "GradScaler" in torch_run["env"]["hyperparameters"]["optimizer"]["loss_scale"]
-    (comparison,) = summary["comparisons"]
-    assert comparison["within_tolerance"] and comparison["tolerance"] == Config().parity.mixed_float16.cross_framework
+    runs = {r["id"]: r for r in summary["runs"]}
+    assert all(r["status"] == "ok" for r in runs.values()), [r.get("error") for r in runs.values()]
+    assert "LossScaleOptimizer" in runs["tf-single"]["env"]["hyperparameters"]["optimizer"]["loss_scale"]
+    assert "GradScaler" in runs["torch-single"]["env"]["hyperparameters"]["optimizer"]["loss_scale"]
+    judged = {(c["a"], c["b"]): c for c in summary["comparisons"]}
+    tolerances = Config().parity.mixed_float16
+    assert judged[("tf-single", "torch-single")]["tolerance"] == tolerances.cross_framework
+    assert judged[("tf-fit", "tf-single")]["tolerance"] == tolerances.same_framework
+    assert all(c["within_tolerance"] for c in judged.values()), judged
 
 
 def test_compiled_runs_keep_float32_parity(tmp_path):
-    """XLA and inductor fuse and reorder, and still agree with each other within the float32 tolerance; the
-    compile time is in the warm-up, apart from the timed steps."""
+    """XLA (custom loop and Keras fit's jit_compile) and inductor fuse and reorder, and still agree with each other
+    within the float32 tolerance; the compile time is in the warm-up, apart from the timed steps."""
     summary = compare(tmp_path, "--strategy", "single", "--set", "runtime.compile=true")
-    tf_run, torch_run = summary["runs"]
-    assert tf_run["status"] == torch_run["status"] == "ok", (tf_run.get("error"), torch_run.get("error"))
-    assert tf_run["env"]["compile"] and torch_run["env"]["compile"]
-    (comparison,) = summary["comparisons"]
-    assert comparison["within_tolerance"] and comparison["tolerance"] == 1e-5, comparison
+    runs = {r["id"]: r for r in summary["runs"]}
+    assert all(r["status"] == "ok" for r in runs.values()), [r.get("error") for r in runs.values()]
+    assert all(r["env"]["compile"] for r in runs.values())
+    judged = {(c["a"], c["b"]): c for c in summary["comparisons"]}
+    assert set(judged) == {("tf-fit", "tf-single"), ("tf-single", "torch-single")}
+    assert all(c["within_tolerance"] and c["tolerance"] == 1e-5 for c in judged.values()), judged
 
 
 @pytest.mark.parametrize(
