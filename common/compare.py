@@ -221,12 +221,23 @@ def verdict_fields(
     }
 
 
-def tolerance_for(kind: Parity, config: Config) -> float | None:
+def tolerance_for(kind: Parity, config: Config, float16_gradients: bool = False) -> float | None:
+    """The pair's tolerance at runtime.precision; where a run's gradients were all-reduced as float16 (Horovod's
+    fp16 compression), the looser of that and the float16 tolerance."""
     if kind == Parity.IDENTICAL:
         return 0.0
     if kind == Parity.NOT_JUDGED:
         return None
-    return config.parity.tolerance(kind.value, config.runtime.precision)
+    tolerance = config.parity.tolerance(kind.value, config.runtime.precision)
+    if float16_gradients:
+        tolerance = max(tolerance, config.parity.tolerance(kind.value, "mixed_float16"))
+    return tolerance
+
+
+def float16_gradients(run: AnyRun) -> bool:
+    """Whether the run's gradients travelled as float16 (parallel.engine.horovod.compression fp16)."""
+    engine = run.env.get("engine") or {}
+    return engine.get("options", {}).get("compression") == "fp16"
 
 
 def not_compared(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> Comparison | None:
@@ -309,7 +320,12 @@ def compare_pair(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> Comparis
     by_design = weak or batchnorm_by_design(a, b, kind, config)
     if by_design:
         kind = Parity.NOT_JUDGED
-    tolerance = tolerance_for(kind, config)
+    compressed = [r.id for r in (a, b) if float16_gradients(r)]
+    tolerance = tolerance_for(kind, config, bool(compressed))
+    if compressed and kind != Parity.NOT_JUDGED:
+        by_design = "; ".join(
+            filter(None, (by_design, f"{' and '.join(compressed)} all-reduced float16 gradients: float16 tolerance"))
+        )
     curve = curve_diff(a.loss, b.loss, tolerance, (a.id, b.id))
     ta, tb = a.throughput_samples_per_s, b.throughput_samples_per_s
     sa, sb = a.throughput_spread, b.throughput_spread

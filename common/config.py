@@ -273,11 +273,49 @@ class TrainingConfig(_Strict):
         return self
 
 
+class DDPEngine(_Strict):
+    """torch DistributedDataParallel's own arguments (torch-ddp). Unset: DDP's default."""
+
+    bucket_cap_mb: Annotated[float, Field(gt=0)] | None = None  # gradients all-reduced in buckets of this size
+    gradient_as_bucket_view: bool | None = None  # .grad are views into the buckets (no copy)
+    static_graph: bool | None = None  # the same parameters used every step: DDP may skip its per-step search
+
+
+class HorovodEngine(_Strict):
+    """Horovod's tensor fusion and compression (tf-horovod, torch-horovod). Unset: Horovod's default."""
+
+    fusion_threshold_mb: Annotated[int, Field(ge=0)] | None = None  # horovodrun --fusion-threshold-mb (0: no fusion)
+    cycle_time_ms: Annotated[float, Field(gt=0)] | None = None  # horovodrun --cycle-time-ms
+    # hvd.Compression: fp16 sends the gradients as float16 (the run is then held to the float16 tolerance).
+    compression: Literal["none", "fp16"] | None = None
+
+
+class CollectiveEngine(_Strict):
+    """TensorFlow's collective CommunicationOptions (MultiWorkerMirroredStrategy: tf-multi-worker and
+    tf-fit-multi-worker). Unset: TensorFlow's default."""
+
+    implementation: Literal["auto", "ring", "nccl"] | None = None  # NCCL needs a GPU per worker
+    bytes_per_pack: Annotated[int, Field(ge=0)] | None = None  # gradients packed into all-reduces of this size
+
+
+class EngineConfig(_Strict):
+    """Options passed through to each engine, per engine; recorded with every run that uses it (env.engine)."""
+
+    ddp: DDPEngine = DDPEngine()
+    horovod: HorovodEngine = HorovodEngine()
+    tf_collective: CollectiveEngine = CollectiveEngine()
+
+    def given(self, engine: str) -> dict:
+        """The options set for `engine` (those left unset keep the engine's own default)."""
+        return {k: v for k, v in getattr(self, engine).model_dump().items() if v is not None}
+
+
 class ParallelConfig(_Strict):
     replicas: Annotated[int, Field(gt=0)] = 2
     threads_per_replica: Annotated[int, Field(gt=0)] = 1
     # Allow more replicas than devices (CPU cores where there is no GPU). Timings are then meaningless.
     oversubscribe: bool = False
+    engine: EngineConfig = EngineConfig()
 
 
 class ModelParallelConfig(_Strict):

@@ -118,8 +118,14 @@ def plan(
         ]
         return LaunchPlan([cmd], [env | {"MASTER_ADDR": "127.0.0.1"}])
     if impl.launcher == "horovodrun":
-        cmd = [horovodrun_executable(), "-np", str(n), "-H", f"localhost:{n}", "--gloo", *worker]
-        return LaunchPlan([cmd], [env])
+        cmd = [horovodrun_executable(), "-np", str(n), "-H", f"localhost:{n}", "--gloo"]
+        # Horovod: its tensor-fusion settings are the launcher's own flags (parallel.engine.horovod).
+        horovod = run.config.parallel.engine.horovod
+        if horovod.fusion_threshold_mb is not None:
+            cmd += ["--fusion-threshold-mb", str(horovod.fusion_threshold_mb)]
+        if horovod.cycle_time_ms is not None:
+            cmd += ["--cycle-time-ms", str(horovod.cycle_time_ms)]
+        return LaunchPlan([cmd + worker], [env])
     if impl.launcher == "tf_config":
         ports = ports or free_ports(n)
         cluster = {"worker": [f"localhost:{p}" for p in ports]}

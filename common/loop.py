@@ -343,9 +343,21 @@ def common_env(run: RunSpec, launcher: str, world_size: int) -> dict:
         "compile": cfg.runtime.compile,
         "determinism": cfg.runtime.determinism,
         "data_pipeline": data_pipeline(cfg),
+        # The engine this implementation drives and the options given to it (unset ones: the engine's default).
+        "engine": {"name": run.impl.engine, "options": cfg.parallel.engine.given(run.impl.engine)}
+        if run.impl.engine
+        else None,
         "env_vars": {
             k: os.environ[k]
-            for k in ("OMP_NUM_THREADS", "TF_ENABLE_ONEDNN_OPTS", "CUDA_VISIBLE_DEVICES", SHARED_GPU_VAR)
+            for k in (
+                "OMP_NUM_THREADS",
+                "TF_ENABLE_ONEDNN_OPTS",
+                "CUDA_VISIBLE_DEVICES",
+                SHARED_GPU_VAR,
+                # what horovodrun made of --fusion-threshold-mb (bytes) and --cycle-time-ms, as Horovod reads them
+                "HOROVOD_FUSION_THRESHOLD",
+                "HOROVOD_CYCLE_TIME",
+            )
             if k in os.environ
         },
         "hyperparameters": {

@@ -171,6 +171,8 @@ class Implementation:
     # Why it cannot train in mixed precision (runtime.precision), or compile (runtime.compile); None: it can.
     no_mixed_precision: str | None = None
     no_compile: str | None = None
+    # The engine whose options (config parallel.engine.<engine>) it passes through: ddp, horovod, tf_collective.
+    engine: str | None = None
     # Trains through Keras model.fit (no custom loop): always fed by tf.data, one batch per optimizer update.
     keras_fit: bool = False
     # Why the installed libraries cannot run it under a config (a known bug, checked by version); None: they can.
@@ -217,6 +219,7 @@ REGISTRY: tuple[Implementation, ...] = (
         "run_multi_worker",
         "tf_config",
         "tf.distribute.MultiWorkerMirroredStrategy, N processes with TF_CONFIG",
+        engine="tf_collective",
         no_global_clipping="Keras 3 clips inside apply_gradients BEFORE its cross-replica all-reduce "
         "(keras/src/optimizers/base_optimizer.py), so global_clipnorm would clip each replica's share",
     ),
@@ -242,6 +245,7 @@ REGISTRY: tuple[Implementation, ...] = (
         "horovodrun",
         "horovod.tensorflow, grouped_allreduce of gradients, launched by horovodrun",
         horovod=True,
+        engine="horovod",
     ),
     _impl(
         "tf",
@@ -275,6 +279,7 @@ REGISTRY: tuple[Implementation, ...] = (
         "tf_config",
         "Keras model.fit under MultiWorkerMirroredStrategy's scope, N processes with TF_CONFIG, fed by tf.data",
         keras_fit=True,
+        engine="tf_collective",
         library_bug=lambda config: keras_fit_multi_worker_bug(),  # defined below the registry
         no_global_clipping="Keras 3 clips inside apply_gradients BEFORE its cross-replica all-reduce "
         "(keras/src/optimizers/base_optimizer.py), so global_clipnorm would clip each replica's share",
@@ -288,6 +293,7 @@ REGISTRY: tuple[Implementation, ...] = (
         "run_ddp",
         "torchrun",
         "DistributedDataParallel launched by torchrun (gloo on CPU, nccl on GPU)",
+        engine="ddp",
     ),
     _impl(
         "torch",
@@ -321,6 +327,7 @@ REGISTRY: tuple[Implementation, ...] = (
         "horovodrun",
         "horovod.torch DistributedOptimizer, launched by horovodrun",
         horovod=True,
+        engine="horovod",
     ),
     _impl(
         "tf",
@@ -809,7 +816,21 @@ def unavailable_reason(impl: Implementation, machine: Machine, devices: int = 2,
     if impl.gpu_only and impl.devices != "one" and machine.gpus < max(devices, 2):
         return f"needs {max(devices, 2)} GPUs, this machine has {machine.gpus}"
     if config is not None:
-        return shared_gpu_refusal(impl, machine, config)
+        return engine_refusal(impl, machine, config) or shared_gpu_refusal(impl, machine, config)
+    return None
+
+
+def engine_refusal(impl: Implementation, machine: Machine, config) -> str | None:
+    """Why `impl`'s engine cannot take the options config gives it on this machine; None when it can."""
+    if impl.engine != "tf_collective" or config.parallel.engine.tf_collective.implementation != "nccl":
+        return None
+    if not machine.gpus:
+        return "parallel.engine.tf_collective.implementation nccl needs a GPU per worker; this machine has none"
+    if ranks_share_a_gpu(run_processes(impl, config), machine.gpus, run_devices(impl, config)):
+        return (
+            "parallel.engine.tf_collective.implementation nccl: its workers would share a GPU, and NCCL refuses two "
+            "ranks on one device (ring works)"
+        )
     return None
 
 

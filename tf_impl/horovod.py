@@ -45,6 +45,11 @@ def horovod_batchnorm(cfg, synchronized: bool, name: str) -> keras.layers.Layer:
     return HorovodBatchNormalization(momentum=cfg.decay, epsilon=cfg.epsilon, name=name)
 
 
+def compression(cfg):
+    """hvd.Compression per parallel.engine.horovod.compression (none: Horovod's default)."""
+    return hvd.Compression.fp16 if cfg.parallel.engine.horovod.compression == "fp16" else hvd.Compression.none
+
+
 def run_horovod(run: RunSpec, launcher: str) -> None:
     training.configure(run)
     hvd.init()  # Horovod: rank and size come from horovodrun
@@ -74,7 +79,8 @@ def run_horovod(run: RunSpec, launcher: str) -> None:
         # Horovod: embedding gradients arrive as tf.IndexedSlices, which Horovod would allgather (and cannot
         # when their index dtypes differ); dense, as Horovod's own sparse_as_dense=True makes them.
         grads = [tf.convert_to_tensor(g) for g in grads]
-        grads = hvd.grouped_allreduce(grads, op=hvd.Average)  # Horovod: average over ranks, one fused call
+        # Horovod: average over ranks, one fused call (as float16 where parallel.engine asks)
+        grads = hvd.grouped_allreduce(grads, op=hvd.Average, compression=compression(cfg))
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 

@@ -95,12 +95,17 @@ def run_mirrored_strategy(run: RunSpec, launcher: str) -> None:
 def multi_worker_strategy(run: RunSpec, launcher: str) -> tuple[tf.distribute.Strategy, RankContext]:
     """This worker's MultiWorkerMirroredStrategy (from TF_CONFIG) and its place in the run."""
     training.configure(run)
-    # tf.distribute: built before any op, from TF_CONFIG (AUTO picks ring collectives on CPU, NCCL on GPU).
-    options = None
+    # tf.distribute: built before any op, from TF_CONFIG (AUTO picks ring collectives on CPU, NCCL on GPU), with
+    # the CommunicationOptions of parallel.engine.tf_collective.
+    given = run.config.parallel.engine.given("tf_collective")
+    implementation = given.pop("implementation", "auto")
     if os.environ.get(SHARED_GPU_VAR):
         # Workers on one GPU: NCCL refuses two ranks on one device; ring collectives (over gRPC) do not.
-        ring = tf.distribute.experimental.CommunicationImplementation.RING
-        options = tf.distribute.experimental.CommunicationOptions(implementation=ring)
+        implementation = "ring"
+    options = tf.distribute.experimental.CommunicationOptions(
+        implementation=getattr(tf.distribute.experimental.CommunicationImplementation, implementation.upper()),
+        **given,
+    )
     strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     resolver = strategy.cluster_resolver
     rank, world_size = resolver.task_id, strategy.num_replicas_in_sync

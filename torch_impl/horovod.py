@@ -16,6 +16,11 @@ from xfw.torch_impl.blocks import synchronized_batchnorm
 from xfw.torch_impl.models import build_model, flat_weights
 
 
+def compression(cfg):
+    """hvd.Compression per parallel.engine.horovod.compression (none: Horovod's default)."""
+    return hvd.Compression.fp16 if cfg.parallel.engine.horovod.compression == "fp16" else hvd.Compression.none
+
+
 def run_horovod(run: RunSpec, launcher: str) -> None:
     hvd.init()  # Horovod: rank and size come from horovodrun
     device = torch.device("cpu")
@@ -38,6 +43,7 @@ def run_horovod(run: RunSpec, launcher: str) -> None:
             named_parameters=model.named_parameters(),
             # Horovod: all-reduce once the accumulated micro-batches' gradients are all in
             backward_passes_per_step=cfg.training.accumulation_steps,
+            compression=compression(cfg),  # Horovod: gradients sent as float16 where parallel.engine asks
         ),
     )
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)  # Horovod: start from rank 0's weights

@@ -68,8 +68,13 @@ def _run_process_group(run: RunSpec, launcher: str, wrap, average_gradients) -> 
 
 def run_ddp(run: RunSpec, launcher: str) -> None:
     def wrap(model, device):
-        # DDP: broadcasts rank 0's weights, then averages gradients in buckets during backward().
-        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # DDP: broadcasts rank 0's weights, then averages gradients in buckets during backward(); its own options
+        # (bucket_cap_mb, gradient_as_bucket_view, static_graph) from parallel.engine.ddp.
+        return DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            **run.config.parallel.engine.given("ddp"),
+        )
 
     _run_process_group(run, launcher, wrap, average_gradients=lambda model, world: None)
 

@@ -1,0 +1,80 @@
+"""Engine options (parallel.engine): passed through to DDP, Horovod and TensorFlow's collectives, recorded with
+each run, held to the tolerance they allow; unknown options refused by name."""
+
+import dataclasses
+
+import pytest
+from conftest import assert_one_line_error, load_summary, run_xfw, xfw_in_process
+
+from xfw.common.config import Config
+from xfw.common.registry import find, this_machine, unavailable_reason
+
+pytestmark = pytest.mark.frameworks
+
+OPTIONS = [
+    "parallel.engine.ddp.bucket_cap_mb=1",
+    "parallel.engine.ddp.gradient_as_bucket_view=true",
+    "parallel.engine.ddp.static_graph=true",
+    "parallel.engine.horovod.fusion_threshold_mb=0",
+    "parallel.engine.horovod.cycle_time_ms=2",
+    "parallel.engine.horovod.compression=fp16",
+    "parallel.engine.tf_collective.implementation=ring",
+    "parallel.engine.tf_collective.bytes_per_pack=1024",
+]
+
+
+def test_engine_options_reach_the_engines_and_are_recorded(tmp_path):
+    only = [a for impl in ("torch-ddp", "tf-horovod", "torch-horovod", "tf-multi-worker") for a in ("--only", impl)]
+    proc = run_xfw(
+        "compare",
+        *("--strategy", "mirrored", *only, "--set", "training.steps=40"),
+        *[a for o in OPTIONS for a in ("--set", o)],
+        *("--out", str(tmp_path)),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = load_summary(tmp_path)
+    runs = {r["id"]: r for r in summary["runs"]}
+    assert all(r["status"] == "ok" for r in runs.values()), [r.get("error") for r in runs.values()]
+    engines = {run_id: r["env"]["engine"] for run_id, r in runs.items()}
+    assert engines["torch-ddp"] == {
+        "name": "ddp",
+        "options": {"bucket_cap_mb": 1.0, "gradient_as_bucket_view": True, "static_graph": True},
+    }
+    assert engines["tf-multi-worker"]["options"] == {"implementation": "ring", "bytes_per_pack": 1024}
+    assert engines["tf-single"] is None  # a single-device run drives no engine
+    for run_id in ("tf-horovod", "torch-horovod"):
+        assert engines[run_id]["options"]["compression"] == "fp16"
+        # horovodrun turned its flags into the settings Horovod reads
+        assert runs[run_id]["env"]["env_vars"]["HOROVOD_FUSION_THRESHOLD"] == "0"
+        assert float(runs[run_id]["env"]["env_vars"]["HOROVOD_CYCLE_TIME"]) == 2.0
+    judged = {(c["a"], c["b"]): c for c in summary["comparisons"]}
+    f16 = Config().parity.mixed_float16
+    for fw in ("tf", "torch"):
+        compressed = judged[(f"{fw}-horovod", f"{fw}-single")]
+        assert compressed["tolerance"] == f16.same_framework and "float16 gradients" in compressed["note"]
+        # the float16 rounding of the gradients shows, beyond float32's noise (~1e-7 here)
+        assert compressed["max_rel_loss_diff"] > 2e-6, compressed
+    assert judged[("torch-ddp", "torch-single")]["tolerance"] == 1e-5
+    assert all(c["within_tolerance"] for c in judged.values()), judged
+
+
+@pytest.mark.parametrize(
+    "setting, expected",
+    [
+        ("parallel.engine.ddp.bucket_size=5", "unknown config key 'parallel.engine.ddp.bucket_size'"),
+        ("parallel.engine.mpi.fusion=1", "unknown config key 'parallel.engine.mpi'"),
+        ("parallel.engine.horovod.compression=int8", "parallel.engine.horovod.compression"),
+        ("parallel.engine.ddp.bucket_cap_mb=0", "parallel.engine.ddp.bucket_cap_mb"),
+        ("parallel.engine.tf_collective.implementation=mpi", "parallel.engine.tf_collective.implementation"),
+    ],
+)
+def test_an_engine_option_that_does_not_exist_is_one_line(setting, expected):
+    assert_one_line_error(xfw_in_process("compare", "--strategy", "mirrored", "--set", setting), expected)
+
+
+def test_nccl_collectives_without_a_gpu_per_worker_skip_with_the_reason():
+    nccl = Config.model_validate({"parallel": {"engine": {"tf_collective": {"implementation": "nccl"}}}})
+    cpu_only = dataclasses.replace(this_machine(), gpus=0)
+    reason = unavailable_reason(find("tf", "multi-worker"), cpu_only, 2, nccl)
+    assert reason == "parallel.engine.tf_collective.implementation nccl needs a GPU per worker; this machine has none"
+    assert unavailable_reason(find("torch", "ddp"), cpu_only, 2, nccl) is None  # not its engine
