@@ -114,6 +114,7 @@ def run_entry(base: RunBase, results: list[RunResult]) -> RunEntry:
         loss_identical_across_repeats=bool((losses == losses[0]).all()),
         env=first.env,
         model_parallel=first.model_parallel,
+        step_breakdown=first.step_breakdown,
         work_split=first.work_split,
         diverged_at_step=first_non_finite(first.loss),
         non_finite_metrics=non_finite_keys(first.eval),

@@ -255,6 +255,10 @@ class TrainingConfig(_Strict):
     # Keras fit implementations only: steps run per call into the compiled train function (model.compile's
     # steps_per_execution); timing windows and progress then move in these units.
     steps_per_execution: Annotated[int, Field(ge=1)] = 1
+    # Where the time goes: this many steps at the end of warm-up run under the framework's profiler and their time
+    # is split into compute, communication, optimizer update, input and the rest (single-device and data-parallel
+    # runs; needs warmup_steps > profile_steps, so that tracing and compiling stay out of them). 0: no profiling.
+    profile_steps: Annotated[int, Field(ge=0)] = 3
 
     @model_validator(mode="after")
     def _check_steps(self) -> TrainingConfig:

@@ -125,7 +125,8 @@ def plan(
             cmd += ["--fusion-threshold-mb", str(horovod.fusion_threshold_mb)]
         if horovod.cycle_time_ms is not None:
             cmd += ["--cycle-time-ms", str(horovod.cycle_time_ms)]
-        return LaunchPlan([cmd + worker], [env])
+        # Horovod: lets rank 0 record its timeline around the profiled steps (common.breakdown.HorovodTimeline).
+        return LaunchPlan([cmd + worker], [env | {"HOROVOD_TIMELINE": "DYNAMIC"}])
     if impl.launcher == "tf_config":
         ports = ports or free_ports(n)
         cluster = {"worker": [f"localhost:{p}" for p in ports]}

@@ -17,10 +17,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from xfw.common.breakdown import step_breakdown
 from xfw.common.data import Fed, work_record
 from xfw.common.faults import maybe_inject
 from xfw.common.launch import SHARED_GPU_VAR
@@ -56,6 +57,20 @@ class LoopTiming:
     ended_at: float = 0.0
     # Seconds of each timed window spent waiting for the next step's input (inside the window's seconds).
     input_wait_s: list[float] = field(default_factory=list)
+    # Where the profiled warm-up steps' time went (common.breakdown.step_breakdown); None: not profiled.
+    breakdown: dict | None = None
+
+
+class StepProfiler(Protocol):
+    """A framework's profiler around a few steps (tf_impl/torch_impl training.StepProfiler)."""
+
+    description: str
+
+    def start(self) -> None: ...
+
+    def stop(self) -> dict[str, list[tuple[float, float]]]:
+        """The profiled events' intervals (seconds) per category of common.breakdown.CATEGORIES."""
+        ...
 
 
 def timed_loop(
@@ -67,11 +82,14 @@ def timed_loop(
     windows: int,
     on_progress: Callable[[int], None],
     after_warmup: Callable[[], None] | None = None,
+    profiler: StepProfiler | None = None,
+    profile_steps: int = 0,
 ) -> tuple[list[Any], LoopTiming]:
     """Calls `step` on each of the first `steps` inputs in order and keeps what it returns (the step's loss).
     `step_inputs` is a list of precomputed inputs or an input pipeline's iterator; the time spent getting each
     input is the step's input wait. `after_warmup` runs between warm-up and the timed steps (a barrier, so that
-    networks trained at the same time are timed over the same stretch)."""
+    networks trained at the same time are timed over the same stretch). With a `profiler`, the last
+    `profile_steps` warm-up steps run under it (where the warm-up has steps before them to trace and compile)."""
     losses: list[Any] = []
     record = losses.append
     inputs = iter(step_inputs)
@@ -89,7 +107,18 @@ def timed_loop(
 
     started_at = time.time()
     start = clock()
-    run_steps(warmup_steps)
+    profiled = profile_steps if profiler is not None and 0 < profile_steps < warmup_steps else 0
+    run_steps(warmup_steps - profiled)
+    breakdown = None
+    if profiled:
+        sync(losses[-1])
+        profiler.start()
+        began = clock()
+        waited = run_steps(profiled)
+        sync(losses[-1])
+        wall = clock() - began
+        events = profiler.stop()
+        breakdown = step_breakdown(events, wall, waited, profiled) | {"profiler": profiler.description}
     sync(losses[-1])
     warmup_s = clock() - start
     on_progress(warmup_steps)
@@ -105,7 +134,7 @@ def timed_loop(
         sync(losses[-1])
         timed.append((hi - lo, clock() - start))
         on_progress(hi)  # outside the timed window
-    timing = LoopTiming(warmup_steps, warmup_s, timed, started_at, timed_started_at, time.time(), waits)
+    timing = LoopTiming(warmup_steps, warmup_s, timed, started_at, timed_started_at, time.time(), waits, breakdown)
     return losses, timing
 
 
@@ -264,6 +293,7 @@ def finish_run(
             parameters=parameter_count(cfg.model), training_flops_per_sample=training_flops_per_sample(cfg.model)
         ),
         "config": cfg.model_dump(mode="json"),
+        "step_breakdown": outcome.timing.breakdown,  # rank 0's profiled steps
         # Model-parallel runs: the first stage's process feeds a replica's inputs, and reports it.
         "work_split": sorted((w for r in ranks for w in r["work"]), key=lambda w: w["replica"]),
     }

@@ -17,7 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from xfw.common.loop import LoopTiming, RankOutcome, common_env, finish_run, peak_rss_bytes, progress_writer, timed_loop
+from xfw.common.loop import (
+    LoopTiming,
+    RankOutcome,
+    StepProfiler,
+    common_env,
+    finish_run,
+    peak_rss_bytes,
+    progress_writer,
+    timed_loop,
+)
 from xfw.common.networks import Gather, NetworkOutcome, finish_networks
 from xfw.common.records import PeakFlops
 from xfw.common.runspec import RunSpec
@@ -111,11 +120,31 @@ def timed_training(
     sync: Callable[[Any], Any],
     rank: int = 0,
     after_warmup: Callable[[], None] | None = None,
+    profiler: StepProfiler | None = None,
 ) -> tuple[list, LoopTiming]:
-    """common.loop.timed_loop with the run's warm-up steps and timing windows; each rank reports its progress."""
+    """common.loop.timed_loop with the run's warm-up steps and timing windows; each rank reports its progress.
+    `profiler`: rank 0 of a single-device or data-parallel run profiles training.profile_steps warm-up steps."""
     t = run.config.training
     progress = progress_writer(run, rank)
-    return timed_loop(step, step_inputs, t.steps, sync, t.warmup_steps, t.timing_windows, progress, after_warmup)
+    if rank != 0 or not profiled_kind(run):
+        profiler = None
+    return timed_loop(
+        step,
+        step_inputs,
+        t.steps,
+        sync,
+        t.warmup_steps,
+        t.timing_windows,
+        progress,
+        after_warmup,
+        profiler,
+        t.profile_steps,
+    )
+
+
+def profiled_kind(run: RunSpec) -> bool:
+    """Whether the run's steps are whole-model steps whose time the breakdown splits (single and data-parallel)."""
+    return run.strategy == "single" or (run.kind.data_parallel and not run.kind.staged)
 
 
 def environment(

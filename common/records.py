@@ -79,6 +79,21 @@ class Timing(Record):
     input_wait_s: list[Real] = []
 
 
+class StepBreakdown(Record):
+    """Where a step's time went (common/breakdown.py): seconds per step of each category, over `steps` steps run
+    under the framework's profiler at the end of warm-up (rank 0's process)."""
+
+    steps: Count
+    step_s: Rate  # a profiled step's wall time (the profiler's own cost included; the timed steps ran without it)
+    compute_s: Real
+    communication_s: Real
+    update_s: Real
+    input_s: Real
+    rest_s: Real
+    overlap_s: Real  # communication that ran at the same time as compute (counted as communication above)
+    profiler: str  # which profiler, and how its events were sorted
+
+
 class ModelInfo(Record):
     parameters: int
     training_flops_per_sample: int
@@ -209,6 +224,7 @@ class RunResult(RunIdentity):
     timing: Timing
     model: ModelInfo
     model_parallel: StageReport | None = None
+    step_breakdown: StepBreakdown | None = None  # None: not profiled (training.profile_steps 0, or too short a warm-up)
     eval: dict[str, Real]
     env: dict[str, Any]
     peak_flops_per_s: Real
@@ -351,6 +367,7 @@ class RunEntry(RunBase):
     loss_identical_across_repeats: bool
     env: dict[str, Any]
     model_parallel: StageReport | None = None
+    step_breakdown: StepBreakdown | None = None  # the first repeat's
     work_split: list[ReplicaWork] = []  # the first repeat's (every repeat feeds the same samples)
     # The first step whose loss is NaN or infinite (null: none), and metrics that are not finite: a diverged
     # run is a result, and never passes a comparison.

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from xfw.common.breakdown import HorovodTimeline
 from xfw.common.data import replica_slice
 from xfw.common.rank import RankContext
 from xfw.common.runspec import RunSpec
@@ -87,7 +88,9 @@ def run_horovod(run: RunSpec, launcher: str) -> None:
     block = replica_slice(cfg.training.global_batch, hvd.rank(), hvd.size())  # Horovod: this rank's block
     # Horovod: each rank's pipeline reads only its block of every global batch
     batches = training.step_batches(run, s, preloaded=lambda: [tf.constant(row[block]) for row in s.order], block=block)
-    losses, timing = training.train(run, train_step, batches, hvd.rank())
+    # Horovod: its timeline shows the all-reduces of the profiled steps, which run in its background thread
+    timeline = HorovodTimeline(hvd, training.StepProfiler())
+    losses, timing = training.train(run, train_step, batches, hvd.rank(), profiler=timeline)
 
     def gather(vector: np.ndarray) -> np.ndarray:
         return hvd.allgather(tf.constant(vector[None])).numpy()  # Horovod: once, after training

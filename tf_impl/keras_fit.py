@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from xfw.common.breakdown import step_breakdown
 from xfw.common.loop import LoopTiming, progress_writer
 from xfw.common.rank import RankContext
 from xfw.common.runspec import RunSpec
@@ -50,19 +51,33 @@ class StepLosses(keras.metrics.Metric):
 
 class ExecutionClock(keras.callbacks.Callback):
     """The clock at the end of every execution (steps_per_execution steps; fit converts the logs to numpy before
-    calling back, so the execution has finished), and the run's progress at the timing windows' ends."""
+    calling back, so the execution has finished), the run's progress at the timing windows' ends, and the
+    profiler around the executions `profiled` (first step, steps done at the end) of the warm-up."""
 
-    def __init__(self, run: RunSpec, rank: int, window_ends: set[int]):
+    def __init__(self, run: RunSpec, rank: int, window_ends: set[int], profiled: tuple[int, int] | None):
         super().__init__()
-        self.report, self.window_ends = progress_writer(run, rank), window_ends
+        self.report, self.window_ends, self.profiled = progress_writer(run, rank), window_ends, profiled
         self.ends: list[tuple[int, float, float]] = []  # (steps done, clock, clock after reporting progress)
         self.started = self.started_at = 0.0
+        self.profiler, self.breakdown = training.StepProfiler(), None
 
     def on_train_begin(self, logs=None):
         self.started_at, self.started = time.time(), time.perf_counter()
 
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.profiled and batch == self.profiled[0]:
+            self.profiler.start()
+            self.profile_began = time.perf_counter()
+
     def on_train_batch_end(self, batch, logs=None):
         now, done = time.perf_counter(), batch + 1
+        if self.profiled and done == self.profiled[1]:
+            steps = done - self.profiled[0]
+            # fit reads its batches inside the compiled step: the input is its IteratorGetNext ops
+            events = self.profiler.stop()
+            self.breakdown = step_breakdown(events, now - self.profile_began, 0.0, steps) | {
+                "profiler": f"{self.profiler.description} (inside Keras fit's train function)"
+            }
         if done in self.window_ends:
             self.report(done)  # outside the timed windows: the next window starts after it
         self.ends.append((done, now, time.perf_counter()))
@@ -75,6 +90,14 @@ def execution_windows(steps: int, warmup_steps: int, windows: int, per_execution
     warmup_end = next(e for e in ends if e >= warmup_steps)
     timed = [e for e in ends if e > warmup_end]
     return warmup_end, [group.tolist() for group in np.array_split(np.array(timed), windows)]
+
+
+def profiled_executions(t, rank: int, warmup_end: int) -> tuple[int, int] | None:
+    """The warm-up executions rank 0 profiles: whole executions covering training.profile_steps steps at the end of
+    the warm-up, after at least one execution (tracing); None where the warm-up is too short."""
+    k = t.steps_per_execution
+    first = warmup_end - k * -(-t.profile_steps // k)
+    return (first, warmup_end) if rank == 0 and t.profile_steps and first > 0 else None
 
 
 def loop_timing(clock: ExecutionClock, warmup_end: int, groups: list[list[int]]) -> LoopTiming:
@@ -93,6 +116,7 @@ def loop_timing(clock: ExecutionClock, warmup_end: int, groups: list[list[int]])
         timed_started_at=timed_started_at,
         ended_at=time.time(),
         input_wait_s=[],  # inside fit's compiled loop: not separable (the report shows "-")
+        breakdown=clock.breakdown,
     )
 
 
@@ -113,7 +137,8 @@ def _fit(ctx: RankContext, s, strategy) -> None:
         )
     batches = training.native_dataset(run, s)  # (indices, x, y); fit takes (x, y)
     warmup_end, groups = execution_windows(t.steps, t.warmup_steps, t.timing_windows, t.steps_per_execution)
-    clock = ExecutionClock(run, ctx.rank, {g[-1] for g in groups} | {warmup_end})
+    profiled = profiled_executions(t, ctx.rank, warmup_end)
+    clock = ExecutionClock(run, ctx.rank, {g[-1] for g in groups} | {warmup_end}, profiled)
     model.fit(batches.map(lambda idx, x, y: (x, y)), epochs=1, steps_per_epoch=t.steps, verbose=0, callbacks=[clock])
     losses = step_losses.result().numpy().astype(np.float64)  # cross-replica read: the sum over replicas
     timing = loop_timing(clock, warmup_end, groups)

@@ -8,12 +8,16 @@ before any op runs."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 from xfw.common import rank as common_rank
 from xfw.common.data import Dataset, DeliveredBatches, Fed, load_dataset, sample_order
@@ -265,11 +269,73 @@ def gradients(run: RunSpec, batch, variables, compute, optimizer=None) -> tuple[
     return total, tf.add_n(losses) / k
 
 
-def train(run: RunSpec, step, step_inputs, rank: int = 0, after_warmup=None) -> tuple[np.ndarray, object]:
+class StepProfiler:
+    """The TensorFlow profiler around a few warm-up steps (common.loop.timed_loop), its op events sorted by op type
+    and name scope into common.breakdown's categories. torch_impl's twin reads torch.profiler's events."""
+
+    description = (
+        "TensorFlow profiler, op events of every executor thread (and kernels on a GPU): Collective*, Nccl* and "
+        "Horovod* ops = communication; ops in the optimizer's name scope and ResourceApply* = update; IteratorGetNext "
+        "= input; every other op = compute"
+    )
+
+    def start(self) -> None:
+        self.folder = tempfile.mkdtemp(prefix="xfw-tf-profile-")
+        options = tf.profiler.experimental.ProfilerOptions(host_tracer_level=2, python_tracer_level=0)
+        tf.profiler.experimental.start(self.folder, options=options)
+
+    def stop(self) -> dict[str, list[tuple[float, float]]]:
+        tf.profiler.experimental.stop()
+        events: dict[str, list[tuple[float, float]]] = {}
+        try:
+            for path in Path(self.folder).rglob("*.xplane.pb"):
+                space = xplane_pb2.XSpace()
+                space.ParseFromString(path.read_bytes())
+                for plane in space.planes:
+                    gpu = plane.name.startswith("/device:GPU")
+                    if not (gpu or plane.name.startswith("/host:CPU")):
+                        continue
+                    for line in plane.lines:
+                        for event in line.events:
+                            meta = plane.event_metadata[event.metadata_id]
+                            category = _category(meta.name, meta.display_name, gpu)
+                            if category:
+                                start = (line.timestamp_ns * 1e3 + event.offset_ps) / 1e12
+                                events.setdefault(category, []).append((start, start + event.duration_ps / 1e12))
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        return events
+
+
+_COMMUNICATION = ("Collective", "Nccl", "Horovod", "AllReduce", "AllGather")
+# Keras 3 applies gradients under a name scope named after the optimizer (xfw's optimizers, lower-cased)
+_OPTIMIZER_SCOPES = ("sgd/", "adam/", "adamw/", "loss_scale_optimizer/")
+
+
+def _category(name: str, op_type: str, gpu: bool) -> str | None:
+    """An event's category: host events that are not ops (the executor's own) have no op type and no category."""
+    if gpu:
+        return "communication" if "nccl" in name.lower() else "compute"
+    if not op_type:
+        return None
+    if any(key in op_type for key in _COMMUNICATION):
+        return "communication"
+    if op_type.startswith("ResourceApply") or any(f"{scope}" in name.lower() for scope in _OPTIMIZER_SCOPES):
+        return "update"
+    if "IteratorGetNext" in op_type:
+        return "input"
+    return "compute"
+
+
+def train(
+    run: RunSpec, step, step_inputs, rank: int = 0, after_warmup=None, profiler=None
+) -> tuple[np.ndarray, object]:
     """Runs the shared timed loop over the per-step inputs (a list, or step_batches); returns per-step losses as numpy
     (shape (steps,), or (steps, networks) where one step trains several networks)."""
     # .numpy() forces the pending step to finish before the clock is read.
-    losses, timing = common_rank.timed_training(run, step, step_inputs, lambda loss: loss.numpy(), rank, after_warmup)
+    losses, timing = common_rank.timed_training(
+        run, step, step_inputs, lambda loss: loss.numpy(), rank, after_warmup, profiler or StepProfiler()
+    )
     return np.array([np.asarray(v, dtype=np.float64) for v in losses]), timing
 
 

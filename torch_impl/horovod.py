@@ -8,6 +8,7 @@ import horovod.torch as hvd
 import numpy as np
 import torch
 
+from xfw.common.breakdown import HorovodTimeline
 from xfw.common.data import replica_slice
 from xfw.common.rank import RankContext
 from xfw.common.runspec import RunSpec
@@ -70,7 +71,9 @@ def run_horovod(run: RunSpec, launcher: str) -> None:
         rank=hvd.rank(),
         replicas=hvd.size(),
     )
-    losses, timing = training.train(run, train_step, batches, hvd.rank())
+    # Horovod: its timeline shows the all-reduces of the profiled steps, which run in its background thread
+    timeline = HorovodTimeline(hvd, training.StepProfiler())
+    losses, timing = training.train(run, train_step, batches, hvd.rank(), profiler=timeline)
 
     def gather(vector: np.ndarray) -> np.ndarray:
         return hvd.allgather(torch.from_numpy(vector[None])).numpy()  # Horovod: once, after training

@@ -141,12 +141,14 @@ class ScheduledOptimizer:
         self.optimizer.zero_grad()  # set_to_none, torch's default (Horovod's optimizer takes no argument)
 
     def step(self) -> None:
-        if self.clip is None and self.scaler is None:
+        if self.clip is None and self.scaler is None and not hasattr(self.optimizer, "synchronize"):
             self.optimizer.step()
         else:
             horovod = hasattr(self.optimizer, "synchronize")
             if horovod:
-                self.optimizer.synchronize()  # Horovod: the averaged gradients, before they are unscaled or clipped
+                # Horovod: the averaged gradients, before they are unscaled or clipped (named for the profiler)
+                with torch.profiler.record_function("xfw:communication (Horovod synchronize)"):
+                    self.optimizer.synchronize()
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
             if self.clip is not None:
@@ -324,11 +326,52 @@ def gradients(run: RunSpec, batch, compute, no_sync=None, optimizer=None) -> tor
     return torch.stack(losses).mean()
 
 
-def train(run: RunSpec, step, step_inputs, rank: int = 0, after_warmup=None) -> tuple[np.ndarray, object]:
+class StepProfiler:
+    """torch.profiler around a few warm-up steps (common.loop.timed_loop), its events sorted by name into
+    common.breakdown's categories. tf_impl's twin reads the TensorFlow profiler's op events."""
+
+    description = (
+        "torch.profiler, host-side events: c10d/gloo/nccl collectives and xfw:communication (around Horovod's "
+        "synchronize) = communication; Optimizer.step/zero_grad = update; DataLoader iteration = input; every other "
+        "op = compute. On a GPU the device's work shows as the host waiting for it (compute)"
+    )
+
+    def start(self) -> None:
+        self.profile = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+        self.profile.start()
+
+    def stop(self) -> dict[str, list[tuple[float, float]]]:
+        self.profile.stop()
+        events: dict[str, list[tuple[float, float]]] = {}
+        for event in self.profile.events():
+            span = event.time_range
+            events.setdefault(_category(event.name), []).append((span.start / 1e6, span.end / 1e6))
+        return events
+
+
+_COMMUNICATION = ("c10d::", "gloo:", "nccl", "allreduce", "all_reduce", "xfw:communication")
+
+
+def _category(name: str) -> str:
+    lower = name.lower()
+    if any(key in lower for key in _COMMUNICATION):
+        return "communication"
+    if name.startswith(("Optimizer.step", "Optimizer.zero_grad")):
+        return "update"
+    if name.startswith("enumerate(DataLoader)"):
+        return "input"
+    return "compute"
+
+
+def train(
+    run: RunSpec, step, step_inputs, rank: int = 0, after_warmup=None, profiler=None
+) -> tuple[np.ndarray, object]:
     """Runs the shared timed loop over the per-step inputs (a list, or step_batches); returns per-step losses as numpy
     (shape (steps,), or (steps, networks) where one step trains several networks)."""
     # .cpu() forces the pending step to finish before the clock is read (any shape).
-    losses, timing = common_rank.timed_training(run, step, step_inputs, lambda loss: loss.cpu(), rank, after_warmup)
+    losses, timing = common_rank.timed_training(
+        run, step, step_inputs, lambda loss: loss.cpu(), rank, after_warmup, profiler or StepProfiler()
+    )
     return torch.stack(losses).double().cpu().numpy(), timing
 
 
