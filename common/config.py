@@ -257,7 +257,7 @@ class TrainingConfig(_Strict):
     steps_per_execution: Annotated[int, Field(ge=1)] = 1
     # Where the time goes: this many steps at the end of warm-up run under the framework's profiler and their time
     # is split into compute, communication, optimizer update, input and the rest (single-device and data-parallel
-    # runs; needs warmup_steps > profile_steps, so that tracing and compiling stay out of them). 0: no profiling.
+    # runs; at most warmup_steps - 1, so that the first step's tracing and compiling stay out). 0: no profiling.
     profile_steps: Annotated[int, Field(ge=0)] = 3
 
     @model_validator(mode="after")

@@ -89,7 +89,8 @@ def timed_loop(
     `step_inputs` is a list of precomputed inputs or an input pipeline's iterator; the time spent getting each
     input is the step's input wait. `after_warmup` runs between warm-up and the timed steps (a barrier, so that
     networks trained at the same time are timed over the same stretch). With a `profiler`, the last
-    `profile_steps` warm-up steps run under it (where the warm-up has steps before them to trace and compile)."""
+    `profile_steps` warm-up steps run under it (fewer where the warm-up is short: its first step, which traces and
+    compiles, never is)."""
     losses: list[Any] = []
     record = losses.append
     inputs = iter(step_inputs)
@@ -107,7 +108,8 @@ def timed_loop(
 
     started_at = time.time()
     start = clock()
-    profiled = profile_steps if profiler is not None and 0 < profile_steps < warmup_steps else 0
+    # at most the warm-up's steps after its first (tracing, compiling)
+    profiled = min(profile_steps, warmup_steps - 1) if profiler is not None else 0
     run_steps(warmup_steps - profiled)
     breakdown = None
     if profiled:
@@ -117,8 +119,7 @@ def timed_loop(
         waited = run_steps(profiled)
         sync(losses[-1])
         wall = clock() - began
-        events = profiler.stop()
-        breakdown = step_breakdown(events, wall, waited, profiled) | {"profiler": profiler.description}
+        breakdown = step_breakdown(profiler.stop(), wall, waited, profiled) | {"profiler": profiler.description}
     sync(losses[-1])
     warmup_s = clock() - start
     on_progress(warmup_steps)

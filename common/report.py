@@ -293,6 +293,38 @@ def _flags(r) -> list[str]:
     return flags
 
 
+BREAKDOWN_HEADERS = [
+    "run",
+    "profiled step ms",
+    "compute",
+    "communication",
+    "update",
+    "input",
+    "rest",
+    "comm. during compute",
+]
+BREAKDOWN_PARTS = ("compute", "communication", "update", "input", "rest")
+
+
+def breakdown_rows(summary: Summary) -> list[list[str]]:
+    """Each profiled run's step split (ms per step, and each part's share of the profiled step)."""
+    rows = []
+    for r in summary.runs:
+        b = r.step_breakdown if r.status == "ok" and isinstance(r, RunEntry) else None
+        if b is None:
+            continue
+        parts = [getattr(b, f"{p}_s") for p in BREAKDOWN_PARTS]
+        rows.append(
+            [
+                r.id,
+                f"{b.step_s * 1e3:.3f}",
+                *[f"{v * 1e3:.3f} ({v / b.step_s:.0%})" for v in parts],
+                f"{b.overlap_s * 1e3:.3f}",
+            ]
+        )
+    return rows
+
+
 def network_run_rows(summary: Summary) -> list[list[str]]:
     rows = []
     for r in summary.runs:
@@ -388,6 +420,15 @@ def _sections(summary: Summary) -> list[tuple[str, str, list[str], list[list[str
             ("Runs", runs_caption, RUN_HEADERS, run_rows(summary)),
             ("Comparisons", "comparisons (loss per step, throughput)", CMP_HEADERS, comparison_rows(summary)),
         ]
+        if breakdown_rows(summary):
+            sections.append(
+                (
+                    "Where the time goes",
+                    "where the time goes (ms per step, share of the profiled step; profiled warm-up steps)",
+                    BREAKDOWN_HEADERS,
+                    breakdown_rows(summary),
+                )
+            )
         if stage_rows(summary):
             sections.append(
                 (
@@ -556,6 +597,22 @@ def write_plots(summary: Summary, out_dir: Path) -> list[str]:
     _save(fig, out_dir / "throughput.png")
     files.append("throughput.png")
 
+    profiled = [r for r in ok if getattr(r, "step_breakdown", None) is not None]
+    if profiled:
+        fig, ax = plt.subplots(figsize=(8, 0.6 + 0.35 * len(profiled)))
+        left = np.zeros(len(profiled))
+        for part in BREAKDOWN_PARTS:
+            ms = np.array([getattr(r.step_breakdown, f"{part}_s") * 1e3 for r in profiled])
+            ax.barh([r.id for r in profiled], ms, left=left, label=part)
+            left += ms
+        ax.set(xlabel="ms per step (profiled warm-up steps)", title="Where the time goes")
+        ax.invert_yaxis()
+        ax.tick_params(axis="y", labelsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        fig.tight_layout()
+        _save(fig, out_dir / "breakdown.png")
+        files.append("breakdown.png")
+
     if summary.sweep:
         fig, ax = plt.subplots(figsize=(8, 4.5))
         for line in summary.sweep:
@@ -582,6 +639,16 @@ def write_plots(summary: Summary, out_dir: Path) -> list[str]:
 
 
 EXPLAIN = {
+    "breakdown": (
+        "The last training.profile_steps warm-up steps of rank 0 run under the framework's own profiler; the timed "
+        "steps run without it, so a profiled step may take longer than the step ms above (read the shares). "
+        "Each part is the wall time during which at least one of its events ran, on any thread; where two ran at "
+        "once the time goes to communication, then update, then input, then compute, so communication that "
+        "overlaps the backward pass (DDP's buckets, MirroredStrategy's collectives, Horovod's background "
+        "all-reduces) counts as communication, and *comm. during compute* says how much of it did. Input: the wait "
+        "for the step's batch outside the step, or the pipeline's ops inside it (Keras fit). Rest: the step's wall "
+        "time not covered by any event (Python, dispatch, launch overhead). How each profiler's events were sorted:"
+    ),
     "comparisons": (
         "Relative loss difference per step is |a - b| / max(|a|, |b|); *parity* passes when every step is within "
         "the tolerance. "
@@ -686,6 +753,13 @@ def write_report(summary: Summary, out_dir: Path) -> Path:
             parts.append(EXPLAIN["networks" if multi else "comparisons"])
         if heading == "Stages":
             parts.append(EXPLAIN["stages"])
+        if heading == "Where the time goes":
+            parts.append(EXPLAIN["breakdown"])
+            users: dict[str, list[str]] = {}
+            for r in summary.runs:
+                if r.status == "ok" and getattr(r, "step_breakdown", None):
+                    users.setdefault(r.step_breakdown.profiler, []).append(r.id)
+            parts.append("\n".join(f"- {', '.join(ids)}: {how}" for how, ids in users.items()))
         if heading == "Networks":
             parts.append(caption[len("networks ") :].strip("()").capitalize() + ".")
     parts += [f"- {line}" for line in sweep_flips(summary)]

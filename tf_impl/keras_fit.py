@@ -94,10 +94,10 @@ def execution_windows(steps: int, warmup_steps: int, windows: int, per_execution
 
 def profiled_executions(t, rank: int, warmup_end: int) -> tuple[int, int] | None:
     """The warm-up executions rank 0 profiles: whole executions covering training.profile_steps steps at the end of
-    the warm-up, after at least one execution (tracing); None where the warm-up is too short."""
+    the warm-up, never the first (tracing); None where the warm-up has only the one."""
     k = t.steps_per_execution
-    first = warmup_end - k * -(-t.profile_steps // k)
-    return (first, warmup_end) if rank == 0 and t.profile_steps and first > 0 else None
+    first = max(warmup_end - k * -(-t.profile_steps // k), k)
+    return (first, warmup_end) if rank == 0 and t.profile_steps and first < warmup_end else None
 
 
 def loop_timing(clock: ExecutionClock, warmup_end: int, groups: list[list[int]]) -> LoopTiming:

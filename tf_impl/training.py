@@ -274,9 +274,9 @@ class StepProfiler:
     and name scope into common.breakdown's categories. torch_impl's twin reads torch.profiler's events."""
 
     description = (
-        "TensorFlow profiler, op events of every executor thread (and kernels on a GPU): Collective*, Nccl* and "
-        "Horovod* ops = communication; ops in the optimizer's name scope and ResourceApply* = update; IteratorGetNext "
-        "= input; every other op = compute"
+        "TensorFlow profiler, op events of every executor thread (and kernels on a GPU): Collective*, Nccl*, "
+        "Horovod* and cross-device _Send/_Recv ops, and manual placement's averaging = communication; ops in the "
+        "optimizer's name scope and ResourceApply* = update; IteratorGetNext = input; every other op = compute"
     )
 
     def start(self) -> None:
@@ -307,7 +307,8 @@ class StepProfiler:
         return events
 
 
-_COMMUNICATION = ("Collective", "Nccl", "Horovod", "AllReduce", "AllGather")
+_COMMUNICATION = ("Collective", "Nccl", "Horovod", "AllReduce", "AllGather", "_Send", "_Recv")
+COMMUNICATION_SCOPE = "xfw_communication"  # ops xfw runs as communication by hand (manual placement's averaging)
 # Keras 3 applies gradients under a name scope named after the optimizer (xfw's optimizers, lower-cased)
 _OPTIMIZER_SCOPES = ("sgd/", "adam/", "adamw/", "loss_scale_optimizer/")
 
@@ -318,7 +319,7 @@ def _category(name: str, op_type: str, gpu: bool) -> str | None:
         return "communication" if "nccl" in name.lower() else "compute"
     if not op_type:
         return None
-    if any(key in op_type for key in _COMMUNICATION):
+    if any(key in op_type for key in _COMMUNICATION) or f"{COMMUNICATION_SCOPE}/" in name:
         return "communication"
     if op_type.startswith("ResourceApply") or any(f"{scope}" in name.lower() for scope in _OPTIMIZER_SCOPES):
         return "update"
