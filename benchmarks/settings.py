@@ -1,11 +1,13 @@
-"""What each framework's own speed settings buy: float32 vs mixed bfloat16, and no compiler vs its own compiler
-(XLA, torch.compile), on the ResNet and the Transformer configs, single device, side by side in one run.
+"""What each framework's own speed settings buy: float32 vs mixed bfloat16, no compiler vs its own compiler (XLA,
+torch.compile), preloaded vs native input pipelines (tf.data, DataLoader), on the ResNet and the Transformer
+configs, single device, side by side in one run; and Keras fit beside TensorFlow's custom loop in each.
 
-For each config, rounds alternate the settings (baseline, bf16, compile, baseline, ...) so that every setting sees
-the same machine state; each round is one `xfw compare --strategy single` (both frameworks, each in a process of
-its own), and the figure per setting is the median over rounds of its throughput (timed windows, warm-up and
-compilation excluded), shown as a ratio to the same framework's float32, uncompiled baseline. The compile time is
-shown apart: the warm-up seconds (compile included) of the compiled runs.
+For each config, rounds alternate the settings (baseline, bf16, compile, native, baseline, ...) so that every
+setting sees the same machine state; each round is one `xfw compare --strategy single` (tf-single, tf-fit and
+torch-single, each in a process of its own), and the figure per setting is the median over rounds of its throughput
+(timed windows, warm-up and compilation excluded), shown as a ratio to the same run's float32, uncompiled,
+preloaded baseline, and tf-fit's as a ratio to tf-single under the same setting. The compile time is shown apart:
+the warm-up seconds (compile included) of the compiled runs.
 
     python benchmarks/settings.py [--config configs/resnet.yaml --config configs/transformer.yaml] [--rounds 2]
         [--steps 200]
@@ -28,19 +30,20 @@ SETTINGS = {
     "float32": [],
     "mixed_bfloat16": ["--set", "runtime.precision=mixed_bfloat16"],
     "compile": ["--set", "runtime.compile=true"],
+    "native_input": ["--set", "data.pipeline=native"],
 }
 XFW = [sys.executable, "-m", "xfw.cli.main"]
 
 
 def one_round(config: str, setting: str, steps: int, out: Path) -> dict[str, dict]:
-    """Per framework: throughput, warm-up seconds and status of one compare under `setting`."""
+    """Per run id: throughput, warm-up seconds and status of one compare under `setting`."""
     cmd = [*XFW, "compare", "--strategy", "single", "--config", config, "--set", f"training.steps={steps}"]
     proc = subprocess.run([*cmd, *SETTINGS[setting], "--out", str(out)], capture_output=True, text=True)
     if proc.returncode != 0 or not (out / "summary.json").exists():
         raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr.strip().splitlines()[-1:]}")
     runs = json.loads((out / "summary.json").read_text())["runs"]
     return {
-        r["framework"]: {"samples_per_s": r["throughput_samples_per_s"], "warmup_s": r["warmup_s"]}
+        r["id"]: {"samples_per_s": r["throughput_samples_per_s"], "warmup_s": r["warmup_s"]}
         if r["status"] == "ok"
         else {"status": f"{r['status']}: {r.get('reason') or r.get('error', '').splitlines()[0]}"}
         for r in runs
@@ -54,8 +57,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     args = parser.parse_args()
     configs = args.config or ["configs/resnet.yaml", "configs/transformer.yaml"]
-    table = Table(title="Speed settings, single device: samples/s (median over rounds), ratio to float32")
-    for column in ("config", "framework", "setting", "samples/s", "vs float32", "warm-up s (compile incl.)"):
+    table = Table(title="Speed settings, single device: samples/s (median over rounds), ratio to the baseline")
+    for column in ("config", "run", "setting", "samples/s", "vs float32", "vs tf-single", "warm-up s (compile incl.)"):
         table.add_column(column)
     with tempfile.TemporaryDirectory() as tmp:
         for config in configs:
@@ -63,19 +66,31 @@ def main() -> None:
             for r in range(args.rounds):
                 for setting in SETTINGS:
                     out = Path(tmp) / f"{Path(config).stem}-{setting}-{r}"
-                    for framework, record in one_round(config, setting, args.steps, out).items():
-                        seen.setdefault((framework, setting), []).append(record)
-            for framework in sorted({fw for fw, _ in seen}):
-                base = statistics.median(rec["samples_per_s"] for rec in seen[(framework, "float32")])
+                    for run_id, record in one_round(config, setting, args.steps, out).items():
+                        seen.setdefault((run_id, setting), []).append(record)
+
+            def rate(run_id: str, setting: str, seen=seen) -> float | None:
+                records = seen[(run_id, setting)]
+                ok = "status" not in records[0]
+                return statistics.median(rec["samples_per_s"] for rec in records) if ok else None
+
+            for run_id in sorted({r for r, _ in seen}):
+                base = rate(run_id, "float32")
                 for setting in SETTINGS:
-                    records = seen[(framework, setting)]
-                    if "status" in records[0]:
-                        table.add_row(Path(config).stem, framework, setting, records[0]["status"], "-", "-")
+                    records, mine = seen[(run_id, setting)], rate(run_id, setting)
+                    if mine is None or base is None:
+                        table.add_row(Path(config).stem, run_id, setting, records[0]["status"], "-", "-", "-")
                         continue
-                    rate = statistics.median(rec["samples_per_s"] for rec in records)
+                    loop = rate("tf-single", setting) if run_id == "tf-fit" else None
                     warmup = statistics.median(rec["warmup_s"] for rec in records)
                     table.add_row(
-                        Path(config).stem, framework, setting, f"{rate:,.0f}", f"{rate / base:.2f}", f"{warmup:.1f}"
+                        Path(config).stem,
+                        run_id,
+                        setting,
+                        f"{mine:,.0f}",
+                        f"{mine / base:.2f}",
+                        f"{mine / loop:.2f}" if loop else "-",
+                        f"{warmup:.1f}",
                     )
     Console(width=160).print(table)
 

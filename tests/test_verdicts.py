@@ -92,6 +92,7 @@ def test_a_diverging_compare_exits_1_with_strict_json(tmp_path):
         "compare",
         "--strategy",
         "single",
+        *("--only", "tf-single", "--only", "torch-single"),  # the two custom loops (not Keras fit)
         "--set",
         "optimizer.lr=50",
         "--set",
@@ -151,6 +152,7 @@ def test_repeats_run_round_robin_and_oversubscribed_runs_get_no_verdict(tmp_path
         "compare",
         "--strategy",
         "single",
+        *("--only", "tf-single", "--only", "torch-single"),
         "--repeats",
         "2",
         "--set",
