@@ -10,7 +10,7 @@ preloaded baseline, and tf-fit's as a ratio to tf-single under the same setting.
 the warm-up seconds (compile included) of the compiled runs.
 
     python benchmarks/settings.py [--config configs/resnet.yaml --config configs/transformer.yaml] [--rounds 2]
-        [--steps 200]
+        [--steps 200] [--setting native_input ...]   (the float32 baseline always runs)
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ def main() -> None:
     parser.add_argument("--config", action="append", help="config file (repeatable)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--setting", action="append", choices=[s for s in SETTINGS if s != "float32"])
     args = parser.parse_args()
+    settings = ["float32", *(args.setting or [s for s in SETTINGS if s != "float32"])]
     configs = args.config or ["configs/resnet.yaml", "configs/transformer.yaml"]
     table = Table(title="Speed settings, single device: samples/s (median over rounds), ratio to the baseline")
     for column in ("config", "run", "setting", "samples/s", "vs float32", "vs tf-single", "warm-up s (compile incl.)"):
@@ -64,7 +66,7 @@ def main() -> None:
         for config in configs:
             seen: dict[tuple[str, str], list[dict]] = {}
             for r in range(args.rounds):
-                for setting in SETTINGS:
+                for setting in settings:
                     out = Path(tmp) / f"{Path(config).stem}-{setting}-{r}"
                     for run_id, record in one_round(config, setting, args.steps, out).items():
                         seen.setdefault((run_id, setting), []).append(record)
@@ -76,7 +78,7 @@ def main() -> None:
 
             for run_id in sorted({r for r, _ in seen}):
                 base = rate(run_id, "float32")
-                for setting in SETTINGS:
+                for setting in settings:
                     records, mine = seen[(run_id, setting)], rate(run_id, setting)
                     if mine is None or base is None:
                         table.add_row(Path(config).stem, run_id, setting, records[0]["status"], "-", "-", "-")

@@ -276,7 +276,8 @@ class StepProfiler:
     description = (
         "TensorFlow profiler, op events of every executor thread (and kernels on a GPU): Collective*, Nccl*, "
         "Horovod* and cross-device _Send/_Recv ops, and manual placement's averaging = communication; ops in the "
-        "optimizer's name scope and ResourceApply* = update; IteratorGetNext = input; every other op = compute"
+        "optimizer's name scope and ResourceApply* = update; IteratorGetNext = input; every other op, and XLA's "
+        "compiled executables, = compute"
     )
 
     def start(self) -> None:
@@ -318,7 +319,9 @@ def _category(name: str, op_type: str, gpu: bool) -> str | None:
     if gpu:
         return "communication" if "nccl" in name.lower() else "compute"
     if not op_type:
-        return None
+        # XLA (runtime.compile): a compiled cluster (the forward pass, the loss, their backward) runs as one
+        # executable, not as ops
+        return "compute" if "Executable::Execute" in name else None
     if any(key in op_type for key in _COMMUNICATION) or f"{COMMUNICATION_SCOPE}/" in name:
         return "communication"
     if op_type.startswith("ResourceApply") or any(f"{scope}" in name.lower() for scope in _OPTIMIZER_SCOPES):
