@@ -324,7 +324,7 @@ def _category(name: str, op_type: str, gpu: bool) -> str | None:
         return "compute" if "Executable::Execute" in name else None
     if any(key in op_type for key in _COMMUNICATION) or f"{COMMUNICATION_SCOPE}/" in name:
         return "communication"
-    if op_type.startswith("ResourceApply") or any(f"{scope}" in name.lower() for scope in _OPTIMIZER_SCOPES):
+    if op_type.startswith("ResourceApply") or any(scope in name.lower() for scope in _OPTIMIZER_SCOPES):
         return "update"
     if "IteratorGetNext" in op_type:
         return "input"
