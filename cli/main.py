@@ -1,4 +1,4 @@
-"""`xfw list`, `xfw run`, `xfw compare`. Thin: parsing and printing; the work is in xfw.common.
+"""`xfw list`, `xfw run`, `xfw compare`, `xfw diff`, `xfw study`. Thin: parsing and printing; the work is in xfw.common.
 
 Bad input ends as one line `xfw: error: ...` and exit status 2, never a traceback."""
 
@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from xfw.cli.progress import RichProgress
+from xfw.cli.progress import RichProgress, StudyProgress
 from xfw.common import registry, runner
 from xfw.common.config import config_for_replicas, load_config
 from xfw.common.diff import diff_runs
@@ -255,6 +255,57 @@ def diff(run_a, run_b, out_dir) -> None:
             click.echo(f"report: {report}")
     print_tables(summary, table_console())
     sys.exit(max(exit_status(summary), int(report is None)))
+
+
+@cli.command()
+@click.argument("study_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output folder (default: runs/study-<name>).")
+@click.option(
+    "--resume", is_flag=True, help="Finish a study stopped before its end: run only its missing or failed cells."
+)
+def study(study_file, out_dir, resume) -> None:
+    """Run a grid of matched comparisons (STUDY_FILE: workloads x axes x seeds) and decide between frameworks and
+    engines with statistics: study.csv, study.json and study.md (with plots) in --out."""
+    from xfw.common.study import check_cells, claim_study, expand_cells, load_study, run_study, study_identity
+    from xfw.common.study_report import write_outputs
+
+    spec = load_study(study_file)
+    cells = expand_cells(spec, study_file)
+    machine = registry.this_machine()
+    planned = check_cells(spec, cells, machine)
+    identity = study_identity(spec, cells)
+    out = Path(out_dir or f"runs/study-{spec.name}")
+    meta = {
+        "file": str(study_file),
+        "identity": identity,
+        "machine": {"cpu_cores": machine.cpu_cores, "gpus": machine.gpus},
+    }
+    console = Console(stderr=True)
+    with claim(out), runner.deferred_signals():
+        claim_study(out, spec, identity, study_file, resume)
+
+        def rebuild(records, stopped=None):
+            try:
+                return write_outputs(spec, cells, records, out, {**meta, "stopped": stopped})
+            except OSError as exc:
+                raise OutputError(f"cannot write the study's outputs: {exc.filename or out}: {exc.strerror}") from None
+
+        try:
+            with StudyProgress(console) as progress:
+                records, stopped = run_study(spec, cells, out, machine, progress, planned, on_cell=rebuild)
+            report = rebuild(records, stopped)
+        except OutputError as err:
+            click.echo(f"xfw: error: {err} (each finished cell's cell.json is kept: --resume rebuilds)", err=True)
+            sys.exit(1)
+        for text in report.recommendations.values():
+            click.echo(text + "\n")
+        click.echo(f"study: {out / 'study.md'}\n       {out / 'study.csv'}\n       {out / 'study.json'}")
+        if stopped:
+            click.echo(
+                f"xfw: study stopped: {stopped}; `xfw study {study_file} --out {out} --resume` finishes it", err=True
+            )
+            sys.exit(128 + (runner.interrupted() or 2))
+    sys.exit(1 if report.cells_failed else 0)
 
 
 def report_or_error(summary, out: Path) -> Path | None:

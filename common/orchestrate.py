@@ -314,6 +314,16 @@ def implementations_for(strategy: str, only: list[str] = ()) -> list[Implementat
     return sorted(references + wanted, key=lambda i: (i.strategy != ref, i.framework != "tf"))
 
 
+def check_compare(strategy: str, config: Config, machine: Machine, only: list[str] = ()) -> list[Implementation]:
+    """Everything a compare refuses before it starts anything (one-line UserErrors); the implementations it runs."""
+    impls = implementations_for(strategy, only)
+    preflight(config, strategy)
+    for impl in impls:
+        if unavailable_reason(impl, machine, run_devices(impl, config), config) is None:
+            check_devices(impl, machine, config)
+    return impls
+
+
 def compare_strategy(
     strategy: str,
     config: Config,
@@ -328,12 +338,8 @@ def compare_strategy(
     """`folder`: the claimed output folder (common.outdir), whose reserve keeps summary.json writable on a full
     disk; an OutputError if summary.json cannot be written even so."""
     progress = progress or NoProgress()
-    impls = implementations_for(strategy, only)
-    preflight(config, strategy)
+    impls = check_compare(strategy, config, machine, only)
     sized = sized_configs(config, strategy)
-    for impl in impls:  # refuse bad input before anything starts
-        if unavailable_reason(impl, machine, run_devices(impl, config), config) is None:
-            check_devices(impl, machine, config)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = Summary(
         strategy=strategy,

@@ -510,7 +510,7 @@ def _diff_curves(c: dict, by_id: dict) -> dict[str, np.ndarray]:
     return {label: loss_diff(x, y)[1] for label, (x, y) in zip(labels, pairs)}
 
 
-def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     """`write` into a temporary file, renamed to `path` when whole: a full disk leaves no half-written plot or
     report and no temporary file; the OSError names `path`."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -525,11 +525,11 @@ def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
         raise
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     try:
-        _write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+        write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     finally:
         plt.close(fig)
 
@@ -555,7 +555,7 @@ def write_plots(summary: Summary, out_dir: Path) -> list[str]:
     ax.set(xlabel="step", ylabel="training loss (global batch)", yscale="log", title="Loss curves, overlaid")
     ax.legend(fontsize=7 if len(ok) < 12 else 5)
     fig.tight_layout()
-    _save(fig, out_dir / "loss.png")
+    save_figure(fig, out_dir / "loss.png")
     files.append("loss.png")
 
     compared = [c for c in summary.comparisons if c.status == "ok"]
@@ -577,7 +577,7 @@ def write_plots(summary: Summary, out_dir: Path) -> list[str]:
         )
         ax.legend(fontsize=7 if len(compared) < 8 else 5)
         fig.tight_layout()
-        _save(fig, out_dir / "loss_diff.png")
+        save_figure(fig, out_dir / "loss_diff.png")
         files.append("loss_diff.png")
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -594,7 +594,7 @@ def write_plots(summary: Summary, out_dir: Path) -> list[str]:
     ax.set(title="Throughput (orange: TensorFlow, blue: PyTorch)")
     ax.tick_params(axis="x", rotation=30, labelsize=7)
     fig.tight_layout()
-    _save(fig, out_dir / "throughput.png")
+    save_figure(fig, out_dir / "throughput.png")
     files.append("throughput.png")
 
     profiled = [r for r in ok if getattr(r, "step_breakdown", None) is not None]
@@ -610,7 +610,7 @@ def write_plots(summary: Summary, out_dir: Path) -> list[str]:
         ax.tick_params(axis="y", labelsize=7)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
-        _save(fig, out_dir / "breakdown.png")
+        save_figure(fig, out_dir / "breakdown.png")
         files.append("breakdown.png")
 
     if summary.sweep:
@@ -633,7 +633,7 @@ def write_plots(summary: Summary, out_dir: Path) -> list[str]:
         )
         ax.legend(fontsize=7)
         fig.tight_layout()
-        _save(fig, out_dir / "sweep.png")
+        save_figure(fig, out_dir / "sweep.png")
         files.append("sweep.png")
     return files
 
@@ -771,5 +771,5 @@ def write_report(summary: Summary, out_dir: Path) -> Path:
     if failed:
         parts += ["## Failures"] + [f"### {r.id}\n```\n{r.error}\n```" for r in failed]
     path = out_dir / "report.md"
-    _write_atomically(path, lambda tmp: tmp.write_text("\n\n".join(parts) + "\n"))
+    write_atomically(path, lambda tmp: tmp.write_text("\n\n".join(parts) + "\n"))
     return path

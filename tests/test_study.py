@@ -1,0 +1,237 @@
+"""`xfw study`: the statistics on synthetic measurements (a known difference is found, identical distributions are
+not told apart, noise below the floor is not called), a real study stopped by a signal and finished with --resume,
+a failed cell that does not stop the others, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import ROOT, XFW_COMMAND, assert_one_line_error, run_xfw, xfw_in_process
+from xfw.common.stats import (
+    compare_throughput,
+    first_reach,
+    noise_floor,
+    smoothed,
+    step_end_times,
+    tost_paired,
+)
+
+rng = np.random.default_rng(1234)
+
+
+# ---- statistics on synthetic measurements ------------------------------------------------------------------
+
+
+def test_a_known_throughput_difference_is_found():
+    a = rng.normal(1150, 30, 40)  # 15% faster, window-to-window noise 3%
+    b = rng.normal(1000, 30, 40)
+    est = compare_throughput(a, b, floor=0.05, confidence=0.95)
+    assert est.low > 1 and est.verdict == "faster"
+    assert est.low < 1.15 < est.high
+    assert compare_throughput(b, a, floor=0.05, confidence=0.95).verdict == "slower"
+
+
+def test_identical_distributions_give_no_clear_difference():
+    verdicts = []
+    for _ in range(20):
+        a, b = rng.normal(1000, 50, 30), rng.normal(1000, 50, 30)
+        verdicts.append(compare_throughput(a, b, floor=0.02, confidence=0.95).verdict)
+    # 95% intervals: an identical pair may rarely exclude 1 by chance, never most of the time.
+    assert verdicts.count("no clear difference") >= 17, verdicts
+
+
+def test_a_difference_inside_the_noise_floor_is_not_called():
+    a, b = rng.normal(1100, 5, 40), rng.normal(1000, 5, 40)  # a tight 10% difference
+    est = compare_throughput(a, b, floor=0.15, confidence=0.95)  # ...but processes of one implementation differ 15%
+    assert est.low > 1 and est.verdict == "no clear difference"
+    assert compare_throughput(a, b, floor=0.05, confidence=0.95).verdict == "faster"
+
+
+def test_the_bootstrap_is_reproducible():
+    a, b = rng.normal(1000, 50, 30), rng.normal(950, 50, 30)
+    assert compare_throughput(a, b, 0.0, 0.95) == compare_throughput(a, b, 0.0, 0.95)
+
+
+def test_noise_floor_is_the_largest_process_to_process_change():
+    assert noise_floor([[100, 110], [200, 200, 190]]) == pytest.approx(0.1)
+    assert noise_floor([[100], [50]]) is None
+
+
+def test_equivalence_by_two_one_sided_tests():
+    base = rng.normal(0.5, 0.05, 6)  # per-seed final losses: the seeds differ a lot...
+    same = base + rng.normal(0, 1e-4, 6)  # ...the implementations, paired by seed, hardly at all
+    assert tost_paired(same, base, margin=0.01, alpha=0.05).equivalent is True
+    shifted = base + 0.02 + rng.normal(0, 1e-3, 6)  # 2 x margin apart
+    result = tost_paired(shifted, base, margin=0.01, alpha=0.05)
+    assert result.equivalent is False and result.p_value > 0.05
+    noisy = base + rng.normal(0, 0.05, 6)  # could be anything: not shown equivalent at this margin
+    assert tost_paired(noisy, base, margin=0.01, alpha=0.05).equivalent is False
+    assert tost_paired(base[:1], base[:1], margin=0.01, alpha=0.05).equivalent is None
+    exact = tost_paired(base, base, margin=0.01, alpha=0.05)  # bit-identical curves: no variance to test
+    assert exact.equivalent is True and exact.method.startswith("exact")
+
+
+def test_time_to_target_pieces():
+    loss = np.array([4.0, 3.0, 2.0, 1.0, 0.5, 0.5])
+    assert smoothed(loss, 2)[1:].tolist() == [3.5, 2.5, 1.5, 0.75, 0.5]
+    assert np.isnan(smoothed(loss, 2)[0])
+    assert first_reach(smoothed(loss, 2), 1.5, below=True) == 3
+    assert first_reach(smoothed(loss, 2), 0.1, below=True) is None  # never reached: None, not an error
+    assert first_reach([0.2, 0.9], 0.9, below=False) == 1
+    ends = step_end_times(2, 1.0, [(2, 0.5), (2, 1.0)])
+    assert ends.tolist() == [0.5, 1.0, 1.25, 1.5, 2.0, 2.5]
+
+
+# ---- a real study: stopped by a signal, finished with --resume ----------------------------------------------
+
+
+def write_study(path: Path, **over) -> Path:
+    """Two cells of the seeds' MLP, PyTorch on one device (the fastest runs xfw has), two seeds."""
+    spec = {
+        "name": "tiny",
+        "workloads": [{"name": "mlp", "config": str(ROOT / "configs/default.yaml"), "set": ["training.steps=60"]}],
+        "axes": {"training.global_batch": [16, 32]},
+        "strategies": ["single"],
+        "implementations": ["torch-single"],
+        "seeds": [0, 1],
+        "target": {"metric": "train_loss", "below": 1.0e-9},  # unreachable: reported, not an error
+    }
+    spec.update(over)
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def cell_files(out: Path) -> dict[str, str]:
+    return {p.parent.name: p.read_text() for p in sorted((out / "cells").glob("*/cell.json"))}
+
+
+def test_study_stopped_by_a_signal_finishes_with_resume(tmp_path):
+    study, out = write_study(tmp_path / "tiny.yaml"), tmp_path / "out"
+    proc = subprocess.Popen(
+        [*XFW_COMMAND, "study", str(study), "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 300
+    while not list((out / "cells").glob("*/cell.json")) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # during the second cell's runs
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "--resume" in err and "Traceback" not in err
+    first = cell_files(out)
+    assert len(first) == 1
+    partial = (out / "study.md").read_text()
+    assert "Stopped before the end" in partial and "1 of 2 cells done" in partial
+
+    again = run_xfw("study", str(study), "--out", str(out))  # without --resume: refused, nothing run
+    assert_one_line_error(again, "add --resume")
+
+    resumed = run_xfw("study", str(study), "--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming: 1 of 2 cells already done" in resumed.stderr
+    assert resumed.stderr.count("ok torch-single") == 2  # the missing cell's two seeds, nothing else
+    done = cell_files(out)
+    assert len(done) == 2 and all(done[k] == v for k, v in first.items())  # the finished cell was not rerun
+
+    report = json.loads((out / "study.json").read_text())
+    assert report["cells_done"] == 2 and report["stopped"] is None
+    for cell in report["cells"]:
+        (impl,) = cell["implementations"]
+        assert impl["implementation"] == "torch-single" and impl["processes"] == 2 and impl["seeds"] == 2
+        assert impl["target_reached"] == 0 and impl["seconds_to_target"] is None
+        assert impl["process_spread"] is not None  # two processes: a noise floor
+    md = (out / "study.md").read_text()
+    assert "does not reach train_loss <= 1e-09 within 60 steps" in md and "not reached" in md
+    for plot in ("throughput_vs_training_global_batch.png", "loss_vs_time.png", "throughput_vs_memory.png"):
+        assert f"]({plot})" in md and (out / plot).stat().st_size > 0
+    with open(out / "study.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 2  # cells x (seed, process)
+    assert {r["training.global_batch"] for r in rows} == {"16", "32"}
+    assert all(float(r["throughput_samples_per_s"]) > 0 and r["steps_to_target"] == "" for r in rows)
+
+    # Nothing left to run: --resume rebuilds the same outputs from the same cells.
+    before = {f: (out / f).read_text() for f in ("study.md", "study.json", "study.csv")}
+    rebuilt = run_xfw("study", str(study), "--out", str(out), "--resume")
+    assert rebuilt.returncode == 0 and "ok torch-single" not in rebuilt.stderr
+    assert {f: (out / f).read_text() for f in before} == before
+
+
+def test_a_failed_cell_is_recorded_and_the_others_go_on(tmp_path):
+    study, out = write_study(tmp_path / "tiny.yaml", seeds=[0], repeats=2), tmp_path / "out"
+    crashed = run_xfw("study", str(study), "--out", str(out), env={"XFW_INJECT_FAULT": "torch-single:crash"})
+    assert crashed.returncode == 1, crashed.stderr
+    records = [json.loads(t) for t in cell_files(out).values()]
+    assert len(records) == 2 and all(r["status"] == "failed" for r in records)  # both cells tried
+    assert all("fault injected" in r["errors"][0] for r in records)
+    with open(out / "study.csv", newline="") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["failed", "failed"]
+    fixed = run_xfw("study", str(study), "--out", str(out), "--resume")  # failed cells are run again
+    assert fixed.returncode == 0, fixed.stderr
+    assert all(json.loads(t)["status"] == "ok" for t in cell_files(out).values())
+
+
+# ---- bad input ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"worklods": []}, "unknown key 'worklods'"),
+        ({"workloads": []}, "workloads: List should have at least 1 item"),
+        ({"axes": {"training.global_batch": []}}, "axes.training.global_batch: List should have at least 1 item"),
+        ({"axes": {"training.gobal_batch": [8]}}, "cell mlp[training.gobal_batch=8]: config: unknown config key"),
+        ({"axes": {"training.global_batch": [16, -4]}}, "cell mlp[training.global_batch=-4]: config: training"),
+        ({"axes": {"seed": [1, 2]}}, "'seed' is not an axis"),
+        ({"seeds": [0], "repeats": 1}, "a noise floor needs every implementation measured in two processes"),
+        ({"implementations": ["torch-dpp"]}, "implementations: torch-dpp not in the strategies single"),
+        ({"strategies": ["independent"]}, "trains several networks"),
+        ({"strategies": ["mirored"]}, "mirored"),
+        ({"target": {"metric": "train_loss"}}, "give exactly one of below or above"),
+        ({"needs_gpus": 64}, "needs 64 GPU(s)"),
+    ],
+)
+def test_bad_study_files_are_refused_in_one_line(tmp_path, change, expected):
+    study = write_study(tmp_path / "bad.yaml", **change)
+    assert_one_line_error(xfw_in_process("study", str(study), "--out", str(tmp_path / "out")), expected)
+    assert not (tmp_path / "out" / "cells").exists()
+
+
+def test_resume_on_another_studys_folder_is_refused(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "study-spec.json").write_text(json.dumps({"name": "other", "file": "x.yaml", "identity": "0" * 16}))
+    study = write_study(tmp_path / "tiny.yaml")
+    assert_one_line_error(xfw_in_process("study", str(study), "--out", str(out), "--resume"), "holds another study")
+    missing = xfw_in_process("study", str(tmp_path / "none.yaml"))
+    assert_one_line_error(missing, "cannot read study")
+
+
+def test_the_shipped_studies_are_valid(tmp_path):
+    """quick.yaml passes every check a run makes first; gpu.yaml is refused here only for want of GPUs."""
+    from xfw.common.registry import this_machine
+    from xfw.common.study import check_cells, expand_cells, load_study
+
+    for name in ("quick", "gpu"):
+        path = ROOT / "studies" / f"{name}.yaml"
+        spec = load_study(path)
+        cells = expand_cells(spec, path)
+        assert cells
+        if spec.needs_gpus <= this_machine().gpus:
+            assert sum(check_cells(spec, cells, this_machine()).values()) > 0
+        else:
+            proc = xfw_in_process("study", str(path), "--out", str(tmp_path / name))
+            assert_one_line_error(proc, f"needs {spec.needs_gpus} GPU(s)")
