@@ -124,10 +124,14 @@ def first_reach(values: np.ndarray, target: float, below: bool) -> int | None:
 
 
 def step_end_times(warmup_steps: int, warmup_s: float, windows: list[tuple[int, float]]) -> np.ndarray:
-    """Seconds from the first step's start to the end of every step: warm-up and each timed window spread evenly
-    over their steps (within a window xfw keeps no per-step times)."""
-    ends, t = [], 0.0
-    for steps, seconds in [(warmup_steps, warmup_s), *windows]:
-        ends.extend(t + seconds * (np.arange(1, steps + 1) / steps))
-        t += seconds
-    return np.array(ends)
+    """Seconds from the first step's start to the end of every step. xfw keeps the warm-up's total and each timed
+    window's: a window's steps are spread evenly over it; in warm-up, every step but the first takes the timed
+    steps' mean time and the first the rest (where tracing and compiling happen)."""
+    timed_steps = sum(steps for steps, _ in windows)
+    steady = sum(seconds for _, seconds in windows) / timed_steps if timed_steps else 0.0
+    first = max(warmup_s - (warmup_steps - 1) * steady, 0.0) if warmup_steps else 0.0
+    later = (warmup_s - first) / (warmup_steps - 1) if warmup_steps > 1 else 0.0
+    durations = [first] * min(warmup_steps, 1) + [later] * max(warmup_steps - 1, 0)
+    for steps, seconds in windows:
+        durations += [seconds / steps] * steps
+    return np.cumsum(durations)

@@ -87,8 +87,10 @@ def test_time_to_target_pieces():
     assert first_reach(smoothed(loss, 2), 1.5, below=True) == 3
     assert first_reach(smoothed(loss, 2), 0.1, below=True) is None  # never reached: None, not an error
     assert first_reach([0.2, 0.9], 0.9, below=False) == 1
-    ends = step_end_times(2, 1.0, [(2, 0.5), (2, 1.0)])
-    assert ends.tolist() == [0.5, 1.0, 1.25, 1.5, 2.0, 2.5]
+    # Warm-up 3 steps in 2.0 s at a steady pace of 0.25 s a step: the first step (tracing) took 1.5 s.
+    ends = step_end_times(3, 2.0, [(2, 0.5), (2, 0.5)])
+    assert ends.tolist() == [1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0]
+    assert step_end_times(2, 0.1, [(2, 1.0)]).tolist() == [0.0, 0.1, 0.6, 1.1]  # warm-up faster than steady
 
 
 # ---- a real study: stopped by a signal, finished with --resume ----------------------------------------------
