@@ -87,7 +87,18 @@ class StudyProgress(RichProgress):
 
     def cell(self, label: str) -> None:
         self.bar.update(self.study, description=self._title(label))
-        self.console.print(f"[bold]cell {self.cells_done + 1}/{self.cells_total}[/] {escape(label)}", highlight=False)
+        task = next(t for t in self.bar.tasks if t.id == self.study)
+        remaining = task.time_remaining
+        left = (
+            ""
+            if remaining is None
+            else f" (about {remaining:.0f} s left)"
+            if remaining < 120
+            else f" (about {remaining / 60:.0f} min left)"
+        )
+        self.console.print(
+            f"[bold]cell {self.cells_done + 1}/{self.cells_total}[/] {escape(label)}{left}", highlight=False
+        )
 
     def cell_done(self, label: str, status: str, errors: list[str]) -> None:
         self.cells_done += 1
