@@ -308,6 +308,72 @@ def study(study_file, out_dir, resume) -> None:
     sys.exit(1 if report.cells_failed else 0)
 
 
+@cli.command()
+@click.argument("run_a")
+@click.argument("run_b")
+@config_options[0]
+@config_options[1]
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Relative difference that counts as parted (default: the pair's parity tolerance).",
+)
+@click.option("--every", type=click.IntRange(min=1), help="Compare weights every K steps (default: steps / 20).")
+@click.option("--around", type=click.IntRange(min=0), default=2, show_default=True, help="Steps captured around.")
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False), help="Output folder (default: runs/localize-<time>)."
+)
+def localize(run_a, run_b, config_path, overrides, tolerance, every, around, out_dir) -> None:
+    """Where two runs part: the first step, block output, gradient and update that differ. RUN_A and RUN_B are
+    finished runs (result.json files or run folders, e.g. from a compare), or run ids (tf-single, torch-single)
+    trained with --config / --set."""
+    from xfw.common import localize as loc
+    from xfw.common.config import config_from_dict
+    from xfw.common.diff import config_differences, load_results
+
+    if Path(run_a).exists() or Path(run_b).exists():
+        if config_path or overrides:
+            raise UserError("--config and --set are for run ids; finished runs bring their own config")
+        a, b = (load_results(Path(p))[0] for p in (run_a, run_b))
+        differences = config_differences(a.config, b.config)
+        if differences:
+            raise UserError(f"the runs' configs differ in more than framework and implementation: {differences[0]}")
+        config = config_from_dict(a.config)
+        pair = [(r.framework, r.implementation) for r in (a, b)]
+    else:
+        config = load_config(config_path, overrides)
+        pair = [(i.framework, i.name) for i in (registry.find_id(r) for r in (run_a, run_b))]
+    kind = "cross_framework" if pair[0][0] != pair[1][0] else "same_framework"
+    tolerance = tolerance or config.parity.tolerance(kind, "float32")
+    every = every or max(1, config.training.steps // 20)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(out_dir or f"runs/localize-{stamp}")
+    console = Console(stderr=True)
+    with claim(out), runner.deferred_signals(), RichProgress(console) as progress:
+        try:
+            result = loc.localize(
+                config,
+                pair[0],
+                pair[1],
+                out,
+                tolerance,
+                every,
+                around,
+                registry.this_machine(),
+                progress,
+            )
+        except RuntimeError as err:
+            click.echo(f"xfw: {str(err).splitlines()[0]}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("xfw: interrupted", err=True)
+            sys.exit(128 + (runner.interrupted() or 2))
+        loc.write_outputs(result, out)
+    click.echo(result.verdict)
+    click.echo(result.explanation)
+    click.echo(f"localize: {out / 'localize.md'}")
+
+
 def report_or_error(summary, out: Path) -> Path | None:
     """report.md and its plots, written after summary.json; a failure to write them is said in one line (the
     summary stays complete) and makes the exit status 1."""

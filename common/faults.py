@@ -7,6 +7,9 @@ can show that a crashed or hung worker is contained. Unset in normal use. Faults
     crash-in-training raise after the first progress report (the framework and the engine are running)
     abort-at-exit     SIGABRT after training and the result, as a crash in an engine's teardown would
     hang-at-exit      hang after training and the result, as a stuck teardown would
+
+XFW_PERTURB="<run-id>:<parameter>:<flat index>:<delta>" adds delta to one initial weight of that run (a real
+difference for `xfw localize` to find). Unset in normal use.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import time
 
 FAULT_VAR = "XFW_INJECT_FAULT"
+PERTURB_VAR = "XFW_PERTURB"
 
 
 def launcher_rank() -> int:
@@ -52,3 +56,16 @@ def maybe_inject(run_id: str, when: str) -> None:
     if when == "exit" and "hang-at-exit" in faults:
         while True:
             time.sleep(1)
+
+
+def perturbed(run_id: str, weights: dict) -> dict:
+    """The initial weights, with XFW_PERTURB's change where it names this run (a copy; the rest untouched)."""
+    spec = os.environ.get(PERTURB_VAR, "")
+    if not spec:
+        return weights
+    target, name, index, delta = spec.rsplit(":", 3)
+    if target != run_id:
+        return weights
+    value = weights[name].copy()
+    value.flat[int(index)] += float(delta)
+    return weights | {name: value}

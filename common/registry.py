@@ -719,6 +719,17 @@ def find(framework: str, implementation: str) -> Implementation:
     raise UserError(f"unknown implementation {implementation!r} for {framework} (expected one of: {names})")
 
 
+def find_id(run_id: str) -> Implementation:
+    """By run id (tf-single, torch-ddp, ...), as `xfw list` and the tables name runs."""
+    for impl in REGISTRY:
+        if impl.id == run_id:
+            return impl
+    raise UserError(
+        f"{run_id!r} is neither a run folder nor a run id (expected a path, or one of: "
+        f"{', '.join(i.id for i in REGISTRY)})"
+    )
+
+
 def for_strategy(name: str) -> list[Implementation]:
     get_strategy(name)  # unknown: a UserError naming the known ones
     return [i for i in REGISTRY if i.strategy == name]

@@ -17,6 +17,8 @@ class RunSpec:
     strategy: str
     implementation: str
     out_dir: str  # rank 0 writes result.json here; the parent reads progress from here
+    # `xfw localize`: replay with tensors captured (common/localize.TraceWriter) instead of a timed run
+    trace: dict | None = None
 
     @property
     def id(self) -> str:

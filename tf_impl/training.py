@@ -21,6 +21,7 @@ from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 from xfw.common import rank as common_rank
 from xfw.common.data import Dataset, DeliveredBatches, Fed, load_dataset, sample_order
+from xfw.common.faults import perturbed
 from xfw.common.peak import cpu_name, machine_peak, visible_gpus
 from xfw.common.rank import RankContext
 from xfw.common.records import PeakFlops
@@ -95,7 +96,7 @@ def setup(run: RunSpec, local_devices: int = 1, inter_op_threads: int | None = N
     order = sample_order(data.train_size, cfg.training.global_batch, cfg.training.steps, cfg.seed)
     with tf.device("/cpu:0"):
         x, y = tf.constant(data.x_train), tf.constant(data.y_train)
-    return Setup(data, order, initial_weights(cfg.model, cfg.weights_seed), x, y)
+    return Setup(data, order, perturbed(run.id, initial_weights(cfg.model, cfg.weights_seed)), x, y)
 
 
 def default_device() -> str:

@@ -282,11 +282,19 @@ def build_layers(spec_layers, weights: dict[str, np.ndarray], make_batchnorm=blo
 def export_weights(module: nn.Sequential, spec_layers) -> dict[str, np.ndarray]:
     """The module's current weights (and BatchNorm statistics) in the canonical (Keras) layout: the inverse
     of build_layers."""
-    state = module.state_dict()
+    return canonical_tensors(module, spec_layers, module.state_dict())
+
+
+def canonical_tensors(module: nn.Sequential, spec_layers, tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Tensors shaped as the module's parameters (the parameters themselves, their gradients, an optimizer's state
+    for them), by parameter path, in the canonical (Keras) names and layout; paths not in `tensors` are left out."""
     out = {}
     for block in spec_layers:
         for place in _builder(block).parameters(block):
-            out.update(zip(place.names, place.from_torch(state[place.path].detach().cpu().numpy())))
+            if place.path in tensors:
+                # a copy: on a CPU .numpy() shares the tensor's memory, which the next update overwrites
+                array = tensors[place.path].detach().cpu().numpy().copy()
+                out.update(zip(place.names, place.from_torch(array)))
     return out
 
 

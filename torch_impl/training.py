@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from xfw.common import rank as common_rank
 from xfw.common.data import Dataset, DeliveredBatches, Fed, load_dataset, replica_slice, sample_order, steps_per_epoch
+from xfw.common.faults import perturbed
 from xfw.common.peak import cpu_name, machine_peak, visible_gpus
 from xfw.common.rank import RankContext
 from xfw.common.records import PeakFlops
@@ -49,7 +50,7 @@ def setup(run: RunSpec, device: torch.device | None = None) -> Setup:
     order = sample_order(data.train_size, cfg.training.global_batch, cfg.training.steps, cfg.seed)
     x = torch.from_numpy(to_torch_layout(data.x_train)).to(device)
     y = torch.from_numpy(data.y_train).to(device)
-    return Setup(device, data, order, initial_weights(cfg.model, cfg.weights_seed), x, y)
+    return Setup(device, data, order, perturbed(run.id, initial_weights(cfg.model, cfg.weights_seed)), x, y)
 
 
 def set_math_mode(tf32: bool) -> None:

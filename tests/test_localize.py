@@ -1,0 +1,80 @@
+"""`xfw localize`: an injected one-weight difference is found exactly (which parameter, which element), in either
+framework's copy; runs at parity are said to never part; the ResNet's relu curves part where a unit within
+rounding of zero switches; bad input is refused in one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import assert_one_line_error, run_xfw, xfw_in_process
+
+
+def localize(tmp_path, *args: str, env: dict | None = None) -> tuple[object, dict]:
+    out = tmp_path / "loc"
+    proc = run_xfw("localize", *args, "--out", str(out), env=env)
+    assert proc.returncode == 0, proc.stderr
+    return proc, json.loads((out / "localize.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("perturbed", "parameter", "index", "shape"),
+    [("torch-single", "dense1/kernel", 7, (50, 10)), ("tf-single", "dense0/kernel", 123, (10, 50))],
+)
+def test_an_injected_weight_difference_is_found_exactly(tmp_path, perturbed, parameter, index, shape):
+    env = {"XFW_PERTURB": f"{perturbed}:{parameter}:{index}:1e-4"}
+    proc, result = localize(tmp_path, "tf-single", "torch-single", "--set", "training.steps=20", env=env)
+    assert result["parted"] and result["first_step"] == 0
+    first = result["first"]
+    assert (first["kind"], first["name"]) == ("weights", parameter)
+    assert first["at"] == [int(i) for i in np.unravel_index(index, shape)]
+    # the other parameters start equal: only the perturbed one is over the tolerance at step 0
+    table = {(t["kind"], t["name"]): t["relative"] for t in result["tables"]}
+    over = [k for k, v in table.items() if k[0] == "weights" and v["0"] > result["tolerance"]]
+    assert over == [("weights", parameter)]
+    assert f"first parted at step 0, weights {parameter}" in proc.stdout
+
+
+def test_runs_at_parity_never_part(tmp_path):
+    proc, result = localize(tmp_path, "tf-single", "torch-single", "--set", "training.steps=30")
+    assert result["parted"] is False and result["first_step"] is None
+    assert "never part by more than 1e-05 in 30 steps" in proc.stdout
+
+
+def test_resnet_relu_curves_part_at_a_unit_within_rounding_of_zero(tmp_path):
+    _, result = localize(
+        tmp_path,
+        "tf-single",
+        "torch-single",
+        "--config",
+        "configs/resnet.yaml",
+        "--set",
+        "model.activation=relu",
+        "--set",
+        "training.steps=20",
+    )
+    assert result["parted"], result["verdict"]
+    assert result["relu"], result["explanation"]  # the check ran and found the switched units
+    for flips in result["relu"]:
+        assert 0 < flips["flipped"] < flips["units"] / 1000
+        assert flips["largest_flipped_value"] <= 1e-4 * flips["median_active_value"]
+    assert "within rounding of zero" in result["explanation"]
+    # before the step they part at, the weights agree: it is that step's kink, not an earlier difference
+    assert result["first"]["kind"] != "weights"
+
+
+def test_localize_refuses_bad_input(tmp_path):
+    assert_one_line_error(xfw_in_process("localize", "tf-single", "torch-ddp"), "torch-ddp is mirrored")
+    assert_one_line_error(xfw_in_process("localize", "tf-single", "torch-sngle"), "'torch-sngle' is neither")
+    mixed = xfw_in_process("localize", "tf-single", "torch-single", "--set", "runtime.precision=mixed_bfloat16")
+    assert_one_line_error(mixed, "localize replays float32 runs")
+    assert_one_line_error(xfw_in_process("localize", str(tmp_path), "torch-single"), "no result.json there")
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out, steps in ((a, 20), (b, 30)):
+        proc = run_xfw(
+            "run", "--framework", "torch", "--impl", "single", "--set", f"training.steps={steps}", "--out", str(out)
+        )
+        assert proc.returncode == 0, proc.stderr
+    assert_one_line_error(run_xfw("localize", str(a), str(b)), "configs differ")
