@@ -223,6 +223,52 @@ def relu_flips(block: str, a: np.ndarray, b: np.ndarray) -> ReluFlips | None:
     )
 
 
+class AdamCheck(Record):
+    """Adam's update recomputed in float64 from one step's captured moments, both ways the frameworks place epsilon:
+    Keras adds it to sqrt(v) and corrects the bias in the step size (lr sqrt(1 - b2^t) / (1 - b1^t)), torch adds it
+    to sqrt(v / (1 - b2^t)). Which formula each run's actual update follows (relative error of each)."""
+
+    parameter: str
+    step: int
+    a_error: dict[str, float]  # formula ("keras", "torch") -> relative error of run a's update against it
+    b_error: dict[str, float]
+    formulas_differ: float  # relative difference of the two formulas' updates: what the placement alone does
+
+
+def adam_updates(m, v, w, t: int, lr: float, opt) -> dict[str, np.ndarray]:
+    m, v, w = (x.astype(np.float64) for x in (m, v, w))
+    b1, b2, eps = opt.beta1, opt.beta2, opt.epsilon
+    decay = -lr * getattr(opt, "weight_decay", 0.0) * w
+    keras = -lr * np.sqrt(1 - b2**t) / (1 - b1**t) * m / (np.sqrt(v) + eps)
+    torch = -lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+    return {"keras": decay + keras, "torch": decay + torch}
+
+
+def adam_check(config: Config, k: int, da: dict, db: dict, parameter: str) -> AdamCheck | None:
+    """None where the optimizer is not Adam(W) or the step's moments were not captured."""
+    from xfw.common.schedules import learning_rates
+
+    opt = config.optimizer
+    keys = [f"{STATE}|{parameter}:m", f"{STATE}|{parameter}:v", f"{WEIGHTS}|{parameter}", f"{UPDATE}|{parameter}"]
+    if opt.kind not in ("adam", "adamw") or not all(key in da and key in db for key in keys):
+        return None
+    lr = float(learning_rates(opt.lr, opt.schedule, config.training.steps)[k])
+    errors = []
+    for d in (da, db):
+        formulas = adam_updates(d[keys[0]], d[keys[1]], d[keys[2]], k + 1, lr, opt)
+        errors.append(
+            {name: relative_difference(d[keys[3]], f.astype(np.float32), d[keys[2]]) for name, f in formulas.items()}
+        )
+    formulas = adam_updates(da[keys[0]], da[keys[1]], da[keys[2]], k + 1, lr, opt)
+    return AdamCheck(
+        parameter=parameter,
+        step=k,
+        a_error=errors[0],
+        b_error=errors[1],
+        formulas_differ=relative_difference(formulas["keras"], formulas["torch"], da[keys[2]]),
+    )
+
+
 # ---- the search --------------------------------------------------------------------------------------------
 
 
@@ -246,6 +292,7 @@ class Localization(Record):
     first_gradient: TensorDiff | None = None  # from the loss backwards
     first_update: TensorDiff | None = None
     relu: list[ReluFlips] = []
+    adam: AdamCheck | None = None
     explanation: str
     window: list[int] = []  # the steps captured in full
     tables: list[StepTable] = []
@@ -266,9 +313,7 @@ def scan(ta: Trace, tb: Trace, tolerance: float) -> int | None:
     return None
 
 
-def analyse(
-    a_id: str, b_id: str, ta: Trace, tb: Trace, tolerance: float, every: int, relu_blocks: set[str]
-) -> Localization:
+def analyse(a_id: str, b_id: str, ta: Trace, tb: Trace, tolerance: float, every: int, config: Config) -> Localization:
     """From the zoom traces: the first step and tensors over the tolerance, the relu check, the tables."""
     steps = len(ta.losses)
     over_loss = np.flatnonzero(
@@ -298,6 +343,10 @@ def analyse(
     da, db, diffs = per_step[parted_at]
     first = first_over(diffs, tolerance)
     act, grad, upd = (first_over(diffs, tolerance, kind) for kind in ("activation", "gradient", "update"))
+    from xfw.common.models import blocks_of
+
+    relu_blocks = {b.name for b in blocks_of(config.model) if getattr(b, "activation", None) == "relu"}
+    adam = adam_check(config, parted_at, da, db, upd.name) if upd is not None else None
     flips = [
         f
         for name in ta.blocks
@@ -325,13 +374,14 @@ def analyse(
         first_gradient=grad,
         first_update=upd,
         relu=flips,
-        explanation=explain(first, act, grad, upd, flips, parted_at),
+        adam=adam,
+        explanation=explain(first, act, grad, upd, flips, parted_at, adam, (a_id, b_id)),
         tables=tables,
-        verdict=verdict_line(parted_at, first, act, grad, flips),
+        verdict=verdict_line(parted_at, first, act, grad, flips, adam),
     )
 
 
-def explain(first, act, grad, upd, flips: list[ReluFlips], step: int) -> str:
+def explain(first, act, grad, upd, flips: list[ReluFlips], step: int, adam: AdamCheck | None, ids) -> str:
     parts = []
     if first.kind == "weights":
         parts.append(
@@ -351,12 +401,27 @@ def explain(first, act, grad, upd, flips: list[ReluFlips], step: int) -> str:
             f"the gradients agree within the tolerance but the update of {first.name} differs: the optimizers compute "
             "it differently from the same gradients"
         )
+    if adam is not None:
+        follows = [min(errors, key=errors.get) for errors in (adam.a_error, adam.b_error)]
+        shown = ", ".join(
+            f"{run} follows the {f} formula (error {errors[f]:.2g})"
+            for run, f, errors in zip(ids, follows, (adam.a_error, adam.b_error))
+        )
+        parts.append(
+            f"Adam's epsilon, recomputed from step {adam.step}'s moments of {adam.parameter}: {shown}; the two "
+            f"placements alone differ by {adam.formulas_differ:.2g}"
+            + (
+                " (Keras: epsilon added to sqrt(v) before the bias correction, torch: after it)"
+                if follows[0] != follows[1]
+                else ""
+            )
+        )
     if first.kind == "activation" and not flips:
         parts.append(f"{first.name} is the first block whose output differs, from weights and inputs that agree")
     return "; ".join(parts) or f"first over the tolerance: the {first.kind} {first.name}"
 
 
-def verdict_line(step: int, first, act, grad, flips: list[ReluFlips]) -> str:
+def verdict_line(step: int, first, act, grad, flips: list[ReluFlips], adam: AdamCheck | None = None) -> str:
     text = f"first parted at step {step}, {first.kind} {first.name} ({first.relative:.2g})"
     if act is not None:
         text += f"; first block output: {act.name}"
@@ -364,6 +429,8 @@ def verdict_line(step: int, first, act, grad, flips: list[ReluFlips]) -> str:
         text += f"; {f.block} (relu): {f.flipped} unit(s) on in one run, off in the other"
     if grad is not None:
         text += f"; gradients part at {grad.name}"
+    if adam is not None and min(adam.a_error, key=adam.a_error.get) != min(adam.b_error, key=adam.b_error.get):
+        text += "; Adam's epsilon is placed differently"
     return text
 
 
@@ -438,10 +505,7 @@ def localize(
         )
         for side, (fw, _) in sides.items()
     }
-    from xfw.common.models import blocks_of
-
-    relu = {b.name for b in blocks_of(config.model) if getattr(b, "activation", None) == "relu"}
-    return analyse(ids[0], ids[1], zooms["a"], zooms["b"], tolerance, every, relu)
+    return analyse(ids[0], ids[1], zooms["a"], zooms["b"], tolerance, every, config)
 
 
 def write_outputs(result: Localization, out: Path) -> None:

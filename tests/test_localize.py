@@ -65,6 +65,18 @@ def test_resnet_relu_curves_part_at_a_unit_within_rounding_of_zero(tmp_path):
     assert result["first"]["kind"] != "weights"
 
 
+def test_adam_updates_part_by_the_epsilon_placement(tmp_path):
+    proc, result = localize(
+        tmp_path, "tf-single", "torch-single", "--config", "configs/adam.yaml", "--set", "training.steps=40"
+    )
+    assert result["parted"] and result["first"]["kind"] == "update"  # same gradients and moments, other updates
+    check = result["adam"]
+    assert min(check["a_error"], key=check["a_error"].get) == "keras"  # tf-single: Keras's formula
+    assert min(check["b_error"], key=check["b_error"].get) == "torch"
+    assert check["a_error"]["keras"] < result["tolerance"] < check["formulas_differ"]
+    assert "Adam's epsilon is placed differently" in proc.stdout
+
+
 def test_localize_refuses_bad_input(tmp_path):
     assert_one_line_error(xfw_in_process("localize", "tf-single", "torch-ddp"), "torch-ddp is mirrored")
     assert_one_line_error(xfw_in_process("localize", "tf-single", "torch-sngle"), "'torch-sngle' is neither")
