@@ -178,6 +178,7 @@ def _key(run: AnyRun, implementation: str | None = None, framework: str | None =
 def pairs_for(runs: list[AnyRun]) -> list[tuple[AnyRun, AnyRun, Parity]]:
     """Which runs are diffed and how: first every run against its reference, then TensorFlow runs against
     their PyTorch twins, each in run order."""
+    runs = [r for r in runs if r.perturbation is None]  # the envelope's runs are not compared
     by_key = {_key(r): r for r in runs}
     pairs = []
     for r in runs:
@@ -363,4 +364,43 @@ def comparisons(runs: list[AnyRun], config: Config) -> list[Comparison]:
     for a, b, kind in pairs_for(runs):
         several = find(a.framework, a.implementation).kind.several_networks
         out.append((compare_networks_pair if several else compare_pair)(a, b, kind, config))
+    factor = config.parity.envelope_factor
+    if factor is not None:
+        curves = envelopes(runs)
+        by_id = {r.id: r for r in runs}
+        for c in out:
+            if c.status == "ok" and c.networks is None:
+                c.within_envelope, c.envelope_first_over = within_envelope(by_id[c.a], by_id[c.b], curves, factor)
     return out
+
+
+# One float32 rounding: a difference this small is within rounding whatever the envelope measured so far.
+FLOAT32_EPS = float(np.finfo(np.float32).eps)
+
+
+def envelopes(runs: list[AnyRun]) -> dict[str, np.ndarray]:
+    """Framework -> the running maximum, step by step, of the relative loss difference between its single-device
+    run and the same run from weights moved one ulp (parity.envelope_factor): what rounding alone does."""
+    out = {}
+    by_key = {(r.framework, r.implementation, r.perturbation): r for r in runs if r.status == "ok" and r.size is None}
+    for (fw, impl, moved), run in by_key.items():
+        reference = by_key.get((fw, impl, None))
+        if moved == "ulp" and reference is not None:
+            _, rel = loss_diff(reference.loss, run.loss)
+            out[fw] = np.maximum.accumulate(np.nan_to_num(rel, nan=np.inf))
+    return out
+
+
+def within_envelope(
+    a: AnyRun, b: AnyRun, curves: dict[str, np.ndarray], factor: float
+) -> tuple[bool | None, int | None]:
+    """Whether a's and b's loss difference stays within factor x the rounding envelope (the larger of their
+    frameworks', never below one float32 rounding) at every step, and the first step where it does not; (None,
+    None) when an envelope is missing (its run failed or was skipped)."""
+    if a.framework not in curves or b.framework not in curves:
+        return None, None
+    envelope = np.maximum(curves[a.framework], curves[b.framework])
+    _, rel = loss_diff(a.loss, b.loss)
+    n = min(len(rel), len(envelope))
+    over = np.flatnonzero(~(rel[:n] <= factor * np.maximum(envelope[:n], FLOAT32_EPS)))
+    return (not over.size, int(over[0]) if over.size else None)

@@ -369,6 +369,11 @@ class ParityConfig(_Strict):
     # significant bits. Defaults measured on the shipped configs (README "Precision").
     mixed_bfloat16: Tolerances = Tolerances(same_framework=MIXED_BF16_SAME, cross_framework=MIXED_BF16_CROSS)
     mixed_float16: Tolerances = Tolerances(same_framework=MIXED_F16_SAME, cross_framework=MIXED_F16_CROSS)
+    # The rounding envelope: each framework's single-device run once more with every initial weight moved by one
+    # ulp; how far its loss drifts from the unmoved run's, step by step, is what float32 rounding alone does on
+    # this config. Set, every one-network comparison also says whether its curves stay within this factor of
+    # that envelope ("within rounding") or from which step they leave it. Unset: not measured (two runs fewer).
+    envelope_factor: Annotated[float, Field(gt=1)] | None = None
 
     def tolerance(self, kind: str, precision: str) -> float:
         """The tolerance of a `kind` ("same_framework" | "cross_framework") comparison at `precision`."""

@@ -18,7 +18,7 @@ from typing import Protocol
 from pydantic import ValidationError
 
 from xfw.common import launch, runner
-from xfw.common.compare import comparisons, run_entry
+from xfw.common.compare import comparisons, envelopes, run_entry
 from xfw.common.compare_networks import network_run_entry, sweep
 from xfw.common.config import Config, config_for_replicas, with_hidden_width
 from xfw.common.data import load_dataset, loss_floor
@@ -254,11 +254,21 @@ class Slot:
         return self.entry is None or self.entry.status == "ok"
 
 
-def make_slot(impl: Implementation, config: Config, machine: Machine, progress: Progress, width: int | None) -> Slot:
-    """`width`: the shared-device sweep point (config already resized). Skipped here if it cannot run."""
+def make_slot(
+    impl: Implementation,
+    config: Config,
+    machine: Machine,
+    progress: Progress,
+    width: int | None,
+    perturbation: str | None = None,
+) -> Slot:
+    """`width`: the shared-device sweep point (config already resized); `perturbation` "ulp": the rounding
+    envelope's run of `impl` (RunSpec.perturbation). Skipped here if it cannot run."""
     base = base_entry(impl).model_copy(update={"oversubscribed": oversubscription(impl, machine, config) is not None})
     if width is not None:
         base = base.model_copy(update={"id": f"{impl.id}@h{width}", "size": {"hidden_width": width}})
+    if perturbation is not None:
+        base = base.model_copy(update={"id": f"{base.id}~{perturbation}", "perturbation": perturbation})
     # weak scaling: each run's global batch is its replicas x training.per_replica_batch
     slot = Slot(impl, config_for_replicas(config, run_replicas(impl, config)), base)
     reason = unavailable_reason(impl, machine, run_devices(impl, config), config)
@@ -273,7 +283,14 @@ def run_repeat(
 ) -> None:
     """Repeat k of the slot's implementation; its entry becomes the merge of the repeats so far, or failed."""
     impl, label = slot.impl, slot.base.id
-    run = RunSpec(slot.config, impl.framework, impl.strategy, impl.name, str(out_dir / "runs" / label / f"repeat-{k}"))
+    run = RunSpec(
+        slot.config,
+        impl.framework,
+        impl.strategy,
+        impl.name,
+        str(out_dir / "runs" / label / f"repeat-{k}"),
+        perturbation=slot.base.perturbation,
+    )
     shown = label + (f" (repeat {k + 1}/{repeats})" if repeats > 1 else "")
     progress.start(shown, slot.config.training.steps)
     result = execute_run(impl, run, timeout_s, machine, progress)
@@ -351,10 +368,16 @@ def compare_strategy(
         loss_floor=loss_floor(config),
     )
     slots = [make_slot(impl, cfg, machine, progress, width) for width, cfg in sized.items() for impl in impls]
+    if config.parity.envelope_factor is not None and not get_strategy(strategy).several_networks:
+        # The rounding envelope: each framework's single-device custom loop once more, from weights moved one ulp.
+        references = [i for i in impls if i.strategy == "single" and not i.keras_fit]
+        slots += [make_slot(i, config, machine, progress, None, perturbation="ulp") for i in references]
 
     def publish() -> None:
         summary.runs = [slot.entry for slot in slots if slot.entry is not None]
         summary.comparisons = comparisons(summary.runs, config)
+        if config.parity.envelope_factor is not None:
+            summary.envelopes = {fw: curve.tolist() for fw, curve in envelopes(summary.runs).items()}
         if get_strategy(strategy).sweep:
             summary.sweep = sweep(summary.comparisons)
         if folder is None:

@@ -320,6 +320,9 @@ class RunBase(Record):
     # More devices x threads than the machine has (parallel.oversubscribe): its throughput is contention, so its
     # comparisons carry no throughput verdict.
     oversubscribed: bool = False
+    # "ulp": the run of the rounding envelope (parity.envelope_factor): its reference, with every initial weight
+    # moved one ulp. Not compared itself; its drift from the reference is the envelope.
+    perturbation: str | None = None
 
 
 class SkippedRun(RunBase):
@@ -483,6 +486,10 @@ class Comparison(Record):
     change: Real | None = None
     # Repeats behind the verdict (the fewer of the two runs'): with 1, the range is window-to-window spread only.
     repeats: int | None = None
+    # parity.envelope_factor: whether the curves stay within that factor of the rounding envelope at every step,
+    # and the first step where they do not (None: not measured).
+    within_envelope: bool | None = None
+    envelope_first_over: int | None = None
 
 
 class SweepPoint(Record):
@@ -522,3 +529,6 @@ class Summary(Record):
     # Set when xfw was stopped by a signal: which, and during which run. The runs that finished before it are
     # kept; those not started yet are not listed.
     interrupted: str | None = None
+    # parity.envelope_factor: per framework, the running maximum of the relative loss difference between its
+    # single-device run and the same run from weights moved one ulp (what rounding alone does).
+    envelopes: dict[str, list[Real]] | None = None

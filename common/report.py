@@ -119,10 +119,20 @@ def comparison_rows(summary: Summary) -> list[list[str]]:
                 _ratio_text(c),
                 _fmt(c.scaling_efficiency, ".2f"),
                 _verdict_text(c),
-                c.note or "",
+                "; ".join(filter(None, (c.note, _envelope_text(c, summary)))),
             ]
         )
     return rows
+
+
+def _envelope_text(c: Comparison, summary: Summary) -> str:
+    """Where the rounding envelope was measured (parity.envelope_factor): within it, or from which step not."""
+    factor = summary.config.get("parity", {}).get("envelope_factor")
+    if factor is None or c.within_envelope is None:
+        return ""
+    if c.within_envelope:
+        return f"within rounding ({factor:g}x the envelope)"
+    return f"a real difference from step {c.envelope_first_over} (over {factor:g}x the rounding envelope)"
 
 
 STAGE_HEADERS = [
@@ -569,6 +579,15 @@ def write_plots(summary: Summary, out_dir: Path) -> list[str]:
                 ax.plot(np.maximum(np.maximum.accumulate(rel), 1e-12), label=label, linewidth=1.2)
         for tol in sorted({c.tolerance for c in compared if c.tolerance}):
             ax.axhline(tol, color="black", linestyle="--", linewidth=0.8)
+        factor = summary.config.get("parity", {}).get("envelope_factor")
+        for fw, curve in (summary.envelopes or {}).items():
+            ax.plot(
+                factor * np.maximum(np.nan_to_num(curve, nan=np.inf), 1e-12),
+                color="grey",
+                linestyle=":" if fw == "tf" else "-.",
+                linewidth=1,
+                label=f"{factor:g}x rounding envelope ({fw}: weights moved one ulp)",
+            )
         ax.set(
             xlabel="step",
             ylabel="largest relative loss difference so far",

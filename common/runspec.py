@@ -19,6 +19,8 @@ class RunSpec:
     out_dir: str  # rank 0 writes result.json here; the parent reads progress from here
     # `xfw localize`: replay with tensors captured (common/localize.TraceWriter) instead of a timed run
     trace: dict | None = None
+    # "ulp": every initial weight moved by one ulp (the rounding envelope's run, parity.envelope_factor)
+    perturbation: str | None = None
 
     @property
     def id(self) -> str:

@@ -35,6 +35,21 @@ def initial_weights(spec: ModelSpec, seed: int) -> dict[str, np.ndarray]:
     return weights
 
 
+def moved_one_ulp(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every value moved to the next float32 above it: a difference at rounding level only (the envelope's run)."""
+    return {name: np.nextafter(w, np.float32(np.inf)).astype(w.dtype) for name, w in weights.items()}
+
+
+def starting_weights(run) -> dict[str, np.ndarray]:
+    """A run's initial weights: drawn from the config's seed; moved one ulp for the rounding envelope's run
+    (RunSpec.perturbation); with XFW_PERTURB's test change (common/faults.py)."""
+    from xfw.common.faults import perturbed
+
+    cfg = run.config
+    weights = perturbed(run.id, initial_weights(cfg.model, cfg.weights_seed))
+    return moved_one_ulp(weights) if run.perturbation == "ulp" else weights
+
+
 def dense_kernel_to_torch(kernel: np.ndarray, flattened_from: tuple[int, int, int] | None = None) -> np.ndarray:
     """(in, out) -> torch's (out, in). After a conv stack the input rows are in NHWC flatten order
     (h, w, c); torch flattens NCHW as (c, h, w), so the rows are permuted to match."""

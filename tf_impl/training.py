@@ -21,7 +21,6 @@ from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 from xfw.common import rank as common_rank
 from xfw.common.data import Dataset, DeliveredBatches, Fed, load_dataset, sample_order
-from xfw.common.faults import perturbed
 from xfw.common.peak import cpu_name, machine_peak, visible_gpus
 from xfw.common.rank import RankContext
 from xfw.common.records import PeakFlops
@@ -29,7 +28,7 @@ from xfw.common.registry import gpu_memory_mib
 from xfw.common.runspec import RunSpec
 from xfw.common.schedules import learning_rates
 from xfw.common.semantics import LOSS_SCALE, MATMUL_DTYPE, optimizer_hyperparameters
-from xfw.common.weights import initial_weights
+from xfw.common.weights import starting_weights
 
 
 @dataclass
@@ -96,7 +95,7 @@ def setup(run: RunSpec, local_devices: int = 1, inter_op_threads: int | None = N
     order = sample_order(data.train_size, cfg.training.global_batch, cfg.training.steps, cfg.seed)
     with tf.device("/cpu:0"):
         x, y = tf.constant(data.x_train), tf.constant(data.y_train)
-    return Setup(data, order, perturbed(run.id, initial_weights(cfg.model, cfg.weights_seed)), x, y)
+    return Setup(data, order, starting_weights(run), x, y)
 
 
 def default_device() -> str:

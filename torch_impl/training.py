@@ -16,7 +16,6 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from xfw.common import rank as common_rank
 from xfw.common.data import Dataset, DeliveredBatches, Fed, load_dataset, replica_slice, sample_order, steps_per_epoch
-from xfw.common.faults import perturbed
 from xfw.common.peak import cpu_name, machine_peak, visible_gpus
 from xfw.common.rank import RankContext
 from xfw.common.records import PeakFlops
@@ -24,7 +23,7 @@ from xfw.common.registry import gpu_of_rank, ranks_share_a_gpu
 from xfw.common.runspec import RunSpec
 from xfw.common.schedules import learning_rates
 from xfw.common.semantics import LOSS_SCALE, MATMUL_DTYPE, optimizer_hyperparameters
-from xfw.common.weights import initial_weights
+from xfw.common.weights import starting_weights
 from xfw.torch_impl.models import to_torch_layout
 
 
@@ -50,7 +49,7 @@ def setup(run: RunSpec, device: torch.device | None = None) -> Setup:
     order = sample_order(data.train_size, cfg.training.global_batch, cfg.training.steps, cfg.seed)
     x = torch.from_numpy(to_torch_layout(data.x_train)).to(device)
     y = torch.from_numpy(data.y_train).to(device)
-    return Setup(device, data, order, perturbed(run.id, initial_weights(cfg.model, cfg.weights_seed)), x, y)
+    return Setup(device, data, order, starting_weights(run), x, y)
 
 
 def set_math_mode(tf32: bool) -> None:
