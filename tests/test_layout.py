@@ -67,6 +67,16 @@ ONE_SIDE_ONLY = {
         "torch_sample_shape": "torch is NCHW, the canonical data NHWC (Keras's own)",
         "Placement": "where a canonical (Keras-layout) parameter lives in torch's modules and how it converts",
         "TorchBlock": "a block's torch modules plus its parameter placements; Keras loads the canonical layout as is",
+        "canonical_tensors": "torch's tensors convert to the canonical layout through their placements; Keras's are "
+        "canonical as they are",
+    },
+    ("tf", "trace.py"): {
+        "canonical_variables": "Keras's variables hold the canonical layout and are found by layer; torch's tensors "
+        "convert through models.canonical_tensors",
+    },
+    ("torch", "trace.py"): {
+        "canonical_activation": "torch's images are NCHW and flatten in (c, h, w) order; Keras's outputs are "
+        "canonical as they are",
     },
     ("torch", "blocks.py"): {
         "CrossReplicaBatchNorm": "torch's SyncBatchNorm refuses CPU tensors; Keras's synchronized BatchNormalization "
