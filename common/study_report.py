@@ -538,15 +538,25 @@ def write_plots(report: StudyReport, cells: list[Cell], records: list[StudyCell]
     save_figure(fig, out / "loss_vs_time.png")
     files.append("loss_vs_time.png")
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for impl, points in _series(done, lambda c, s: s.implementation).items():
+    # One colour per implementation, one marker per workload, samples/s on a log scale: workloads differ by orders
+    # of magnitude in throughput.
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    impls = list(dict.fromkeys(s.implementation for c in done for s in c.implementations))
+    for (workload, impl), points in _series(done, lambda c, s: (c.workload, s.implementation)).items():
         ax.scatter(
             [s.peak_memory_bytes / 2**20 for _, s in points],
             [s.throughput_samples_per_s for _, s in points],
-            label=impl,
-            s=18,
+            label=f"{workload}: {impl}",
+            marker="os^Dv<>p*"[workloads.index(workload) % 9],
+            color=f"C{impls.index(impl) % 10}",
+            s=22,
         )
-    ax.set(xlabel="peak memory, MiB (largest process)", ylabel="samples/s", title="Throughput vs peak memory")
+    ax.set(
+        xlabel="peak memory, MiB (largest process)",
+        ylabel="samples/s",
+        yscale="log",
+        title="Throughput vs peak memory (colour: implementation, marker: workload)",
+    )
     ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, out / "throughput_vs_memory.png")
