@@ -513,16 +513,22 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply `a.b.c=value` overrides (values parsed as YAML) to a raw config dict."""
     for item in overrides:
         path, value = _parse_override(item)
-        node = raw
-        for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise UserError(f"--set {item}: '{part}' is not a section")
-            node = child
-        node[path[-1]] = value
+        set_key(raw, path, value, f"--set {item}")
     return raw
+
+
+def set_key(raw: dict, path: list[str], value, what: str) -> None:
+    """raw[a][b][c] = value for path [a, b, c], making the sections that are missing; `what` names the setting
+    in the error when a part of the path is not a section."""
+    node = raw
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise UserError(f"{what}: '{part}' is not a section")
+        node = child
+    node[path[-1]] = value
 
 
 def load_raw(path: str | Path | None) -> dict:

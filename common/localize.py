@@ -316,12 +316,9 @@ def scan(ta: Trace, tb: Trace, tolerance: float) -> int | None:
 def analyse(a_id: str, b_id: str, ta: Trace, tb: Trace, tolerance: float, every: int, config: Config) -> Localization:
     """From the zoom traces: the first step and tensors over the tolerance, the relu check, the tables."""
     steps = len(ta.losses)
-    over_loss = np.flatnonzero(
-        ~(
-            np.abs(ta.losses - tb.losses) / np.maximum(np.maximum(np.abs(ta.losses), np.abs(tb.losses)), 1e-30)
-            <= tolerance
-        )
-    )
+    from xfw.common.compare import loss_diff
+
+    over_loss = np.flatnonzero(~(loss_diff(ta.losses, tb.losses)[1] <= tolerance))
     first_loss = int(over_loss[0]) if over_loss.size else None
     window = [k for k in sorted(set(ta.steps()) & set(tb.steps())) if k < steps]
     per_step = {}

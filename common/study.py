@@ -13,7 +13,6 @@ import datetime as dt
 import hashlib
 import itertools
 import json
-import re
 import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from xfw.common import runner
-from xfw.common.config import Config, apply_overrides, build_config, load_raw
+from xfw.common.config import Config, apply_overrides, build_config, load_raw, set_key
 from xfw.common.errors import UserError
 from xfw.common.loop import write_json_atomic
 from xfw.common.orchestrate import Progress, check_compare, compare_strategy, interruption, run_devices
@@ -138,19 +137,6 @@ def _show(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
-def _set_key(raw: dict, key: str, value: Any) -> None:
-    node = raw
-    *parents, last = key.split(".")
-    for part in parents:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise UserError(f"axis {key}: '{part}' is not a config section")
-        node = child
-    node[last] = value
-
-
 def load_study(path: str | Path) -> StudySpec:
     path = Path(path)
     try:
@@ -203,7 +189,7 @@ def expand_cells(spec: StudySpec, study_path: Path) -> list[Cell]:
                 raw = copy.deepcopy(base)
                 try:
                     for key, value in point.items():
-                        _set_key(raw, key, value)
+                        set_key(raw, key.split("."), value, f"axis {key}")
                     raw["seed"] = seed
                     cell.configs[seed] = build_config(raw)
                 except UserError as err:
@@ -496,7 +482,3 @@ def run_study(
 
 def _ordered(cells: list[Cell], records: dict[str, StudyCell]) -> list[StudyCell]:
     return [records[c.key] for c in cells if c.key in records]
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text)
