@@ -321,12 +321,16 @@ def study(study_file, out_dir, resume) -> None:
 @click.option("--every", type=click.IntRange(min=1), help="Compare weights every K steps (default: steps / 20).")
 @click.option("--around", type=click.IntRange(min=0), default=2, show_default=True, help="Steps captured around.")
 @click.option(
+    "--at", "at_step", type=click.IntRange(min=0), help="Capture every tensor around this step (no scan for it)."
+)
+@click.option(
     "--out", "out_dir", type=click.Path(file_okay=False), help="Output folder (default: runs/localize-<time>)."
 )
-def localize(run_a, run_b, config_path, overrides, tolerance, every, around, out_dir) -> None:
+def localize(run_a, run_b, config_path, overrides, tolerance, every, around, at_step, out_dir) -> None:
     """Where two runs part: the first step, block output, gradient and update that differ. RUN_A and RUN_B are
-    finished runs (result.json files or run folders, e.g. from a compare), or run ids (tf-single, torch-single)
-    trained with --config / --set."""
+    finished runs (result.json files or run folders, e.g. from a compare), or run ids (tf-single, torch-ddp, ...)
+    trained with --config / --set. A data-parallel run is compared replica by replica: against a one-device run,
+    each replica's block outputs against the rows of its block of the batch."""
     from xfw.common import localize as loc
     from xfw.common.config import config_from_dict
     from xfw.common.diff import config_differences, load_results
@@ -361,6 +365,7 @@ def localize(run_a, run_b, config_path, overrides, tolerance, every, around, out
                 around,
                 registry.this_machine(),
                 progress,
+                at=at_step,
             )
         except RuntimeError as err:
             click.echo(f"xfw: {str(err).splitlines()[0]}", err=True)

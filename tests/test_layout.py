@@ -114,11 +114,26 @@ ONE_SIDE_ONLY = {
         "run_manual_placement": "tf.device per replica in one graph",
         "multi_worker_strategy": "the TF_CONFIG worker's strategy, shared with Keras fit (keras_fit.py); torch's "
         "processes join their group in training.init_process_group",
+        "mirrored_strategy": "MirroredStrategy over this process's devices, shared with localize's replay (trace.py); "
+        "torch's one-process data parallelism (nn.DataParallel) is not replayed",
+        "strategy_model": "the model and optimizer built in the strategy's scope (mirrored variables), shared with "
+        "trace.py; torch builds one module per rank in process_group_replica",
+        "replica_blocks": "each replica's block as a PerReplica value, shared with trace.py; a torch rank cuts its "
+        "own block with replica_slice",
     },
     ("torch", "mirrored.py"): {
         "run_ddp": "DistributedDataParallel",
         "run_allreduce": "an explicit torch.distributed.all_reduce of the gradients",
         "run_data_parallel": "nn.DataParallel (GPUs only)",
+        "ProcessGroupReplica": "one rank's replica (device, rank, world, module, wrapper), shared with trace.py; "
+        "TensorFlow's replicas live in its strategy (strategy_model)",
+        "process_group_replica": "a rank joins its process group and builds its replica; TensorFlow builds the "
+        "strategy (mirrored_strategy, multi_worker_strategy)",
+        "ddp": "DistributedDataParallel around the module; TensorFlow's mirrored variables need no wrapper",
+        "unwrapped": "the explicit all_reduce trains the bare module",
+        "averaged_by_ddp": "DDP averages during backward(); Keras's apply_gradients all-reduces inside",
+        "all_reduce_average": "the explicit torch.distributed.all_reduce; TensorFlow's manual placement averages "
+        "inside its one graph",
     },
     ("torch", "model_parallel.py"): {
         "run_send_recv": "one process per stage; TensorFlow runs every stage in one process (run_placed_stages)",

@@ -1,6 +1,8 @@
 """`xfw localize`: an injected one-weight difference is found exactly (which parameter, which element), in either
-framework's copy; runs at parity are said to never part; the ResNet's relu curves part where a unit within
-rounding of zero switches; bad input is refused in one line."""
+framework's copy and in a data-parallel run's replicas; runs at parity are said to never part; the ResNet's relu
+curves part where a unit within rounding of zero switches; per-replica BatchNorm statistics are shown to be the
+cause by a synchronised replay; the kink, padding and rounding checks on constructed tensors; bad input is refused
+in one line."""
 
 from __future__ import annotations
 
@@ -35,6 +37,55 @@ def test_an_injected_weight_difference_is_found_exactly(tmp_path, perturbed, par
     over = [k for k, v in table.items() if k[0] == "weights" and v["0"] > result["tolerance"]]
     assert over == [("weights", parameter)]
     assert f"first parted at step 0, weights {parameter}" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "perturbed", "parameter", "index", "shape"),
+    [
+        ("tf-single", "torch-ddp", "torch-ddp", "dense1/kernel", 7, (50, 10)),
+        ("tf-mirrored-strategy", "torch-single", "tf-mirrored-strategy", "dense0/kernel", 123, (10, 50)),
+    ],
+)
+def test_an_injected_difference_is_found_in_every_replica(tmp_path, a, b, perturbed, parameter, index, shape):
+    env = {"XFW_PERTURB": f"{perturbed}:{parameter}:{index}:1e-4"}
+    proc, result = localize(tmp_path, a, b, "--set", "training.steps=20", env=env)
+    assert result["replicas"] == ([1, 2] if a.endswith("single") else [2, 1])
+    assert result["parted"] and result["first_step"] == 0
+    first = result["first"]
+    assert (first["kind"], first["name"], first["replica"]) == ("weights", parameter, 0)
+    assert first["at"] == [int(i) for i in np.unravel_index(index, shape)]
+    table = {(t["kind"], t["name"], t["replica"]): t["relative"] for t in result["tables"]}
+    over = {k for k, v in table.items() if k[0] == "weights" and v["0"] > result["tolerance"]}
+    assert over == {("weights", parameter, 0), ("weights", parameter, 1)}  # both replicas hold the moved weight
+    # each replica's block outputs were compared with the rows of the one-device run that are its block
+    assert {k[2] for k in table if k[0] == "activation"} == {0, 1}
+    assert f"first parted at step 0, weights {parameter} (replica 0)" in proc.stdout
+
+
+def test_data_parallel_replicas_at_parity_never_part(tmp_path):
+    proc, result = localize(tmp_path, "tf-mirrored-strategy", "torch-ddp", "--set", "training.steps=20")
+    assert result["parted"] is False and result["replicas"] == [2, 2]
+
+
+def test_per_replica_batchnorm_statistics_are_found_by_a_synchronised_replay(tmp_path):
+    proc, result = localize(
+        tmp_path,
+        "torch-single",
+        "torch-ddp",
+        "--config",
+        "configs/resnet.yaml",
+        "--set",
+        "model.sync_batchnorm=false",
+        "--set",
+        "model.widths=[4,8,8]",
+        "--set",
+        "training.steps=20",
+    )
+    assert result["parted"] and result["first_step"] == 0
+    assert (result["first"]["kind"], result["first"]["name"]) == ("activation", "stem")
+    check = result["batchnorm"]
+    assert check["relative"] > result["tolerance"] >= check["relative_synchronised"]
+    assert "BatchNorm statistics per replica" in proc.stdout
 
 
 def test_runs_at_parity_never_part(tmp_path):
@@ -77,8 +128,40 @@ def test_adam_updates_part_by_the_epsilon_placement(tmp_path):
     assert "Adam's epsilon is placed differently" in proc.stdout
 
 
+def test_kink_padding_and_rounding_checks_on_constructed_tensors():
+    from xfw.common.localize import StepTable, TensorDiff, border_check, pool_switches, rounding_growth
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 4, 4, 3)).astype(np.float32)
+    x[0, 0:2, 0:2, 2] = [[3.0, 3.0 - 1e-6], [0.2, 0.3]]  # a near-tie in one pooling window
+    y = x.copy()
+    y[0, 0:2, 0:2, 2] = [[3.0 - 1e-6, 3.0], [0.2, 0.3]]  # broken the other way in the other run
+    switches = pool_switches("pool0", x, y)
+    assert (switches.switched, switches.windows) == (1, 2 * 2 * 2 * 3)
+    assert switches.largest_switched_gap <= 1e-4 * switches.median_gap
+    assert pool_switches("pool0", x, x).switched == 0
+
+    border = y.copy()
+    border[:, 0, :, :] += 0.5  # the top row only: what another padding convention does
+    check = border_check("conv0", x, border, 1e-5, None)
+    assert check.over > 0 and check.on_border == check.over
+    inside = x.copy()
+    inside[:, 1:3, 1:3, :] += 0.5
+    assert border_check("conv0", x, inside, 1e-5, None).on_border == 0
+
+    first = TensorDiff(kind="gradient", name="dense0/kernel", relative=2e-5)
+    smooth = StepTable(kind="gradient", name="dense0/kernel", relative={0: 1e-7, 50: 1e-6, 100: 2e-5})
+    jump = StepTable(kind="gradient", name="dense0/kernel", relative={0: 1e-7, 50: 1e-7, 51: 2e-5})
+    assert rounding_growth(first, [smooth], 100).is_rounding
+    assert not rounding_growth(first, [jump], 51).is_rounding  # a 200x jump in one step is an event
+
+
 def test_localize_refuses_bad_input(tmp_path):
-    assert_one_line_error(xfw_in_process("localize", "tf-single", "torch-ddp"), "torch-ddp is mirrored")
+    assert_one_line_error(xfw_in_process("localize", "tf-single", "torch-horovod"), "not torch-horovod")
+    beyond = xfw_in_process("localize", "tf-single", "torch-single", "--set", "training.steps=30", "--at", "30")
+    assert_one_line_error(beyond, "--at 30 is not a step of the run (steps 0..29)")
+    compiled = xfw_in_process("localize", "tf-single", "torch-single", "--set", "runtime.compile=true")
+    assert_one_line_error(compiled, "localize replays eager steps")
     assert_one_line_error(xfw_in_process("localize", "tf-single", "torch-sngle"), "'torch-sngle' is neither")
     mixed = xfw_in_process("localize", "tf-single", "torch-single", "--set", "runtime.precision=mixed_bfloat16")
     assert_one_line_error(mixed, "localize replays float32 runs")

@@ -19,17 +19,38 @@ from xfw.tf_impl import training
 from xfw.tf_impl.models import build_model, flat_weights
 
 
+def strategy_model(run: RunSpec, s, strategy: tf.distribute.Strategy):
+    """The model and optimizer, their variables mirrored over the strategy's replicas."""
+    with strategy.scope():  # tf.distribute: variables become mirrored, one copy per replica
+        model = build_model(run.config.model, s.weights)
+        optimizer = training.make_optimizer(run)
+        # tf.distribute: a Keras 3 optimizer used in a custom loop must be built inside the scope.
+        optimizer.build(model.trainable_variables)
+    return model, optimizer
+
+
+def replica_blocks(run: RunSpec, strategy: tf.distribute.Strategy):
+    """row -> each replica's block of that global batch, on its own device (a PerReplica value)."""
+    global_batch, replicas = run.config.training.global_batch, run.replicas
+    local_devices = strategy.extended.worker_devices  # tf.distribute: this process's replicas' devices, in order
+
+    def shard(row):
+        def block(replica):
+            r = replica.replica_id_in_sync_group
+            return training.placed(row[replica_slice(global_batch, r, replicas)], local_devices[r % len(local_devices)])
+
+        return strategy.experimental_distribute_values_from_function(block)
+
+    return shard
+
+
 def _run_strategy(ctx: RankContext, s, strategy) -> None:
     """The training loop shared by MirroredStrategy and MultiWorkerMirroredStrategy: they differ only in
     how the strategy is built and how results are gathered across processes."""
     run = ctx.run
     cfg = run.config
-    global_batch, replicas = cfg.training.global_batch, run.replicas
-    with strategy.scope():  # tf.distribute: variables become mirrored, one copy per replica
-        model = build_model(cfg.model, s.weights)
-        optimizer = training.make_optimizer(run)
-        # tf.distribute: a Keras 3 optimizer used in a custom loop must be built inside the scope.
-        optimizer.build(model.trainable_variables)
+    global_batch = cfg.training.global_batch
+    model, optimizer = strategy_model(run, s, strategy)
     loss_fn = training.loss_function(run)
 
     # A micro-batch's objective is divided by the accumulation steps again in training.gradients.
@@ -56,15 +77,7 @@ def _run_strategy(ctx: RankContext, s, strategy) -> None:
         local = strategy.experimental_local_results(losses)
         return tf.add_n(local) / len(local)
 
-    local_devices = strategy.extended.worker_devices  # tf.distribute: this process's replicas' devices, in order
-
-    def shard(row):
-        # tf.distribute: each replica gets its block of the global batch, on its own device.
-        def block(replica):
-            r = replica.replica_id_in_sync_group
-            return training.placed(row[replica_slice(global_batch, r, replicas)], local_devices[r % len(local_devices)])
-
-        return strategy.experimental_distribute_values_from_function(block)
+    shard = replica_blocks(run, strategy)  # tf.distribute: each replica's block, on its own device
 
     # tf.distribute: a native pipeline's global batches are split over the replicas (and workers) by the strategy.
     batches = training.step_batches(
@@ -84,12 +97,18 @@ def _run_strategy(ctx: RankContext, s, strategy) -> None:
     training.report(ctx, s, model, losses, timing, copies, fed=fed)
 
 
-def run_mirrored_strategy(run: RunSpec, launcher: str) -> None:
+def mirrored_strategy(run: RunSpec, launcher: str):
+    """MirroredStrategy over run.replicas devices of this process, its setup and its place in the run."""
     s = training.setup(run, local_devices=run.replicas)
     devices = training.logical_devices(run.replicas)
     # tf.distribute: one process, N devices
     strategy = tf.distribute.MirroredStrategy(devices=devices, cross_device_ops=training.cross_device_ops())
-    _run_strategy(RankContext(run, launcher, devices=tuple(devices)), s, strategy)
+    return strategy, RankContext(run, launcher, devices=tuple(devices)), s
+
+
+def run_mirrored_strategy(run: RunSpec, launcher: str) -> None:
+    strategy, ctx, s = mirrored_strategy(run, launcher)
+    _run_strategy(ctx, s, strategy)
 
 
 def multi_worker_strategy(run: RunSpec, launcher: str) -> tuple[tf.distribute.Strategy, RankContext]:

@@ -8,6 +8,8 @@ only because of parallelism are tagged `# DDP:`, `# torch.distributed:` or `# Da
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
@@ -22,15 +24,59 @@ from xfw.torch_impl.blocks import synchronized_batchnorm
 from xfw.torch_impl.models import build_model, flat_weights
 
 
-def _run_process_group(run: RunSpec, launcher: str, wrap, average_gradients) -> None:
-    """The loop shared by DDP and the explicit all_reduce: they differ only in how gradients get averaged."""
+class ProcessGroupReplica(NamedTuple):
+    """This rank's replica: what DDP and the explicit all_reduce (and localize's replay of them) train."""
+
+    device: torch.device
+    rank: int
+    world: int
+    s: training.Setup
+    model: torch.nn.Module  # the module itself
+    net: torch.nn.Module  # what the forward pass calls: the module, or DDP around it
+
+
+def process_group_replica(run: RunSpec, wrap) -> ProcessGroupReplica:
     device = training.init_process_group(run)
-    rank, world = dist.get_rank(), dist.get_world_size()
     s = training.setup(run, device)
     # torch.distributed: BatchNorm statistics over the global batch where model.sync_batchnorm asks for them
     make_batchnorm = synchronized_batchnorm(lambda t: dist_nn.all_reduce(t, op=dist.ReduceOp.SUM))
     model = build_model(run.config.model, s.weights, make_batchnorm).to(device)
-    net = wrap(model, device)
+    return ProcessGroupReplica(device, dist.get_rank(), dist.get_world_size(), s, model, wrap(run, model, device))
+
+
+def ddp(run: RunSpec, model, device):
+    # DDP: broadcasts rank 0's weights, then averages gradients in buckets during backward(); its own options
+    # (bucket_cap_mb, gradient_as_bucket_view, static_graph) from parallel.engine.ddp.
+    return DistributedDataParallel(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        **run.config.parallel.engine.given("ddp"),
+    )
+
+
+def unwrapped(run: RunSpec, model, device):
+    return model
+
+
+def averaged_by_ddp(model, world: int) -> None:
+    """DDP has averaged the gradients during backward()."""
+
+
+def all_reduce_average(model, world: int) -> None:
+    for p in model.parameters():
+        # torch.distributed: sum every gradient over ranks, then divide (gloo has no AVG op).
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        p.grad /= world
+
+
+# implementation -> (how the module is wrapped, how gradients get averaged after backward())
+PROCESS_GROUP_ENGINES = {"ddp": (ddp, averaged_by_ddp), "allreduce": (unwrapped, all_reduce_average)}
+
+
+def _run_process_group(run: RunSpec, launcher: str) -> None:
+    """The loop shared by DDP and the explicit all_reduce: they differ only in how gradients get averaged."""
+    wrap, average_gradients = PROCESS_GROUP_ENGINES[run.implementation]
+    device, rank, world, s, model, net = process_group_replica(run, wrap)
     optimizer = training.make_optimizer(run, model.parameters())
     loss_fn = training.loss_function(run)
 
@@ -67,26 +113,11 @@ def _run_process_group(run: RunSpec, launcher: str, wrap, average_gradients) -> 
 
 
 def run_ddp(run: RunSpec, launcher: str) -> None:
-    def wrap(model, device):
-        # DDP: broadcasts rank 0's weights, then averages gradients in buckets during backward(); its own options
-        # (bucket_cap_mb, gradient_as_bucket_view, static_graph) from parallel.engine.ddp.
-        return DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            **run.config.parallel.engine.given("ddp"),
-        )
-
-    _run_process_group(run, launcher, wrap, average_gradients=lambda model, world: None)
+    _run_process_group(run, launcher)
 
 
 def run_allreduce(run: RunSpec, launcher: str) -> None:
-    def average_gradients(model, world):
-        for p in model.parameters():
-            # torch.distributed: sum every gradient over ranks, then divide (gloo has no AVG op).
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-            p.grad /= world
-
-    _run_process_group(run, launcher, wrap=lambda model, device: model, average_gradients=average_gradients)
+    _run_process_group(run, launcher)
 
 
 def run_data_parallel(run: RunSpec, launcher: str) -> None:

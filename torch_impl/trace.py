@@ -1,15 +1,18 @@
-"""PyTorch, one device, replayed for `xfw localize` (common/localize.py): the single-device training step with
-every tensor the search needs captured, in the canonical (Keras) layout and names, at the steps it asks for."""
+"""PyTorch, replayed for `xfw localize` (common/localize.py): the training step of one device, or of one rank of
+DDP or the explicit all_reduce, with every tensor the search needs captured, in the canonical (Keras) layout and
+names, at the steps it asks for. tf_impl/trace.py is the TensorFlow side."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
+from xfw.common.data import replica_slice
 from xfw.common.localize import TraceWriter
 from xfw.common.models import Flatten, blocks_of
 from xfw.common.runspec import RunSpec
-from xfw.torch_impl import training
+from xfw.torch_impl import mirrored, training
 from xfw.torch_impl.models import build_model, canonical_tensors
 
 # Optimizer state torch keeps per parameter, under the names tf_impl/trace.py gives Keras's.
@@ -26,11 +29,40 @@ def canonical_activation(block, output: torch.Tensor, block_input: torch.Tensor)
 
 
 def trace_run(run: RunSpec, launcher: str) -> None:
-    s = training.setup(run)
-    blocks = blocks_of(run.config.model)
-    model = build_model(run.config.model, s.weights).to(s.device)
-    optimizer = training.make_optimizer(run, model.parameters())
+    if run.implementation == "single":
+        s = training.setup(run)
+        model = build_model(run.config.model, s.weights).to(s.device)
+        net, rows, replica, average = model, s.order, 0, None
+    else:  # DDP or the explicit all_reduce: this rank's replica, on its block of each batch
+        wrap, average = mirrored.PROCESS_GROUP_ENGINES[run.implementation]
+        _, replica, world, s, model, net = mirrored.process_group_replica(run, wrap)
+        block = replica_slice(run.config.training.global_batch, replica, world)
+        rows = [row[block] for row in s.order]
     loss_fn = training.loss_function(run)
+
+    def backward(row: np.ndarray) -> torch.Tensor:
+        """The step's loss; the gradients in .grad, averaged over the replicas where there are several."""
+        x, y = training.batch_tensors(s, torch.from_numpy(row).to(s.device))
+        loss = loss_fn(net(x), y)
+        loss.backward()
+        if average is not None:
+            average(model, dist.get_world_size())
+        return loss
+
+    writer = TraceWriter(run, replica)
+    traced_steps(run, model, rows, backward, writer)
+    if average is not None:
+        training.barrier()  # every rank's trace written before rank 0 says the trace is complete
+    if replica == 0:
+        writer.write_meta([b.name for b in blocks_of(run.config.model)], run.replicas if average else 1)
+    if average is not None:
+        dist.destroy_process_group()
+
+
+def traced_steps(run: RunSpec, model, rows, backward, writer: TraceWriter) -> None:
+    """The training loop with the writer's captures: forward hooks on each block's first and last module."""
+    blocks = blocks_of(run.config.model)
+    optimizer = training.make_optimizer(run, model.parameters())
     # A block's output: that of its last module (a Dense's activation follows it as `<name>_act`).
     children = list(model.named_children())
     last = {b.name: [m for n, m in children if n == b.name or n.startswith(f"{b.name}_")][-1] for b in blocks}
@@ -56,29 +88,25 @@ def trace_run(run: RunSpec, launcher: str) -> None:
             for name, value in canonical_tensors(model, blocks, tensors).items()
         }
 
-    writer = TraceWriter(run, [b.name for b in blocks])
-    for k, row in enumerate(s.order):
-        capture = writer.captures(k)
-        before = weights() if writer.wants_weights(k) else None
-        x, y = training.batch_tensors(s, torch.from_numpy(row).to(s.device))
+    for k, row in enumerate(rows):
+        capture, checkpoint = writer.captures(k), writer.wants_weights(k)
+        before = weights() if checkpoint else None
         optimizer.zero_grad()
         seen.clear()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        grads = {path: p.grad for p, path in paths.items() if p.grad is not None}
-        if capture:
-            grads = canonical_tensors(model, blocks, grads)
+        loss = backward(row)
+        if checkpoint:
+            grads = canonical_tensors(model, blocks, {path: p.grad for p, path in paths.items() if p.grad is not None})
         optimizer.step()
-        if before is not None:
+        if checkpoint:
             writer.weights(k, before)
+            writer.gradients(k, grads)
         if capture:
             writer.step(
                 k,
                 activations={b.name: canonical_activation(b, seen[b.name], seen[f"in:{b.name}"]) for b in blocks},
-                gradients=grads,
                 after=weights(),
                 optimizer_state=state(),
             )
         writer.loss(k, float(loss))
-    writer.weights(len(s.order), weights())
+    writer.weights(len(rows), weights())
     writer.close()
