@@ -196,9 +196,15 @@ def _launcher_world_size(launcher: str) -> int:
     help="Run only this implementation of the strategy (repeatable), e.g. --only torch-ddp.",
 )
 @click.option(
+    "--localize",
+    "localize_failures",
+    is_flag=True,
+    help="Where a comparison fails, replay its runs to find where they part (xfw localize; report section).",
+)
+@click.option(
     "--out", "out_dir", type=click.Path(file_okay=False), help="Output folder (default: runs/<strategy>-<time>)."
 )
-def compare(strategy, config_path, overrides, replicas, timeout_s, repeats, only, out_dir) -> None:
+def compare(strategy, config_path, overrides, replicas, timeout_s, repeats, only, localize_failures, out_dir) -> None:
     """Run every available implementation of STRATEGY and each framework's single-device reference on one
     config, then diff them: table on stdout, summary.json and report.md (with plots) in --out."""
     registry.for_strategy(strategy)  # unknown strategy: error before anything else
@@ -224,14 +230,32 @@ def compare(strategy, config_path, overrides, replicas, timeout_s, repeats, only
         except OutputError as err:
             click.echo(f"xfw: error: {err} (the summary.json there holds the runs finished before)", err=True)
             sys.exit(1)
+        if localize_failures and not summary.interrupted:
+            summary = localized(summary, config, out, console)
         folder.release_reserve()  # summary.json is complete: the report may use the space kept for it
         report = report_or_error(summary, out)
         print_tables(summary, table_console())
+        for pair in summary.localizations or []:
+            click.echo(f"localize {pair.a} vs {pair.b}: {pair.verdict}" + (f" ({pair.error})" if pair.error else ""))
         click.echo(f"summary: {out / 'summary.json'}\nreport:  {report or 'not written'}")
         if summary.interrupted:
             click.echo(f"xfw: {summary.interrupted}", err=True)
             sys.exit(128 + runner.interrupted())
     sys.exit(max(exit_status(summary), int(report is None)))
+
+
+def localized(summary, config, out: Path, console):
+    """compare --localize: the summary with where its failing comparisons part, written again."""
+    from xfw.common.localize import localize_failures
+    from xfw.common.orchestrate import interruption
+
+    try:
+        with RichProgress(console) as progress:
+            summary = localize_failures(summary, config, out, registry.this_machine(), progress)
+    except KeyboardInterrupt:  # the compare's runs are complete: only the localisation is lost
+        return summary.model_copy(update={"interrupted": f"{interruption(runner.interrupted())} while localising"})
+    write_json_atomic(out / "summary.json", summary.to_json())
+    return summary
 
 
 @cli.command()

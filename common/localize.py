@@ -964,3 +964,52 @@ def write_outputs(result: Localization, out: Path) -> None:
             ax.legend(fontsize=6)
         fig.tight_layout()
         save_figure(fig, out / "localize.png")
+
+
+# ---- compare --localize ------------------------------------------------------------------------------------
+
+
+def localize_failures(summary, config: Config, out: Path, machine, progress):
+    """The summary with `localizations`: for the first failing comparison of each kind (same framework, across
+    frameworks) whose two runs a trace worker replays, where they part, in <out>/localize/<a>-vs-<b>/. Failing
+    pairs it does not replay are left to `xfw localize`; a replay that fails is recorded with its error."""
+    from xfw.common.records import LocalizedPair
+    from xfw.common.registry import find_id
+
+    def traced(run_id: str) -> bool:
+        try:
+            impl = find_id(run_id)
+        except UserError:  # a slot that is not an implementation (an envelope's ~ulp run)
+            return False
+        return impl.name in TRACED[impl.framework]
+
+    failing = [
+        c
+        for c in summary.comparisons
+        if c.status == "ok" and c.within_tolerance is False and traced(c.a) and traced(c.b)
+    ]
+    chosen = [next(c for c in failing if c.kind == kind) for kind in dict.fromkeys(c.kind for c in failing)]
+    pairs = []
+    for c in chosen:
+        a, b = find_id(c.a), find_id(c.b)
+        folder = out / "localize" / f"{c.a}-vs-{c.b}"
+        base = {"a": c.a, "b": c.b, "folder": str(folder.relative_to(out))}
+        try:
+            every = max(1, config.training.steps // 20)
+            result = localize(
+                config, (a.framework, a.name), (b.framework, b.name), folder, c.tolerance, every, 2, machine, progress
+            )
+        except RuntimeError as err:
+            pairs.append(LocalizedPair(**base, parted=None, verdict="not localised", explanation="", error=str(err)))
+            continue
+        write_outputs(result, folder)
+        pairs.append(
+            LocalizedPair(
+                **base,
+                parted=result.parted,
+                first_step=result.first_step,
+                verdict=result.verdict,
+                explanation=result.explanation,
+            )
+        )
+    return summary.model_copy(update={"localizations": pairs})

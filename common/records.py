@@ -511,6 +511,19 @@ class MachineInfo(Record):
     gpus: int
 
 
+class LocalizedPair(Record):
+    """`xfw compare --localize`: where a failing comparison's two runs part (common/localize.py)."""
+
+    a: str
+    b: str
+    folder: str  # localize.md, .json and .png, relative to the compare's folder
+    parted: bool | None  # None: the replay failed (error)
+    first_step: int | None = None
+    verdict: str
+    explanation: str
+    error: str | None = None
+
+
 class Summary(Record):
     xfw_summary_version: int = 1
     command: str | None = None  # what produced it, where not `xfw compare --strategy <strategy>` (e.g. xfw diff)
@@ -532,3 +545,5 @@ class Summary(Record):
     # parity.envelope_factor: per framework, the running maximum of the relative loss difference between its
     # single-device run and the same run from weights moved one ulp (what rounding alone does).
     envelopes: dict[str, list[Real]] | None = None
+    # compare --localize: where the failing comparisons' runs part (the first failing pair of each kind).
+    localizations: list[LocalizedPair] | None = None

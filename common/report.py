@@ -658,6 +658,13 @@ def write_plots(summary: Summary, out_dir: Path) -> list[str]:
 
 
 EXPLAIN = {
+    "localize": (
+        "For the first failing comparison of each kind, both runs were replayed by a trace worker (as `xfw "
+        "localize A B` does): weights and gradients every K steps and every step's loss, then every tensor around "
+        "the first step that differs by more than the comparison's tolerance. The verdict names that step, the first "
+        "tensor, block output and gradient over it; the explanation comes from checks run on the captured tensors "
+        "(kinks, Adam's epsilon, BatchNorm statistics, padding, rounding growth)."
+    ),
     "breakdown": (
         "The last training.profile_steps warm-up steps of rank 0 run under the framework's own profiler; the timed "
         "steps run without it, so a profiled step may take longer than the step ms above (read the shares). "
@@ -783,6 +790,20 @@ def write_report(summary: Summary, out_dir: Path) -> Path:
             parts.append(caption[len("networks ") :].strip("()").capitalize() + ".")
     parts += [f"- {line}" for line in sweep_flips(summary)]
     parts += [f"![{p}]({p})" for p in plots]
+    if summary.localizations:
+        parts += ["## Where the failing curves part (`--localize`)", EXPLAIN["localize"]]
+        for pair in summary.localizations:
+            parts.append(f"### {pair.a} vs {pair.b}")
+            if pair.error is not None:
+                parts.append(f"The replay failed: {pair.error.splitlines()[0]}")
+                continue
+            parts += [
+                f"**{pair.verdict}**",
+                pair.explanation,
+                f"Tables: [{pair.folder}/localize.md]({pair.folder}/localize.md)",
+            ]
+            if pair.parted:
+                parts.append(f"![{pair.folder}/localize.png]({pair.folder}/localize.png)")
     parts += ["## How memory and FLOP utilisation are counted", *[f"- {line}" for line in measurement_lines(summary)]]
     parts += ["## Where the frameworks differ by design", *[f"- **{k}**: {v}" for k, v in semantic.items()]]
     if multi:

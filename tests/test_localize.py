@@ -116,16 +116,25 @@ def test_resnet_relu_curves_part_at_a_unit_within_rounding_of_zero(tmp_path):
     assert result["first"]["kind"] != "weights"
 
 
-def test_adam_updates_part_by_the_epsilon_placement(tmp_path):
-    proc, result = localize(
-        tmp_path, "tf-single", "torch-single", "--config", "configs/adam.yaml", "--set", "training.steps=40"
-    )
+def test_compare_localize_finds_adams_epsilon_placement(tmp_path):
+    """configs/adam.yaml fails TF vs torch by design; compare --localize replays the pair and puts the answer in the
+    report, from the check that recomputes Adam's update both ways."""
+    out = tmp_path / "cmp"
+    args = ("--strategy", "single", "--config", "configs/adam.yaml", "--set", "training.steps=40")
+    proc = run_xfw("compare", *args, "--localize", "--out", str(out))
+    assert proc.returncode == 1, proc.stderr  # the comparison fails; localising it does not change that
+    summary = json.loads((out / "summary.json").read_text())
+    [pair] = summary["localizations"]
+    assert (pair["a"], pair["b"]) == ("tf-single", "torch-single")
+    result = json.loads((out / pair["folder"] / "localize.json").read_text())
     assert result["parted"] and result["first"]["kind"] == "update"  # same gradients and moments, other updates
     check = result["adam"]
     assert min(check["a_error"], key=check["a_error"].get) == "keras"  # tf-single: Keras's formula
     assert min(check["b_error"], key=check["b_error"].get) == "torch"
     assert check["a_error"]["keras"] < result["tolerance"] < check["formulas_differ"]
-    assert "Adam's epsilon is placed differently" in proc.stdout
+    assert "Adam's epsilon is placed differently" in pair["verdict"] and pair["verdict"] in proc.stdout
+    report = (out / "report.md").read_text()
+    assert "## Where the failing curves part" in report and pair["verdict"] in report
 
 
 def test_kink_padding_and_rounding_checks_on_constructed_tensors():
