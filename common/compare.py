@@ -314,12 +314,23 @@ def batchnorm_by_design(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> s
     return None
 
 
+def local_steps_by_design(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> str | None:
+    """Why a local-SGD run's curve is meant to differ from its one-device reference (k > 1); None where it is not."""
+    k = config.sync.every_k_steps
+    if kind == Parity.CROSS_FRAMEWORK or a.strategy == b.strategy or not get_strategy(a.strategy).local_steps or k == 1:
+        return None
+    return (
+        f"the replicas step on their own and average their weights every {k} steps, one device steps on the whole "
+        "batch: another algorithm (sync.every_k_steps 1 is held to parity)"
+    )
+
+
 def compare_pair(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> Comparison:
     skipped = not_compared(a, b, kind, config)
     if skipped:
         return skipped
     weak = weak_scaling_by_design(a, b, kind, config)
-    by_design = weak or batchnorm_by_design(a, b, kind, config)
+    by_design = weak or batchnorm_by_design(a, b, kind, config) or local_steps_by_design(a, b, kind, config)
     if by_design:
         kind = Parity.NOT_JUDGED
     compressed = [r.id for r in (a, b) if float16_gradients(r)]

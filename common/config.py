@@ -314,6 +314,18 @@ class EngineConfig(_Strict):
         return {k: v for k, v in getattr(self, engine).model_dump().items() if v is not None}
 
 
+class SyncConfig(_Strict):
+    """How often the replicas synchronise (strategy local-sgd)."""
+
+    # The replicas' weights are averaged after steps 0, k, 2k, ... (PyTorch's PeriodicModelAverager's schedule, which
+    # every local-sgd implementation follows) and after the last step; 1: after every step, which is synchronous
+    # data parallelism (for SGD, with or without momentum: its update is linear in the gradients).
+    every_k_steps: Annotated[int, Field(ge=1)] = 1
+
+    def averages_after(self, step: int) -> bool:
+        return step % self.every_k_steps == 0
+
+
 class ParallelConfig(_Strict):
     replicas: Annotated[int, Field(gt=0)] = 2
     threads_per_replica: Annotated[int, Field(gt=0)] = 1
@@ -426,6 +438,7 @@ class Config(_Strict):
     optimizer: OptimizerConfig = SGDConfig()
     training: TrainingConfig = TrainingConfig()
     parallel: ParallelConfig = ParallelConfig()
+    sync: SyncConfig = SyncConfig()
     model_parallel: ModelParallelConfig = ModelParallelConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     parity: ParityConfig = ParityConfig()

@@ -45,6 +45,9 @@ class Strategy:
     min_networks: int = 1
     exchanges: bool = False  # the networks exchange intermediate results: same data, loss and shapes
     ensemble: bool = False  # independent networks of one task: their test predictions are averaged
+    # The replicas step on their own and average their weights every sync.every_k_steps steps (local SGD): with
+    # k > 1 another algorithm than one device's, so their curves are diffed against it, not judged.
+    local_steps: bool = False
     # The strategy whose implementations are run beside this one's as references ("single": each framework's
     # single-device run); None: the references are among this strategy's own implementations.
     reference_strategy: str | None = "single"
@@ -76,6 +79,15 @@ _STRATEGY_LIST = (
         data_parallel=True,
         device_unit="replicas",
         config_sections=("parallel",),
+    ),
+    Strategy(
+        "local-sgd",
+        "periodic model averaging (local SGD): every replica steps on its block with its own optimizer, the weights "
+        "averaged every sync.every_k_steps steps; k = 1 is synchronous data parallelism",
+        data_parallel=True,
+        local_steps=True,
+        device_unit="replicas",
+        config_sections=("parallel", "sync"),
     ),
     Strategy(
         "model-parallel",
@@ -194,6 +206,13 @@ class Implementation:
 KERAS_CLIPS_PER_REPLICA = (
     "Keras 3 clips inside apply_gradients BEFORE its cross-replica all-reduce "
     "(keras/src/optimizers/base_optimizer.py), so global_clipnorm would clip each replica's share"
+)
+
+
+# Why local SGD's replicas cannot synchronise BatchNorm statistics.
+LOCAL_BATCHNORM = (
+    "local SGD's replicas step on their own between averagings; BatchNorm statistics over the global batch would "
+    "need a collective in every forward pass, which local SGD exists to avoid"
 )
 
 
@@ -371,6 +390,56 @@ REGISTRY: tuple[Implementation, ...] = (
         "horovod.torch DistributedOptimizer, launched by horovodrun",
         horovod=True,
         engine="horovod",
+    ),
+    # ---- local SGD ---------------------------------------------------------------------------------------
+    _impl(
+        "tf",
+        "local-sgd",
+        "local-sgd",
+        "local_sgd",
+        "run_local_sgd",
+        "tf_config",
+        "TF_CONFIG workers, each with its own model and optimizer, weights averaged every k steps with "
+        "MultiWorkerMirroredStrategy's all_reduce",
+        engine="tf_collective",
+        no_sync_batchnorm=LOCAL_BATCHNORM,
+    ),
+    _impl(
+        "torch",
+        "local-sgd",
+        "local-sgd",
+        "local_sgd",
+        "run_local_sgd",
+        "torchrun",
+        "torchrun ranks, each with its own module and optimizer, weights averaged every k steps by "
+        "torch.distributed's PeriodicModelAverager",
+        no_sync_batchnorm=LOCAL_BATCHNORM,
+    ),
+    _impl(
+        "tf",
+        "local-sgd",
+        "local-sgd-horovod",
+        "local_sgd",
+        "run_local_sgd_horovod",
+        "horovodrun",
+        "horovodrun ranks, each with its own model and optimizer, weights averaged every k steps by "
+        "hvd.grouped_allreduce",
+        horovod=True,
+        no_sync_batchnorm=LOCAL_BATCHNORM,
+        reference="local-sgd",
+    ),
+    _impl(
+        "torch",
+        "local-sgd",
+        "local-sgd-horovod",
+        "local_sgd",
+        "run_local_sgd_horovod",
+        "horovodrun",
+        "horovodrun ranks, each with its own module and optimizer, weights averaged every k steps by "
+        "hvd.grouped_allreduce",
+        horovod=True,
+        no_sync_batchnorm=LOCAL_BATCHNORM,
+        reference="local-sgd",
     ),
     _impl(
         "tf",

@@ -1,0 +1,118 @@
+"""PyTorch local SGD (periodic model averaging): every rank steps on its block of each global batch with its own
+optimizer, and the ranks' weights are averaged after steps 0, k, 2k, ... (k = sync.every_k_steps) and after the
+last step. run_local_sgd: torchrun and the engine's PeriodicModelAverager; run_local_sgd_horovod: horovodrun and
+hvd.grouped_allreduce of the weights. tf_impl/local_sgd.py is the TensorFlow side.
+
+Both average as the engine's averager does: each weight divided by the number of ranks, then summed over them.
+Only trainable parameters are averaged (BatchNorm's running statistics stay each rank's own), and each rank's
+optimizer state (momentum) stays its own. Lines that exist only because of parallelism are tagged
+`# torch.distributed:` or `# Horovod:`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.distributed.algorithms.model_averaging import averagers
+from torch.distributed.algorithms.model_averaging.utils import average_parameters
+
+from xfw.common.data import replica_slice
+from xfw.common.rank import RankContext
+from xfw.common.runspec import RunSpec
+from xfw.torch_impl import training
+from xfw.torch_impl.models import build_model, flat_weights
+
+
+def _train_locally(
+    run: RunSpec, ctx: RankContext, s: training.Setup, model, average_now: Callable[[int], None], average: Callable
+) -> None:
+    """The loop both engines share: a local step, then the engine's averaging where the schedule says.
+    average_now(step) averages where its schedule says; average() averages unconditionally (after the last step)."""
+    optimizer = training.make_optimizer(run, model.parameters())
+    loss_fn = training.loss_function(run)
+    steps_done = [0]
+
+    @training.compiled(run)
+    def forward(batch):
+        x, y = training.batch_tensors(s, batch)
+        return loss_fn(model(x), y)
+
+    def train_step(batch):
+        optimizer.zero_grad()  # set_to_none (the default)
+        loss = training.gradients(run, batch, forward, optimizer=optimizer)
+        optimizer.step()
+        average_now(steps_done[0])
+        steps_done[0] += 1
+        return loss
+
+    block = replica_slice(run.config.training.global_batch, ctx.rank, ctx.world_size)  # this rank's block
+    batches = training.step_batches(
+        run,
+        s,
+        preloaded=lambda: [torch.from_numpy(row[block]).to(s.device) for row in s.order],
+        rank=ctx.rank,
+        replicas=ctx.world_size,
+    )
+    losses, timing = training.train(run, train_step, batches, ctx.rank)
+    if not run.config.sync.averages_after(steps_done[0] - 1):
+        average()  # the model local SGD ends with: the replicas' average
+    fed = [training.fed(ctx.rank, batches.indices)]
+    training.report(ctx, s, model, losses, timing, [flat_weights(model.parameters())], fed=fed)
+
+
+def run_local_sgd(run: RunSpec, launcher: str) -> None:
+    device = training.init_process_group(run)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    s = training.setup(run, device)
+    model = build_model(run.config.model, s.weights).to(device)  # torch.distributed: this rank's own copy
+    # torch.distributed: the engine's averager keeps the schedule (steps 0, k, 2k, ...) and all-reduces the
+    # flattened parameters, each divided by the world size first.
+    averager = averagers.PeriodicModelAverager(period=run.config.sync.every_k_steps, warmup_steps=0)
+    ctx = RankContext(run, launcher, rank, world, (f"rank {rank}: {device}",), training.collective_gather())
+    _train_locally(
+        run,
+        ctx,
+        s,
+        model,
+        average_now=lambda step: averager.average_parameters(model.parameters()),
+        average=lambda: average_parameters(iter(model.parameters()), None),
+    )
+    training.barrier()  # torch.distributed: rank 0 has written the result before the group goes
+    dist.destroy_process_group()
+
+
+def run_local_sgd_horovod(run: RunSpec, launcher: str) -> None:
+    import horovod.torch as hvd
+
+    hvd.init()  # Horovod: rank and size come from horovodrun
+    device = torch.device("cpu")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(hvd.local_rank())  # Horovod: one GPU per process
+        device = torch.device("cuda", hvd.local_rank())
+    if hvd.size() != run.replicas:
+        raise RuntimeError(f"horovodrun started {hvd.size()} processes but the run asks for {run.replicas} replicas")
+    s = training.setup(run, device)
+    model = build_model(run.config.model, s.weights).to(device)  # Horovod: this rank's own copy
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)  # Horovod: start from rank 0's weights
+
+    @torch.no_grad()
+    def average() -> None:
+        # Horovod: each weight divided by the ranks, then summed over them (the averager's arithmetic), in one call
+        params = list(model.parameters())
+        summed = hvd.grouped_allreduce([p / hvd.size() for p in params], op=hvd.Sum)
+        for p, value in zip(params, summed):
+            p.copy_(value)
+
+    def average_now(step: int) -> None:
+        if run.config.sync.averages_after(step):
+            average()
+
+    def gather(vector: np.ndarray) -> np.ndarray:
+        return hvd.allgather(torch.from_numpy(vector[None])).numpy()  # Horovod: once, after training
+
+    ctx = RankContext(run, launcher, hvd.rank(), hvd.size(), (f"rank {hvd.rank()}: {device}",), gather)
+    _train_locally(run, ctx, s, model, average_now, average)
+    hvd.join()  # Horovod: every rank waits here until rank 0 has written the result, then all shut down
