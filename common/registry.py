@@ -426,7 +426,6 @@ REGISTRY: tuple[Implementation, ...] = (
         "hvd.grouped_allreduce",
         horovod=True,
         no_sync_batchnorm=LOCAL_BATCHNORM,
-        reference="local-sgd",
     ),
     _impl(
         "torch",
@@ -439,7 +438,6 @@ REGISTRY: tuple[Implementation, ...] = (
         "hvd.grouped_allreduce",
         horovod=True,
         no_sync_batchnorm=LOCAL_BATCHNORM,
-        reference="local-sgd",
     ),
     _impl(
         "tf",
