@@ -119,6 +119,7 @@ def run_entry(base: RunBase, results: list[RunResult]) -> RunEntry:
         diverged_at_step=first_non_finite(first.loss),
         non_finite_metrics=non_finite_keys(first.eval),
         teardown_errors=[r.teardown_error for r in results if r.teardown_error],
+        network=first.network,
     )
 
 

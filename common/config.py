@@ -326,6 +326,23 @@ class SyncConfig(_Strict):
         return step % self.every_k_steps == 0
 
 
+class NetworkConfig(_Strict):
+    """Multi-host runs on this machine (common/hosts.py): each host a network namespace, joined by veth links to a
+    bridge. Applies to the implementations that start several processes (torchrun, TF_CONFIG, horovodrun); one-process
+    runs stay on one host."""
+
+    hosts: Annotated[int, Field(ge=1)] = 1  # 1: no namespaces, every process on this machine's loopback
+    # Each host's link limited to this rate in both directions (tc tbf), e.g. 1gbit, 100mbit; None: unlimited.
+    rate: str | None = None
+
+    @field_validator("rate")
+    @classmethod
+    def _rate(cls, value: str | None) -> str | None:
+        from xfw.common.hosts import check_rate
+
+        return None if value is None else check_rate(value)
+
+
 class ParallelConfig(_Strict):
     replicas: Annotated[int, Field(gt=0)] = 2
     threads_per_replica: Annotated[int, Field(gt=0)] = 1
@@ -439,6 +456,7 @@ class Config(_Strict):
     training: TrainingConfig = TrainingConfig()
     parallel: ParallelConfig = ParallelConfig()
     sync: SyncConfig = SyncConfig()
+    network: NetworkConfig = NetworkConfig()
     model_parallel: ModelParallelConfig = ModelParallelConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     parity: ParityConfig = ParityConfig()

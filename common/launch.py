@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xfw.common.errors import UserError
+from xfw.common.hosts import INTERFACE, Host
 from xfw.common.registry import Implementation, Machine, gpu_of_rank, ranks_share_a_gpu
 from xfw.common.runspec import RunSpec
 
@@ -96,13 +97,23 @@ def horovodrun_executable() -> str:
 
 
 def plan(
-    impl: Implementation, run: RunSpec, run_json: Path, machine: Machine, token: str, ports: list[int] | None = None
+    impl: Implementation,
+    run: RunSpec,
+    run_json: Path,
+    machine: Machine,
+    token: str,
+    ports: list[int] | None = None,
+    hosts: list[Host] | None = None,
 ) -> LaunchPlan:
+    """`hosts` (network namespaces, common/hosts.py): the engine's multi-node launch, one launcher or worker per
+    host, each in its host; None: every process on this machine's loopback."""
     worker = [sys.executable, "-m", WORKER_MODULE, str(run_json)]
     env = base_env(run, token) | {PARENT_VAR: str(os.getpid())}
     n = run.processes
     if impl.launcher == "process":
         return LaunchPlan([worker], [env])
+    if hosts:
+        return _multi_host_plan(impl, run, worker, env, hosts, ports)
     if impl.launcher == "torchrun":
         # --standalone: a local rendezvous on a free port; --max-restarts 0: a failure fails the run.
         cmd = [
@@ -143,6 +154,49 @@ def plan(
             envs.append(worker_env)
         return LaunchPlan([worker] * n, envs)
     raise ValueError(f"unknown launcher {impl.launcher}")
+
+
+def _multi_host_plan(impl: Implementation, run: RunSpec, worker: list[str], env: dict, hosts: list[Host], ports):
+    """The engines' own multi-node launches across namespaces: the processes split evenly, host h running processes
+    h * per .. (h + 1) * per - 1; every engine told to bind the host's one interface."""
+    n, per = run.processes, run.processes // len(hosts)
+    # gloo (torch.distributed, Horovod's CPU collectives) picks its interface from the hostname otherwise, which
+    # resolves outside the namespace.
+    env = env | {"GLOO_SOCKET_IFNAME": INTERFACE, "TP_SOCKET_IFNAME": INTERFACE}
+    ports = ports or free_ports(n)
+    if impl.launcher == "torchrun":
+        commands = [
+            host.prefix()
+            + [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                f"--nnodes={len(hosts)}",
+                f"--node-rank={host.index}",
+                f"--nproc-per-node={per}",
+                "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={hosts[0].address}:{ports[0]}",
+                f"--rdzv-id={env[TOKEN_VAR]}",
+                # c10d finds out whether it hosts the rendezvous store from the hostname, which resolves outside
+                # the namespace: said outright, host 0 does
+                f"--rdzv-conf=is_host={'true' if host.index == 0 else 'false'}",
+                f"--local-addr={host.address}",
+                "--max-restarts=0",
+                "-m",
+                WORKER_MODULE,
+                worker[-1],
+            ]
+            for host in hosts
+        ]
+        return LaunchPlan(commands, [env] * len(hosts))
+    if impl.launcher == "tf_config":
+        cluster = {"worker": [f"{hosts[i // per].address}:{ports[i]}" for i in range(n)]}
+        envs = [
+            env | {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
+            for i in range(n)
+        ]
+        return LaunchPlan([hosts[i // per].prefix() + worker for i in range(n)], envs)
+    raise UserError(f"{impl.id} ({impl.launcher}) has no multi-host launch here")
 
 
 def device_cores(run: RunSpec, rank: int, available: list[int]) -> list[int] | None:

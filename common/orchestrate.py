@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 import signal
 import time
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from pydantic import ValidationError
 
+from xfw.common import hosts as virtual_hosts
 from xfw.common import launch, runner
 from xfw.common.compare import comparisons, envelopes, run_entry
 from xfw.common.compare_networks import network_run_entry, sweep
@@ -32,6 +35,7 @@ from xfw.common.records import (
     FailedRun,
     InterruptedRun,
     MachineInfo,
+    NetworkUse,
     RunBase,
     SkippedRun,
     Summary,
@@ -98,11 +102,36 @@ def preflight(config: Config, strategy: str) -> None:
         if config.model_parallel.stages < 2:
             raise UserError(f"strategy {strategy} needs model_parallel.stages of at least 2")
         plan_stages(config)
+    check_hosts(config, kind)
     batch, micro = config.training.global_batch, config.model_parallel.micro_batches
     if kind.micro_batched and kind.data_parallel:
         check_micro_batches(batch // config.parallel.replicas, micro, "each replica's batch (global_batch / replicas)")
     elif kind.micro_batched:
         check_micro_batches(batch, micro, "training.global_batch")
+
+
+def check_hosts(config: Config, kind) -> None:
+    """network.hosts > 1: namespaces can be made here, the processes split evenly over the hosts, and the machine has
+    a core per host (or parallel.oversubscribe)."""
+    hosts = config.network.hosts
+    if hosts == 1:
+        if config.network.rate is not None:
+            raise UserError("network.rate limits the links between hosts; it needs network.hosts of 2 or more")
+        return
+    why = virtual_hosts.unavailable()
+    if why:
+        raise UserError(f"network.hosts {hosts}: {why}")
+    if kind.several_networks or kind.staged:
+        raise UserError(f"network.hosts applies to single-device and data-parallel strategies, not {kind.name}")
+    replicas = config.parallel.replicas
+    if replicas % hosts:
+        raise UserError(f"network.hosts {hosts} does not divide the {replicas} replicas (processes) evenly")
+    cores = os.cpu_count() or 1
+    if hosts > cores and not config.parallel.oversubscribe:
+        raise UserError(
+            f"network.hosts {hosts} is more hosts than this machine's {cores} cores hold without oversubscription "
+            "(set parallel.oversubscribe=true to run anyway; timings are then meaningless)"
+        )
 
 
 def sized_configs(config: Config, strategy: str) -> dict[int | None, Config]:
@@ -185,8 +214,24 @@ def _execute_once(impl: Implementation, run: RunSpec, timeout_s: float, machine:
     except OSError as exc:  # the output folder filled up or lost its permissions since it was checked
         return {"status": "failed", "error": f"cannot write {exc.filename or run_dir}: {exc.strerror}"}
     token = uuid.uuid4().hex
-    ports = launch.rendezvous_ports(run.processes, attempt) if impl.launcher == "tf_config" else None
-    plan = launch.plan(impl, run, run_json, machine, token, ports)
+    ports = launch.rendezvous_ports(run.processes, attempt) if impl.launcher in ("tf_config", "torchrun") else None
+    # Several hosts (network namespaces) for the multi-process launchers; one-process runs stay on this one.
+    many = run.config.network.hosts > 1 and impl.launcher != "process"
+    with (
+        virtual_hosts.VirtualHosts(run.config.network.hosts, run.config.network.rate)
+        if many
+        else nullcontext() as hosts
+    ):
+        plan = launch.plan(impl, run, run_json, machine, token, ports, hosts)
+        sent = virtual_hosts.bytes_sent(hosts) if hosts else None
+        result = _launch(run, run_dir, plan, timeout_s, token, ports, progress)
+        if hosts and not isinstance(result, dict):
+            result.network = NetworkUse.measured(run, hosts, sent, virtual_hosts.bytes_sent(hosts))
+    return result
+
+
+def _launch(run: RunSpec, run_dir: Path, plan, timeout_s: float, token: str, ports, progress: Progress):
+    """Starts the plan's processes and waits for them; the result, or a failure as execute_run describes."""
     progress_file = progress_path(run_dir, 0)
     steps = run.config.training.steps
 

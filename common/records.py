@@ -209,6 +209,26 @@ class RunIdentity(Record):
     implementation: str
 
 
+class NetworkUse(Record):
+    """A run across several hosts (config network): the bytes each host sent over its link while the run's
+    processes lived (rendezvous, the training steps' collectives, the final gathers), measured on the link."""
+
+    hosts: Count
+    rate: str | None  # each link's limit (tc tbf), None: unlimited
+    bytes_sent: list[int]  # per host
+    bytes_per_step: Real  # every host's bytes over the run's steps (setup and the final gathers included)
+
+    @classmethod
+    def measured(cls, run, hosts, before: list[int], after: list[int]) -> NetworkUse:
+        sent = [b - a for a, b in zip(before, after)]
+        return cls(
+            hosts=len(hosts),
+            rate=run.config.network.rate,
+            bytes_sent=sent,
+            bytes_per_step=sum(sent) / run.config.training.steps,
+        )
+
+
 class RunResult(RunIdentity):
     """One network trained by one run."""
 
@@ -237,6 +257,7 @@ class RunResult(RunIdentity):
     diverged_at_step: int | None = None
     non_finite_metrics: list[str] = []
     teardown_error: str | None = None  # set by the parent: a process failed after this was written
+    network: NetworkUse | None = None  # set by the parent: across several hosts, what went over their links
 
 
 class NetworkResult(Record):
@@ -378,6 +399,7 @@ class RunEntry(RunBase):
     non_finite_metrics: list[str] = []
     result_files: list[str] = []
     teardown_errors: list[str] = []
+    network: NetworkUse | None = None  # across several hosts: the first repeat's bytes over the links
 
 
 class NetworkEntry(Record):
