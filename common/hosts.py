@@ -16,7 +16,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +27,9 @@ import psutil
 
 from xfw.common.errors import UserError
 
+# "address=namespace,...": which namespace the ssh stand-in runs a command in, for each host address.
+NAMESPACES_VAR = "XFW_HOST_NAMESPACES"
+NETNS_ETC = Path("/etc/netns")  # per-namespace configuration files, mounted by `ip netns exec`
 SUBNET = "10.77.0"  # /24; each run's hosts are alone on their bridge, so every run can use the same one
 INTERFACE = "eth0"  # the one interface in each host's namespace: what engines are told to bind (GLOO_SOCKET_IFNAME)
 NAME = re.compile(r"^xfw(\d+)h(\d+)$")
@@ -85,12 +91,30 @@ def sweep_stale() -> list[str]:
         if m and not psutil.pid_exists(int(m.group(1))):
             _ip("netns", "delete", ns, check=False)  # its eth0 goes with it, and so the veth pair
             removed.append(ns)
+    for etc in NETNS_ETC.glob("xfw*") if NETNS_ETC.exists() else []:
+        m = NAME.match(etc.name)
+        if m and not psutil.pid_exists(int(m.group(1))):
+            shutil.rmtree(etc, ignore_errors=True)
     for link in Path("/sys/class/net").iterdir():
         m = BRIDGE.match(link.name)
         if m and not psutil.pid_exists(int(m.group(1))):
             _ip("link", "delete", link.name, check=False)
             removed.append(link.name)
     return removed
+
+
+@dataclass(frozen=True)
+class HostSet:
+    hosts: list[Host]
+    # A folder holding `ssh`, the stand-in horovodrun's ssh launcher calls to start a host's processes: it runs the
+    # command in that host's namespace (ssh_stand_in). Put first on horovodrun's PATH, with NAMESPACES_VAR set.
+    stand_in: Path
+
+    def namespaces_env(self) -> dict[str, str]:
+        return {
+            NAMESPACES_VAR: ",".join(f"{h.address}={h.namespace}" for h in self.hosts),
+            "PATH": f"{self.stand_in}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
 
 
 class VirtualHosts:
@@ -103,17 +127,21 @@ class VirtualHosts:
         self.bridge = f"xb{self.pid}"
         self.hosts: list[Host] = []
 
-    def __enter__(self) -> list[Host]:
+    def __enter__(self) -> HostSet:
         why = unavailable()
         if why:
             raise UserError(why)
         sweep_stale()
+        self.stand_in = Path(tempfile.mkdtemp(prefix="xfw-hosts-"))
         try:
             self._make()
+            ssh = self.stand_in / "ssh"
+            ssh.write_text(f'#!/bin/sh\nexec {sys.executable} -m xfw.common.hosts "$@"\n')
+            ssh.chmod(0o755)
         except BaseException:
             self._remove()
             raise
-        return self.hosts
+        return HostSet(self.hosts, self.stand_in)
 
     def __exit__(self, *exc) -> None:
         self._remove()
@@ -126,6 +154,12 @@ class VirtualHosts:
             host = Host(i, ns, f"{SUBNET}.{i + 1}", link)
             self.hosts.append(host)
             _ip("netns", "add", ns)
+            # `ip netns exec` mounts /etc/netns/<ns>/hosts over /etc/hosts: there this machine's hostname is the
+            # host's own address, as on a real host. Gloo resolves the hostname where it is given no interface
+            # (Horovod 0.28's process-set contexts, horovod/common/gloo/gloo_context.cc), and would get loopback.
+            etc = NETNS_ETC / ns
+            etc.mkdir(parents=True, exist_ok=True)
+            (etc / "hosts").write_text(f"127.0.0.1 localhost\n{host.address} {socket.gethostname()}\n")
             _ip("link", "add", link, "type", "veth", "peer", "name", INTERFACE, "netns", ns)
             _ip("link", "set", link, "master", self.bridge)
             _ip("link", "set", link, "up")
@@ -146,9 +180,37 @@ class VirtualHosts:
     def _remove(self) -> None:
         for host in self.hosts:
             _ip("netns", "delete", host.namespace, check=False)
+            shutil.rmtree(NETNS_ETC / host.namespace, ignore_errors=True)
         _ip("link", "delete", self.bridge, check=False)
+        shutil.rmtree(self.stand_in, ignore_errors=True)
 
 
 def bytes_sent(hosts: list[Host]) -> list[int]:
     """Bytes each host has sent so far: the received-bytes counter of its link's root-namespace end."""
     return [int(Path(f"/sys/class/net/{h.link}/statistics/rx_bytes").read_text()) for h in hosts]
+
+
+def ssh_stand_in(argv: list[str]) -> None:
+    """`ssh [options] HOST [options] COMMAND` as horovodrun's launcher calls it (horovod/runner/util/remote.py):
+    COMMAND run by sh in HOST's namespace, on this machine, in place of a remote login. Options (-o X, -p X, -i X)
+    mean nothing here and are skipped."""
+    namespaces = dict(pair.split("=", 1) for pair in os.environ[NAMESPACES_VAR].split(","))
+    words, host = list(argv), None
+    while words:
+        word = words.pop(0)
+        if word in ("-o", "-p", "-i"):
+            words.pop(0)
+        elif word.startswith("-"):
+            continue
+        elif host is None:
+            host = word
+        else:
+            words.insert(0, word)
+            break
+    if host not in namespaces:
+        sys.exit(f"xfw ssh stand-in: {host!r} is not one of this run's hosts ({', '.join(namespaces)})")
+    os.execvp("ip", ["ip", "netns", "exec", namespaces[host], "sh", "-c", " ".join(words)])
+
+
+if __name__ == "__main__":
+    ssh_stand_in(sys.argv[1:])

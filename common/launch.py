@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xfw.common.errors import UserError
-from xfw.common.hosts import INTERFACE, Host
+from xfw.common.hosts import INTERFACE, HostSet
 from xfw.common.registry import Implementation, Machine, gpu_of_rank, ranks_share_a_gpu
 from xfw.common.runspec import RunSpec
 
@@ -103,7 +103,7 @@ def plan(
     machine: Machine,
     token: str,
     ports: list[int] | None = None,
-    hosts: list[Host] | None = None,
+    network: HostSet | None = None,
 ) -> LaunchPlan:
     """`hosts` (network namespaces, common/hosts.py): the engine's multi-node launch, one launcher or worker per
     host, each in its host; None: every process on this machine's loopback."""
@@ -112,8 +112,8 @@ def plan(
     n = run.processes
     if impl.launcher == "process":
         return LaunchPlan([worker], [env])
-    if hosts:
-        return _multi_host_plan(impl, run, worker, env, hosts, ports)
+    if network:
+        return _multi_host_plan(impl, run, worker, env, network, ports)
     if impl.launcher == "torchrun":
         # --standalone: a local rendezvous on a free port; --max-restarts 0: a failure fails the run.
         cmd = [
@@ -129,13 +129,7 @@ def plan(
         ]
         return LaunchPlan([cmd], [env | {"MASTER_ADDR": "127.0.0.1"}])
     if impl.launcher == "horovodrun":
-        cmd = [horovodrun_executable(), "-np", str(n), "-H", f"localhost:{n}", "--gloo"]
-        # Horovod: its tensor-fusion settings are the launcher's own flags (parallel.engine.horovod).
-        horovod = run.config.parallel.engine.horovod
-        if horovod.fusion_threshold_mb is not None:
-            cmd += ["--fusion-threshold-mb", str(horovod.fusion_threshold_mb)]
-        if horovod.cycle_time_ms is not None:
-            cmd += ["--cycle-time-ms", str(horovod.cycle_time_ms)]
+        cmd = [horovodrun_executable(), "-np", str(n), "-H", f"localhost:{n}", "--gloo", *_horovod_flags(run)]
         # Horovod: lets rank 0 record its timeline around the profiled steps (common.breakdown.HorovodTimeline).
         return LaunchPlan([cmd + worker], [env | {"HOROVOD_TIMELINE": "DYNAMIC"}])
     if impl.launcher == "tf_config":
@@ -156,9 +150,10 @@ def plan(
     raise ValueError(f"unknown launcher {impl.launcher}")
 
 
-def _multi_host_plan(impl: Implementation, run: RunSpec, worker: list[str], env: dict, hosts: list[Host], ports):
+def _multi_host_plan(impl: Implementation, run: RunSpec, worker: list[str], env: dict, network: HostSet, ports):
     """The engines' own multi-node launches across namespaces: the processes split evenly, host h running processes
     h * per .. (h + 1) * per - 1; every engine told to bind the host's one interface."""
+    hosts = network.hosts
     n, per = run.processes, run.processes // len(hosts)
     # gloo (torch.distributed, Horovod's CPU collectives) picks its interface from the hostname otherwise, which
     # resolves outside the namespace.
@@ -196,7 +191,25 @@ def _multi_host_plan(impl: Implementation, run: RunSpec, worker: list[str], env:
             for i in range(n)
         ]
         return LaunchPlan([hosts[i // per].prefix() + worker for i in range(n)], envs)
-    raise UserError(f"{impl.id} ({impl.launcher}) has no multi-host launch here")
+    if impl.launcher == "horovodrun":
+        # horovodrun in host 0 starts host 0's ranks itself and the others' through its ssh launcher, whose ssh is
+        # the stand-in that runs the command in that host's namespace (common/hosts.py).
+        slots = ",".join(f"{h.address}:{per}" for h in hosts)
+        cmd = [horovodrun_executable(), "-np", str(n), "-H", slots, "--gloo", "--network-interfaces", INTERFACE]
+        cmd += _horovod_flags(run)
+        env = env | network.namespaces_env() | {"HOROVOD_TIMELINE": "DYNAMIC"}
+        return LaunchPlan([hosts[0].prefix() + cmd + worker], [env])
+    raise ValueError(f"unknown launcher {impl.launcher}")
+
+
+def _horovod_flags(run: RunSpec) -> list[str]:
+    """Horovod's tensor-fusion settings are the launcher's own flags (parallel.engine.horovod)."""
+    horovod, flags = run.config.parallel.engine.horovod, []
+    if horovod.fusion_threshold_mb is not None:
+        flags += ["--fusion-threshold-mb", str(horovod.fusion_threshold_mb)]
+    if horovod.cycle_time_ms is not None:
+        flags += ["--cycle-time-ms", str(horovod.cycle_time_ms)]
+    return flags
 
 
 def device_cores(run: RunSpec, rank: int, available: list[int]) -> list[int] | None:

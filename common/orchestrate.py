@@ -217,16 +217,13 @@ def _execute_once(impl: Implementation, run: RunSpec, timeout_s: float, machine:
     ports = launch.rendezvous_ports(run.processes, attempt) if impl.launcher in ("tf_config", "torchrun") else None
     # Several hosts (network namespaces) for the multi-process launchers; one-process runs stay on this one.
     many = run.config.network.hosts > 1 and impl.launcher != "process"
-    with (
-        virtual_hosts.VirtualHosts(run.config.network.hosts, run.config.network.rate)
-        if many
-        else nullcontext() as hosts
-    ):
+    network = virtual_hosts.VirtualHosts(run.config.network.hosts, run.config.network.rate) if many else nullcontext()
+    with network as hosts:
         plan = launch.plan(impl, run, run_json, machine, token, ports, hosts)
-        sent = virtual_hosts.bytes_sent(hosts) if hosts else None
+        sent = virtual_hosts.bytes_sent(hosts.hosts) if hosts else None
         result = _launch(run, run_dir, plan, timeout_s, token, ports, progress)
         if hosts and not isinstance(result, dict):
-            result.network = NetworkUse.measured(run, hosts, sent, virtual_hosts.bytes_sent(hosts))
+            result.network = NetworkUse.measured(run, hosts.hosts, sent, virtual_hosts.bytes_sent(hosts.hosts))
     return result
 
 
