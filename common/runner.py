@@ -117,6 +117,14 @@ LAUNCHER_PREFIX = re.compile(r"^(?:\[\d+\]<std\w+>:|\[rank\d+\]:)")
 EXCEPTION_LINE = re.compile(r"^(?:\[\d+\]<std\w+>:|\[rank\d+\]:)?\s*[\w.]*(?:Error|Exception|Exit)\b: ")
 
 
+# What a rank reports when another rank (not it) failed: its connections to it closed or reset.
+PEER_LOST = re.compile(
+    r"Connection (closed by peer|reset by peer|refused)|Broken pipe|DistNetworkError|DistBackendError|"
+    r"gloo/transport|Socket Timeout|timed out",
+    re.IGNORECASE,
+)
+
+
 def _read_log(log: Path, size: int | None = None) -> list[str]:
     try:
         with open(log, "rb") as f:
@@ -140,15 +148,15 @@ def log_tail(logs: list[Path], returncodes: list[int | None], sizes: list[int] |
     order = sorted(range(len(logs)), key=lambda i: returncodes[i] in (0, None))
     texts = {i: _read_log(logs[i]) for i in order}
     before_kill = {i: _read_log(logs[i], sizes[i]) for i in order} if sizes else texts
-    first_error = next(
-        (
-            LAUNCHER_PREFIX.sub("", line).strip()
-            for i in order
-            for line in before_kill[i]
-            if EXCEPTION_LINE.match(line) and "ChildFailedError" not in line
-        ),
-        None,
-    )
+    errors = [
+        LAUNCHER_PREFIX.sub("", line).strip()
+        for i in order
+        for line in before_kill[i]
+        if EXCEPTION_LINE.match(line) and "ChildFailedError" not in line
+    ]
+    # Where each host's launcher has a log of its own, the others' ranks report the lost peer as well: the cause is
+    # the error that is not a lost connection, where there is one.
+    first_error = next((e for e in errors if not PEER_LOST.search(e)), errors[0] if errors else None)
     first_error = first_error or next((c for i in order if (c := _torchrun_root_cause(before_kill[i]))), None)
     parts = [f"first error: {first_error}"] if first_error else []
     for i in order:

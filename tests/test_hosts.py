@@ -1,0 +1,94 @@
+"""Multi-host runs over network namespaces (network.hosts): torchrun, TF_CONFIG and horovodrun each launch across 2
+virtual hosts through their own multi-node mechanism and train exactly what they train on one host; the bytes each
+host sends are measured on its link; a crashed rank ends the run as failed with every namespace, link and process
+gone; leftovers of a killed xfw are swept; bad input is refused in one line. Skipped where namespaces cannot be
+made (not root, no iproute2), with the reason."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import psutil
+import pytest
+
+from tests.conftest import assert_one_line_error, run_xfw, xfw_in_process
+from xfw.common import hosts
+
+pytestmark = pytest.mark.skipif(hosts.unavailable() is not None, reason=str(hosts.unavailable()))
+
+LAUNCHERS = ("torch-ddp", "tf-multi-worker", "torch-horovod", "tf-horovod")  # torchrun, TF_CONFIG, horovodrun
+
+
+def compare(out, *sets: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, dict]:
+    only = [a for run_id in LAUNCHERS for a in ("--only", run_id)]
+    args = [a for s in ("training.steps=30", *sets) for a in ("--set", s)]
+    proc = run_xfw("compare", "--strategy", "mirrored", *only, *args, "--out", str(out), env=env)
+    return proc, json.loads((out / "summary.json").read_text())
+
+
+def leftovers() -> list[str]:
+    """Namespaces, links and /etc/netns folders any xfw made, and processes of this test's runs."""
+    names = [ns for ns in hosts.namespaces() if hosts.NAME.match(ns)]
+    links = [p.name for p in os.scandir("/sys/class/net") if p.name.startswith(("xb", "xv"))]
+    etc = [p.name for p in hosts.NETNS_ETC.glob("xfw*")] if hosts.NETNS_ETC.exists() else []
+    workers = [p.pid for p in psutil.process_iter(["cmdline"]) if "xfw.cli.worker" in " ".join(p.info["cmdline"] or [])]
+    return names + links + etc + [f"pid {p}" for p in workers]
+
+
+def test_every_launcher_trains_across_two_hosts_as_on_one(tmp_path):
+    _, one = compare(tmp_path / "one")
+    proc, two = compare(tmp_path / "two", "network.hosts=2")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    on_one = {r["id"]: r for r in one["runs"]}
+    for run in two["runs"]:
+        assert run["status"] == "ok", run.get("error")
+        if run["id"] not in LAUNCHERS:
+            assert run["network"] is None  # one-process references stay on one host
+            continue
+        a, b = np.array(run["loss"]), np.array(on_one[run["id"]]["loss"])
+        assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max(), run["id"]
+        network = run["network"]
+        assert network["hosts"] == 2 and network["rate"] is None
+        # every host sent at least half the gradients (float32) in each of the 30 steps: a 2-rank all-reduce
+        assert min(network["bytes_sent"]) > 30 * 4 * run["parameters"] / 2
+    assert leftovers() == []
+
+
+def test_a_crashed_rank_on_the_second_host_fails_the_run_and_leaves_nothing(tmp_path):
+    env = {"XFW_INJECT_FAULT": "torch-ddp:crash-in-training:1"}
+    proc, summary = compare(tmp_path / "crash", "network.hosts=2", "runtime.timeout_s=120", env=env)
+    runs = {r["id"]: r for r in summary["runs"]}
+    assert proc.returncode == 1
+    assert runs["torch-ddp"]["status"] == "failed" and "fault injected" in runs["torch-ddp"]["error"]
+    assert runs["tf-multi-worker"]["status"] == "ok"  # the others' runs are kept
+    assert leftovers() == []
+
+
+def test_leftovers_of_a_killed_xfw_are_swept():
+    dead = 4_000_000  # above pid_max: no process has it
+    assert not psutil.pid_exists(dead)
+    name = f"xfw{dead}h0"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    (hosts.NETNS_ETC / name).mkdir(parents=True, exist_ok=True)
+    removed = hosts.sweep_stale()
+    assert name in removed and name not in hosts.namespaces() and not (hosts.NETNS_ETC / name).exists()
+
+
+def test_rate_limit_and_bad_network_input():
+    for sets, expected in (
+        (["network.rate=1gbit"], "network.rate limits the links between hosts; it needs network.hosts of 2"),
+        (["network.hosts=2", "network.rate=fast"], "'fast' is not a rate tc understands"),
+        (["network.hosts=3"], "network.hosts 3 does not divide the 2 replicas"),
+        (["network.hosts=0"], "network.hosts"),
+        (
+            ["network.hosts=4", "parallel.replicas=4", "training.global_batch=32"],
+            f"than this machine's {os.cpu_count()} cores",
+        ),
+        (["network.hosts=2"], "network.hosts applies to single-device and data-parallel strategies"),
+    ):
+        strategy = "pipeline" if sets == ["network.hosts=2"] else "mirrored"
+        args = [a for s in sets for a in ("--set", s)]
+        assert_one_line_error(xfw_in_process("compare", "--strategy", strategy, *args), expected)
