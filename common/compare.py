@@ -238,9 +238,24 @@ def tolerance_for(kind: Parity, config: Config, float16_gradients: bool = False)
 
 
 def float16_gradients(run: AnyRun) -> bool:
-    """Whether the run's gradients travelled as float16 (parallel.engine.horovod.compression fp16)."""
-    engine = run.env.get("engine") or {}
-    return engine.get("options", {}).get("compression") == "fp16"
+    """Whether the run's gradients travelled as float16 (parallel.engine.horovod.compression fp16, or
+    parallel.engine.ddp.comm_hook fp16)."""
+    options = (run.env.get("engine") or {}).get("options", {})
+    return options.get("compression") == "fp16" or options.get("comm_hook") == "fp16"
+
+
+def low_rank_by_design(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> str | None:
+    """Why a run whose gradients went as PowerSGD's low-rank approximation is meant to differ; None otherwise."""
+    approximated = [
+        r.id for r in (a, b) if ((r.env.get("engine") or {}).get("options", {})).get("comm_hook") == "powersgd"
+    ]
+    if not approximated or kind == Parity.CROSS_FRAMEWORK:
+        return None
+    rank = config.parallel.engine.ddp.powersgd_rank or 1
+    return (
+        f"{' and '.join(approximated)} all-reduced a rank-{rank} PowerSGD approximation of each matrix gradient (with "
+        "error feedback): another algorithm"
+    )
 
 
 def not_compared(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> Comparison | None:
@@ -331,7 +346,12 @@ def compare_pair(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> Comparis
     if skipped:
         return skipped
     weak = weak_scaling_by_design(a, b, kind, config)
-    by_design = weak or batchnorm_by_design(a, b, kind, config) or local_steps_by_design(a, b, kind, config)
+    by_design = (
+        weak
+        or batchnorm_by_design(a, b, kind, config)
+        or local_steps_by_design(a, b, kind, config)
+        or low_rank_by_design(a, b, kind, config)
+    )
     if by_design:
         kind = Parity.NOT_JUDGED
     compressed = [r.id for r in (a, b) if float16_gradients(r)]

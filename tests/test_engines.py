@@ -66,6 +66,9 @@ def test_engine_options_reach_the_engines_and_are_recorded(tmp_path):
         ("parallel.engine.horovod.compression=int8", "parallel.engine.horovod.compression"),
         ("parallel.engine.ddp.bucket_cap_mb=0", "parallel.engine.ddp.bucket_cap_mb"),
         ("parallel.engine.tf_collective.implementation=mpi", "parallel.engine.tf_collective.implementation"),
+        ("parallel.engine.ddp.comm_hook=int4", "parallel.engine.ddp.comm_hook"),
+        ("parallel.engine.ddp.powersgd_rank=2", "powersgd_rank applies to comm_hook powersgd"),
+        ("parallel.engine.ddp.powersgd_rank=0", "parallel.engine.ddp.powersgd_rank"),
     ],
 )
 def test_an_engine_option_that_does_not_exist_is_one_line(setting, expected):
@@ -78,3 +81,25 @@ def test_nccl_collectives_without_a_gpu_per_worker_skip_with_the_reason():
     reason = unavailable_reason(find("tf", "multi-worker"), cpu_only, 2, nccl)
     assert reason == "parallel.engine.tf_collective.implementation nccl needs a GPU per worker; this machine has none"
     assert unavailable_reason(find("torch", "ddp"), cpu_only, 2, nccl) is None  # not its engine
+
+
+@pytest.mark.parametrize("hook", ["fp16", "powersgd"])
+def test_ddp_communication_hooks_compress_the_gradients(tmp_path, hook):
+    """fp16: held to the float16 tolerance, and the rounding shows; PowerSGD (rank 1): another algorithm, shown
+    against one device but not judged, and parting from it by far more than rounding."""
+    proc = run_xfw(
+        "compare",
+        *("--strategy", "mirrored", "--only", "torch-ddp", "--set", "training.steps=40"),
+        *("--set", f"parallel.engine.ddp.comm_hook={hook}", "--out", str(tmp_path)),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = load_summary(tmp_path)
+    ddp = next(r for r in summary["runs"] if r["id"] == "torch-ddp")
+    assert ddp["env"]["engine"]["options"] == {"comm_hook": hook}
+    judged = next(c for c in summary["comparisons"] if (c["a"], c["b"]) == ("torch-ddp", "torch-single"))
+    if hook == "fp16":
+        assert judged["tolerance"] == Config().parity.mixed_float16.same_framework and judged["within_tolerance"]
+        assert judged["max_rel_loss_diff"] > 2e-6  # float16's rounding, beyond float32's noise
+    else:
+        assert judged["kind"] == "not_judged" and "rank-1 PowerSGD approximation" in judged["note"]
+        assert judged["max_rel_loss_diff"] > 1e-3

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
 from torch.nn.parallel import DistributedDataParallel
 from torch.nn.parallel.scatter_gather import scatter
 
@@ -46,12 +47,23 @@ def process_group_replica(run: RunSpec, wrap) -> ProcessGroupReplica:
 
 def ddp(run: RunSpec, model, device):
     # DDP: broadcasts rank 0's weights, then averages gradients in buckets during backward(); its own options
-    # (bucket_cap_mb, gradient_as_bucket_view, static_graph) from parallel.engine.ddp.
-    return DistributedDataParallel(
-        model,
-        device_ids=[device.index] if device.type == "cuda" else None,
-        **run.config.parallel.engine.given("ddp"),
-    )
+    # (bucket_cap_mb, gradient_as_bucket_view, static_graph) and communication hook from parallel.engine.ddp.
+    options = run.config.parallel.engine.given("ddp")
+    hook, rank = options.pop("comm_hook", None), options.pop("powersgd_rank", 1)
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, **options)
+    if hook == "fp16":  # DDP: each bucket cast to float16, all-reduced, divided and cast back
+        net.register_comm_hook(None, default_hooks.fp16_compress_hook)
+    elif hook == "powersgd":  # DDP: low-rank factors all-reduced in place of each matrix gradient
+        state = powerSGD_hook.PowerSGDState(
+            process_group=None,
+            matrix_approximation_rank=rank,
+            start_powerSGD_iter=2,  # the first step all-reduces whole gradients (DDP's own rebuild of its buckets)
+            use_error_feedback=True,
+            warm_start=True,
+            random_seed=run.config.seed,
+        )
+        net.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
+    return net
 
 
 def unwrapped(run: RunSpec, model, device):
