@@ -39,7 +39,7 @@ MUTATIONS = [
     Mutation(
         "gradients summed instead of averaged (torch all_reduce)",
         "torch_impl/mirrored.py",
-        "            p.grad /= world\n",
+        "        p.grad /= world\n",
         "",
         ("tests/test_parity.py::test_data_parallel_matches_single_device",),
     ),
