@@ -120,6 +120,7 @@ def run_entry(base: RunBase, results: list[RunResult]) -> RunEntry:
         non_finite_metrics=non_finite_keys(first.eval),
         teardown_errors=[r.teardown_error for r in results if r.teardown_error],
         network=first.network,
+        asynchrony=first.asynchrony,
     )
 
 
@@ -341,6 +342,25 @@ def local_steps_by_design(a: AnyRun, b: AnyRun, kind: Parity, config: Config) ->
     )
 
 
+def asynchronous_by_design(a: AnyRun, b: AnyRun, config: Config) -> str | None:
+    """Why an asynchronous run's curve is not held to another's step for step (several workers: each update from
+    weights some updates old, in an order the machine's timing decides); None with one worker (one device's steps)."""
+    stale = [r for r in (a, b) if get_strategy(r.strategy).asynchronous and r.replicas > 1]
+    if not stale:
+        return None
+    staleness = "; ".join(
+        f"{r.id} mean staleness {r.asynchrony.mean_staleness:.2f}, max {r.asynchrony.max_staleness}"
+        for r in stale
+        if getattr(r, "asynchrony", None) is not None
+    )
+    return (
+        f"asynchronous: {config.parallel.replicas} workers apply updates from stale weights in an order timing "
+        "decides, not reproducible step for step"
+        + (f" ({staleness})" if staleness else "")
+        + "; convergence over seeds: xfw study (README)"
+    )
+
+
 def compare_pair(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> Comparison:
     skipped = not_compared(a, b, kind, config)
     if skipped:
@@ -351,6 +371,7 @@ def compare_pair(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> Comparis
         or batchnorm_by_design(a, b, kind, config)
         or local_steps_by_design(a, b, kind, config)
         or low_rank_by_design(a, b, kind, config)
+        or asynchronous_by_design(a, b, config)
     )
     if by_design:
         kind = Parity.NOT_JUDGED

@@ -328,12 +328,17 @@ class EngineConfig(_Strict):
 
 
 class SyncConfig(_Strict):
-    """How often the replicas synchronise (strategy local-sgd)."""
+    """How often the replicas synchronise (strategy local-sgd), and with how many parameter servers (strategy
+    parameter-server)."""
 
     # The replicas' weights are averaged after steps 0, k, 2k, ... (PyTorch's PeriodicModelAverager's schedule, which
     # every local-sgd implementation follows) and after the last step; 1: after every step, which is synchronous
     # data parallelism (for SGD, with or without momentum: its update is linear in the gradients).
     every_k_steps: Annotated[int, Field(ge=1)] = 1
+
+    # Strategy parameter-server: processes that hold the weights (each a share of the weight tensors, round-robin)
+    # and apply the workers' gradients as they arrive; the workers are parallel.replicas.
+    parameter_servers: Annotated[int, Field(ge=1)] = 1
 
     def averages_after(self, step: int) -> bool:
         return step % self.every_k_steps == 0

@@ -5,6 +5,7 @@ can show that a crashed or hung worker is contained. Unset in normal use. Faults
     hang              hang at start (the other ranks then wait in the rendezvous)
     hang-in-training  hang after the first progress report (warm-up done; the others wait in a collective)
     crash-in-training raise after the first progress report (the framework and the engine are running)
+    killed-in-training SIGKILL after the first progress report (parameter-server workers: after their first update)
     abort-at-exit     SIGABRT after training and the result, as a crash in an engine's teardown would
     hang-at-exit      hang after training and the result, as a stuck teardown would
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 
 FAULT_VAR = "XFW_INJECT_FAULT"
@@ -27,7 +29,12 @@ def launcher_rank() -> int:
         if var in os.environ:
             return int(os.environ[var])
     if "TF_CONFIG" in os.environ:
-        return int(json.loads(os.environ["TF_CONFIG"])["task"]["index"])
+        # rank order: the chief, the workers, the ps tasks (common.launch.tf_cluster)
+        tf_config = json.loads(os.environ["TF_CONFIG"])
+        task, cluster = tf_config["task"], tf_config["cluster"]
+        before = {"chief": 0, "worker": len(cluster.get("chief", [])), "ps": len(cluster.get("chief", []))}
+        before["ps"] += len(cluster.get("worker", []))
+        return before.get(task["type"], 0) + int(task["index"])
     return 0
 
 
@@ -48,6 +55,8 @@ def maybe_inject(run_id: str, when: str) -> None:
         raise RuntimeError(f"fault injected by {FAULT_VAR}: {run_id}:crash")
     if when == "training" and "crash-in-training" in faults:
         raise RuntimeError(f"fault injected by {FAULT_VAR}: {run_id}:crash-in-training")
+    if when == "training" and "killed-in-training" in faults:
+        os.kill(os.getpid(), signal.SIGKILL)
     if (when == "start" and "hang" in faults) or (when == "training" and "hang-in-training" in faults):
         while True:
             time.sleep(1)

@@ -134,12 +134,10 @@ def plan(
         return LaunchPlan([cmd + worker], [env | {"HOROVOD_TIMELINE": "DYNAMIC"}])
     if impl.launcher == "tf_config":
         ports = ports or free_ports(n)
-        cluster = {"worker": [f"localhost:{p}" for p in ports]}
+        cluster, tasks = tf_cluster(run, [f"localhost:{p}" for p in ports])
         envs = []
         for index in range(n):
-            worker_env = env | {
-                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-            }
+            worker_env = env | {"TF_CONFIG": json.dumps({"cluster": cluster, "task": tasks[index]})}
             if machine.gpus:
                 # One GPU per worker, or all on the first where the networks share one device.
                 worker_env["CUDA_VISIBLE_DEVICES"] = str(gpu_of_rank(index, machine.gpus, run.devices))
@@ -168,7 +166,7 @@ def _multi_host_plan(impl: Implementation, run: RunSpec, worker: list[str], env:
                 "torch.distributed.run",
                 f"--nnodes={len(hosts)}",
                 f"--node-rank={host.index}",
-                f"--nproc-per-node={per}",
+                f"--nproc-per-node={sum(host_index(run, len(hosts), r) == host.index for r in range(n))}",
                 "--rdzv-backend=c10d",
                 f"--rdzv-endpoint={hosts[0].address}:{ports[0]}",
                 f"--rdzv-id={env[TOKEN_VAR]}",
@@ -185,12 +183,10 @@ def _multi_host_plan(impl: Implementation, run: RunSpec, worker: list[str], env:
         ]
         return LaunchPlan(commands, [env] * len(hosts))
     if impl.launcher == "tf_config":
-        cluster = {"worker": [f"{hosts[i // per].address}:{ports[i]}" for i in range(n)]}
-        envs = [
-            env | {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
-            for i in range(n)
-        ]
-        return LaunchPlan([hosts[i // per].prefix() + worker for i in range(n)], envs)
+        host_of = [hosts[host_index(run, len(hosts), i)] for i in range(n)]
+        cluster, tasks = tf_cluster(run, [f"{host_of[i].address}:{ports[i]}" for i in range(n)])
+        envs = [env | {"TF_CONFIG": json.dumps({"cluster": cluster, "task": tasks[i]})} for i in range(n)]
+        return LaunchPlan([host_of[i].prefix() + worker for i in range(n)], envs)
     if impl.launcher == "horovodrun":
         # horovodrun in host 0 starts host 0's ranks itself and the others' through its ssh launcher, whose ssh is
         # the stand-in that runs the command in that host's namespace (common/hosts.py).
@@ -200,6 +196,32 @@ def _multi_host_plan(impl: Implementation, run: RunSpec, worker: list[str], env:
         env = env | network.namespaces_env() | {"HOROVOD_TIMELINE": "DYNAMIC"}
         return LaunchPlan([hosts[0].prefix() + cmd + worker], [env])
     raise ValueError(f"unknown launcher {impl.launcher}")
+
+
+def tf_cluster(run: RunSpec, addresses: list[str]) -> tuple[dict, list[dict]]:
+    """TF_CONFIG's cluster over the processes' addresses (in rank order) and each process's task. Synchronous
+    strategies: every process a worker. Parameter servers (ParameterServerStrategy): rank 0 the chief (the
+    coordinator, which writes the result), then the workers, then the ps tasks."""
+    if not run.kind.asynchronous:
+        return {"worker": addresses}, [{"type": "worker", "index": i} for i in range(len(addresses))]
+    workers = run.replicas
+    roles = [("chief", 0)] + [("worker", i) for i in range(workers)]
+    roles += [("ps", i) for i in range(len(addresses) - 1 - workers)]
+    cluster: dict[str, list[str]] = {}
+    for (role, _), address in zip(roles, addresses):
+        cluster.setdefault(role, []).append(address)
+    return cluster, [{"type": role, "index": i} for role, i in roles]
+
+
+def host_index(run: RunSpec, hosts: int, rank: int) -> int:
+    """Which host process `rank` runs on: the processes split evenly in rank order. Parameter-server runs: the
+    workers split evenly, the servers (and TensorFlow's chief) on host 0, as a cluster would keep them apart from
+    the workers' accelerators."""
+    if not run.kind.asynchronous:
+        return rank // (run.processes // hosts)
+    first_worker = 1 if run.impl.coordinator else run.config.sync.parameter_servers
+    worker = rank - first_worker
+    return worker // (run.replicas // hosts) if 0 <= worker < run.replicas else 0
 
 
 def _horovod_flags(run: RunSpec) -> list[str]:

@@ -277,7 +277,7 @@ def finish_run(
         "loss": [float(v) for v in losses],
         "replicas": run.replicas,
         "devices": run.devices,
-        "processes": len(ranks),
+        "processes": run.processes,  # ranks that gathered, and any that only serve (TensorFlow's ps tasks)
         "replica_weight_max_abs_diff": divergence,
         "peak_memory_bytes": max(peaks),
         "peak_memory_per_process": peaks,

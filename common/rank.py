@@ -28,7 +28,7 @@ from xfw.common.loop import (
     timed_loop,
 )
 from xfw.common.networks import Gather, NetworkOutcome, finish_networks
-from xfw.common.records import PeakFlops
+from xfw.common.records import Asynchrony, PeakFlops
 from xfw.common.runspec import RunSpec
 
 
@@ -144,7 +144,8 @@ def timed_training(
 
 def profiled_kind(run: RunSpec) -> bool:
     """Whether the run's steps are whole-model steps whose time the breakdown splits (single and data-parallel)."""
-    return run.strategy == "single" or (run.kind.data_parallel and not run.kind.staged)
+    kind = run.kind
+    return run.strategy == "single" or (kind.data_parallel and not kind.staged and not kind.asynchronous)
 
 
 def environment(
@@ -185,15 +186,18 @@ def report(
     stage_busy_s: dict | None = None,
     fed: list | None = None,
     stage_devices: dict | None = None,
+    asynchrony: Asynchrony | None = None,
 ) -> None:
     """The end of a one-model run: every rank's outcome is gathered, rank 0 adds evaluation, environment and the
     machine's peak (each called on rank 0 only) and writes result.json. `fed`: what each replica this process fed
     was given (common.data.Fed), read back from its step inputs: result.json's work_split. `stage_devices`: where the
-    weights of each stage this process runs live."""
+    weights of each stage this process runs live. `asynchrony`: an asynchronous run's updates, as rank 0 recorded
+    them."""
 
     def rank0_extras() -> dict:
         env = framework.environment(ctx)
-        return {"eval": evaluate(), "env": env, "peak_flops": framework.peak_flops(ctx.run)}
+        extras = {"eval": evaluate(), "env": env, "peak_flops": framework.peak_flops(ctx.run)}
+        return extras | ({"asynchrony": asynchrony} if asynchrony is not None else {})
 
     outcome = RankOutcome(
         losses,

@@ -229,6 +229,37 @@ class NetworkUse(Record):
         )
 
 
+class Asynchrony(Record):
+    """An asynchronous run (strategy parameter-server): every update in the order the servers applied it, and how
+    stale the weights its gradients were computed from were."""
+
+    updates: Count
+    # Per applied update: how many updates were applied between the worker's read of the weights and this one
+    # (0: computed from the weights it updates, as one device's every step is).
+    staleness: list[int]
+    mean_staleness: Real
+    max_staleness: int
+    counted_by: str  # which counter the versions come from
+    # Updates each worker pushed (None where the engine does not say which worker ran a step).
+    updates_per_worker: list[int] | None = None
+
+
+def asynchrony_record(updates: list[tuple[int | None, int, int]], workers: int, counted_by: str) -> Asynchrony:
+    """From (worker or None, version read, version applied) per update, in the order applied."""
+    staleness = [applied - read for _, read, applied in updates]
+    per_worker = None
+    if updates and all(worker is not None for worker, _, _ in updates):
+        per_worker = [sum(worker == w for worker, _, _ in updates) for w in range(workers)]
+    return Asynchrony(
+        updates=len(updates),
+        staleness=staleness,
+        mean_staleness=sum(staleness) / len(staleness) if staleness else 0.0,
+        max_staleness=max(staleness, default=0),
+        counted_by=counted_by,
+        updates_per_worker=per_worker,
+    )
+
+
 class RunResult(RunIdentity):
     """One network trained by one run."""
 
@@ -258,6 +289,7 @@ class RunResult(RunIdentity):
     non_finite_metrics: list[str] = []
     teardown_error: str | None = None  # set by the parent: a process failed after this was written
     network: NetworkUse | None = None  # set by the parent: across several hosts, what went over their links
+    asynchrony: Asynchrony | None = None  # strategy parameter-server: each update's staleness
 
 
 class NetworkResult(Record):
@@ -400,6 +432,7 @@ class RunEntry(RunBase):
     result_files: list[str] = []
     teardown_errors: list[str] = []
     network: NetworkUse | None = None  # across several hosts: the first repeat's bytes over the links
+    asynchrony: Asynchrony | None = None  # strategy parameter-server: the first repeat's updates and staleness
 
 
 class NetworkEntry(Record):

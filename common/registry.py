@@ -17,6 +17,7 @@ from pathlib import Path
 from packaging.version import Version
 
 from xfw.common.errors import UserError
+from xfw.common.models import is_state, parameter_shapes
 
 FRAMEWORKS = ("tf", "torch")
 FRAMEWORK_NAMES = {"tf": "TensorFlow", "torch": "PyTorch"}
@@ -48,6 +49,10 @@ class Strategy:
     # The replicas step on their own and average their weights every sync.every_k_steps steps (local SGD): with
     # k > 1 another algorithm than one device's, so their curves are diffed against it, not judged.
     local_steps: bool = False
+    # Workers apply their gradients to parameter servers as they arrive, each from the weights it last read
+    # (asynchronous): with one worker one device's algorithm, with more not reproducible step for step, so their
+    # curves are diffed against it and their staleness reported, not judged.
+    asynchronous: bool = False
     # The strategy whose implementations are run beside this one's as references ("single": each framework's
     # single-device run); None: the references are among this strategy's own implementations.
     reference_strategy: str | None = "single"
@@ -87,6 +92,15 @@ _STRATEGY_LIST = (
         data_parallel=True,
         local_steps=True,
         device_unit="replicas",
+        config_sections=("parallel", "sync"),
+    ),
+    Strategy(
+        "parameter-server",
+        "asynchronous training: parameter servers hold the weights, each worker reads them, computes a whole "
+        "batch's gradients and the servers apply them as they arrive (staleness reported); one worker is one device",
+        data_parallel=True,
+        asynchronous=True,
+        device_unit="workers",
         config_sections=("parallel", "sync"),
     ),
     Strategy(
@@ -191,6 +205,9 @@ class Implementation:
     library_bug: Callable[[object], str | None] | None = None
     reference: str = "single"  # the same framework's implementation this one is diffed against
     twin: str | None = None  # the other framework's implementation to diff against (default: same name)
+    # A process that only coordinates (TensorFlow's chief, which schedules the steps on the workers): one more
+    # process than devices and servers.
+    coordinator: bool = False
 
     @property
     def id(self) -> str:
@@ -213,6 +230,17 @@ KERAS_CLIPS_PER_REPLICA = (
 LOCAL_BATCHNORM = (
     "local SGD's replicas step on their own between averagings; BatchNorm statistics over the global batch would "
     "need a collective in every forward pass, which local SGD exists to avoid"
+)
+
+
+# Why the parameter-server implementations train in float32 and uncompiled only.
+ASYNC_FLOAT32 = (
+    "the servers apply float32 gradients as they arrive; loss scaling (float16) would have to skip an overflowed "
+    "update on every server at once, which an asynchronous update has no step to do"
+)
+ASYNC_EAGER_EXCHANGE = (
+    "each update is a pull of the weights, a step and a push of the gradients across processes: xfw compiles "
+    "whole-model steps only, and this step is split by the exchange"
 )
 
 
@@ -438,6 +466,32 @@ REGISTRY: tuple[Implementation, ...] = (
         "hvd.grouped_allreduce",
         horovod=True,
         no_sync_batchnorm=LOCAL_BATCHNORM,
+    ),
+    # ---- asynchronous parameter servers -------------------------------------------------------------------
+    _impl(
+        "tf",
+        "parameter-server",
+        "parameter-server",
+        "parameter_server",
+        "run_parameter_server",
+        "tf_config",
+        "ParameterServerStrategy: TF_CONFIG chief, worker and ps tasks; the chief's ClusterCoordinator schedules "
+        "each step on a free worker, which updates the variables on the ps tasks",
+        coordinator=True,
+        no_mixed_precision=ASYNC_FLOAT32,
+        no_compile=ASYNC_EAGER_EXCHANGE,
+    ),
+    _impl(
+        "torch",
+        "parameter-server",
+        "parameter-server",
+        "parameter_server",
+        "run_parameter_server",
+        "torchrun",
+        "torch.distributed.rpc: server ranks hold the parameters and apply gradients as they arrive; worker ranks "
+        "pull the weights and push a batch's gradients",
+        no_mixed_precision=ASYNC_FLOAT32,
+        no_compile=ASYNC_EAGER_EXCHANGE,
     ),
     _impl(
         "tf",
@@ -773,6 +827,8 @@ def run_processes(impl: Implementation, config) -> int:
         return 1
     if impl.kind.several_networks:
         return network_count(impl, config)
+    if impl.kind.asynchronous:  # the workers, the servers, and a coordinator where the engine has one
+        return run_devices(impl, config) + config.sync.parameter_servers + int(impl.coordinator)
     return run_devices(impl, config)
 
 
@@ -974,6 +1030,10 @@ def model_unsupported(impl: Implementation, config) -> str | None:
         )
     if mixed and impl.no_mixed_precision:
         return f"cannot train in {config.runtime.precision}: {impl.no_mixed_precision}"
+    if impl.kind.asynchronous:
+        reason = parameter_server_refusal(impl, config)
+        if reason:
+            return reason
     clipping = config.training.clip_global_norm is not None
     if clipping and impl.no_global_clipping and config.parallel.replicas > 1:
         return f"cannot clip by the global norm (training.clip_global_norm): {impl.no_global_clipping}"
@@ -981,6 +1041,28 @@ def model_unsupported(impl: Implementation, config) -> str | None:
         return (
             "cannot clip by the global norm (training.clip_global_norm): each stage's process updates its own "
             "parameters and would clip them by their own norm"
+        )
+    return None
+
+
+def parameter_server_refusal(impl: Implementation, config) -> str | None:
+    """Why the parameter-server strategy cannot run config as given; None when it can."""
+    servers = config.sync.parameter_servers
+    weights = [name for name, _ in parameter_shapes(config.model) if not is_state(name)]
+    if servers > len(weights):
+        return (
+            f"sync.parameter_servers {servers} is more than the model's {len(weights)} weight tensors: the servers "
+            "share the tensors out, and a server would hold none"
+        )
+    if config.data.pipeline == "native":
+        return (
+            "data.pipeline native: a parameter-server worker takes whichever step the servers hand it next, not "
+            "the next batch of a pipeline of its own"
+        )
+    if impl.framework == "torch" and servers > 1 and config.training.clip_global_norm is not None:
+        return (
+            "cannot clip by the global norm (training.clip_global_norm) with several servers: each would clip its "
+            "share of the weights by that share's norm"
         )
     return None
 

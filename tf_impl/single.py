@@ -28,6 +28,7 @@ def step_body(run: RunSpec, s, model):
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
+    train_step.optimizer = optimizer  # to build its slots where a strategy places variables (parameter_server.py)
     return train_step
 
 
