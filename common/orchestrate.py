@@ -50,6 +50,7 @@ from xfw.common.registry import (
     for_strategy,
     get_strategy,
     oversubscription,
+    parameter_server_refusal,
     run_devices,
     unavailable_reason,
 )
@@ -89,6 +90,9 @@ def preflight(config: Config, strategy: str) -> None:
     exists, micro-batches divide the batch. In the parent, so that bad input is a one-line error here
     rather than a crash in every worker."""
     kind = get_strategy(strategy)
+    refusal = parameter_server_refusal(config) if kind.asynchronous else None
+    if refusal:
+        raise UserError(refusal)
     if config.training.per_replica_batch is not None:
         if kind.several_networks or kind.staged:
             raise UserError("training.per_replica_batch (weak scaling) applies to single-device and data-parallel runs")

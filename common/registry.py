@@ -1031,9 +1031,14 @@ def model_unsupported(impl: Implementation, config) -> str | None:
     if mixed and impl.no_mixed_precision:
         return f"cannot train in {config.runtime.precision}: {impl.no_mixed_precision}"
     if impl.kind.asynchronous:
-        reason = parameter_server_refusal(impl, config)
+        reason = parameter_server_refusal(config)
         if reason:
             return reason
+        if impl.framework == "torch" and config.sync.parameter_servers > 1 and config.training.clip_global_norm:
+            return (
+                "cannot clip by the global norm (training.clip_global_norm) with several servers: each would clip "
+                "its share of the weights by that share's norm"
+            )
     clipping = config.training.clip_global_norm is not None
     if clipping and impl.no_global_clipping and config.parallel.replicas > 1:
         return f"cannot clip by the global norm (training.clip_global_norm): {impl.no_global_clipping}"
@@ -1045,8 +1050,8 @@ def model_unsupported(impl: Implementation, config) -> str | None:
     return None
 
 
-def parameter_server_refusal(impl: Implementation, config) -> str | None:
-    """Why the parameter-server strategy cannot run config as given; None when it can."""
+def parameter_server_refusal(config) -> str | None:
+    """Why the parameter-server strategy cannot run config as given, whatever the framework; None when it can."""
     servers = config.sync.parameter_servers
     weights = [name for name, _ in parameter_shapes(config.model) if not is_state(name)]
     if servers > len(weights):
@@ -1059,10 +1064,10 @@ def parameter_server_refusal(impl: Implementation, config) -> str | None:
             "data.pipeline native: a parameter-server worker takes whichever step the servers hand it next, not "
             "the next batch of a pipeline of its own"
         )
-    if impl.framework == "torch" and servers > 1 and config.training.clip_global_norm is not None:
+    if config.training.per_replica_batch is not None:
         return (
-            "cannot clip by the global norm (training.clip_global_norm) with several servers: each would clip its "
-            "share of the weights by that share's norm"
+            "training.per_replica_batch (weak scaling): every update of a parameter-server run is one worker's "
+            "whole training.global_batch"
         )
     return None
 

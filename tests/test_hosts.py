@@ -66,6 +66,26 @@ def test_every_launcher_trains_across_two_hosts_as_on_one(tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_parameter_servers_across_two_hosts(tmp_path):
+    """The servers (and TensorFlow's chief) on the first host, a worker on each: the second host's worker pulls and
+    pushes every update's weights and gradients over its link."""
+    only = [a for run_id in ("tf-parameter-server", "torch-parameter-server") for a in ("--only", run_id)]
+    sets = [a for s in ("training.steps=30", "network.hosts=2") for a in ("--set", s)]
+    out = tmp_path / "ps"
+    proc = run_xfw("compare", "--strategy", "parameter-server", *only, *sets, "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for run in json.loads((out / "summary.json").read_text())["runs"]:
+        assert run["status"] == "ok", run.get("error")
+        if run["strategy"] != "parameter-server":
+            continue  # the one-device references, on one host
+        assert run["asynchrony"]["updates"] == 30
+        # the second host's worker sent at least its updates' gradients (float32) over its link
+        per_worker = run["asynchrony"]["updates_per_worker"]
+        pushed = (per_worker[1] if per_worker else 1) * 4 * run["parameters"]
+        assert run["network"]["hosts"] == 2 and run["network"]["bytes_sent"][1] >= pushed
+    assert leftovers(tmp_path) == []
+
+
 def test_a_crashed_rank_on_the_second_host_fails_the_run_and_leaves_nothing(tmp_path):
     env = {"XFW_INJECT_FAULT": "torch-ddp:crash-in-training:1"}
     proc, summary = compare(tmp_path / "crash", "network.hosts=2", "runtime.timeout_s=120", env=env)
