@@ -1,5 +1,5 @@
 """How often to synchronise, on a real network: synchronous data parallelism, float16 and PowerSGD gradient
-compression, and local SGD (k = 4, 16), each on 2 virtual hosts (network namespaces joined by veth links,
+compression, local SGD (k = 4, 16) and asynchronous training with a parameter server, each on 2 virtual hosts (network namespaces joined by veth links,
 common/hosts.py), with unlimited links and with each link limited by a token bucket (tc tbf), in both frameworks.
 
 Each setting is one `xfw compare` with network.hosts=2 (and network.rate) over the same config, so every run has
@@ -9,7 +9,8 @@ seconds from the end of the first step (which traces, compiles and meets the oth
 about synchronising) until the trailing 10-step mean loss first reaches the target. The plot (sync_tradeoff.png in
 --out) draws that loss against the same seconds for every run, at each rate.
 
-Needs root (namespaces). Asynchronous parameter servers are not built yet, so they are not in the grid.
+An asynchronous run's steps are its updates (each one worker's whole batch, applied by the server as it arrives), in
+the order applied; its samples/s counts the samples of the updates applied. Needs root (namespaces).
 
     python benchmarks/sync_tradeoff.py [--rate 100mbit] [--steps 200] [--layers 10,256,256,10] [--out DIR]
 """
@@ -37,6 +38,8 @@ SETTINGS = {
     "PowerSGD rank 4": ("mirrored", ["torch-ddp"], ["parallel.engine.ddp.comm_hook=powersgd"]),
     "local SGD k=4": ("local-sgd", ["tf-local-sgd", "torch-local-sgd"], ["sync.every_k_steps=4"]),
     "local SGD k=16": ("local-sgd", ["tf-local-sgd", "torch-local-sgd"], ["sync.every_k_steps=16"]),
+    # one server with the first worker on host 0 (TensorFlow's chief too), the second worker on host 1
+    "asynchronous": ("parameter-server", ["tf-parameter-server", "torch-parameter-server"], []),
 }
 
 

@@ -83,6 +83,15 @@ ONE_SIDE_ONLY = {
         "runs on any device",
         "synchronized_batchnorm": "picks SyncBatchNorm or CrossReplicaBatchNorm; Keras's layer takes synchronized=",
     },
+    ("tf", "parameter_server.py"): {
+        "serve": "TensorFlow's worker and ps tasks only run a tf.distribute.Server, which the chief's coordinator "
+        "drives; torch's servers and workers run xfw's own code (Server, Dealer, work)",
+    },
+    ("torch", "parameter_server.py"): {
+        "Server": "a torch server is xfw's object answering RPCs; TensorFlow's ps task is the engine's Server",
+        "Dealer": "torch's server 0 deals out the steps; TensorFlow's coordinator schedules them itself",
+        "work": "a torch worker runs xfw's pull-step-push loop; a TensorFlow worker runs what the coordinator sends",
+    },
     ("tf", "horovod.py"): {
         "HorovodBatchNormalization": "Keras 3 has no Horovod-aware BatchNormalization; torch's hvd.SyncBatchNorm "
         "exists (GPU) and CrossReplicaBatchNorm covers the CPU",

@@ -33,7 +33,7 @@ _server: Server | None = None
 _dealer: Dealer | None = None
 
 
-def server_name(index: int) -> str:
+def _server_name(index: int) -> str:
     return f"server{index}"
 
 
@@ -113,9 +113,9 @@ def _push(grads, buffers, record: tuple[int, int, float] | None) -> None:
         _dealer.record(worker, read, applied, loss)
 
 
-def pull_all(model: torch.nn.Module, servers: int) -> int:
+def _pull_all(model: torch.nn.Module, servers: int) -> int:
     """torch.distributed: every server's share of the weights into `model`; returns server 0's version."""
-    futures = [rpc.rpc_async(server_name(s), _pull) for s in range(servers)]
+    futures = [rpc.rpc_async(_server_name(s), _pull) for s in range(servers)]
     named = list(model.named_parameters())
     buffers = dict(model.named_buffers())
     version = 0
@@ -140,14 +140,14 @@ def work(run: RunSpec, s: training.Setup, model: torch.nn.Module, rank: int, ser
 
     named = list(model.named_parameters())
     updates = 0
-    while (step := rpc.rpc_sync(server_name(0), _deal)) is not None:  # torch.distributed
-        read = pull_all(model, servers)
+    while (step := rpc.rpc_sync(_server_name(0), _deal)) is not None:  # torch.distributed
+        read = _pull_all(model, servers)
         model.zero_grad(set_to_none=True)
         loss = training.gradients(run, torch.from_numpy(s.order[step]).to(s.device), forward)
         buffers = {n: b.detach().cpu() for n, b in model.named_buffers()}
         pushes = [
             rpc.rpc_async(  # torch.distributed: each server its share of the gradients
-                server_name(i),
+                _server_name(i),
                 _push,
                 args=(
                     [p.grad.cpu() for _, p in named[i::servers]],
@@ -173,7 +173,7 @@ def run_parameter_server(run: RunSpec, launcher: str) -> None:
     if rank < servers:
         _server = Server(run, model, rank, servers)
         _dealer = Dealer(run.config.training.steps) if rank == 0 else None
-    name = server_name(rank) if rank < servers else f"worker{rank - servers}"
+    name = _server_name(rank) if rank < servers else f"worker{rank - servers}"
     # torch.distributed: the RPC agent, from torchrun's rendezvous as the process group's
     rpc.init_rpc(name, rank=rank, world_size=world)
     losses, timing = np.full(run.config.training.steps, np.nan), None
@@ -183,7 +183,7 @@ def run_parameter_server(run: RunSpec, launcher: str) -> None:
     elif rank >= servers:
         work(run, s, model, rank - servers, servers)
     training.barrier()  # torch.distributed: every push is done
-    pull_all(model, servers)  # every process ends with the servers' final weights
+    _pull_all(model, servers)  # every process ends with the servers' final weights
     record = None
     if rank == 0:  # the run's timing (None elsewhere) and its updates are server 0's
         updates = [(worker, read, applied) for applied, (worker, read, _) in sorted(_dealer.updates.items())]
