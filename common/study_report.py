@@ -72,6 +72,11 @@ class PairStats(Record):
     equivalence_p: Real | None
     equivalent: bool | None  # None: not tested
     equivalence_method: str
+    # The share of one's loss curve (trailing means over equivalence.smoothing steps, every seed) inside the other's
+    # band over seeds; None: the other ran fewer than two seeds. How asynchronous training, which no seed reproduces
+    # step for step, is held against synchronous training's spread.
+    a_within_b_band: Real | None = None
+    b_within_a_band: Real | None = None
 
 
 class CellStats(Record):
@@ -182,6 +187,22 @@ def metric_by_seed(procs: list[StudyProcess], eq: EquivalenceSpec) -> dict[int, 
     return out
 
 
+def band_share(a: list[StudyProcess], b: list[StudyProcess], smoothing: int) -> float | None:
+    """The share of a's steps (each process's trailing-mean curve) that lie within b's band: at each step, from the
+    lowest to the highest of b's seeds' trailing means. None where b ran fewer than two seeds or the lengths differ
+    (the first smoothing - 1 steps, without a full window, are left out)."""
+    seeds = sorted({p.seed for p in b})
+    if len(seeds) < 2:
+        return None
+    band = np.array([smoothed(np.mean([p.loss for p in b if p.seed == s], axis=0), smoothing) for s in seeds])
+    curves = np.array([smoothed(np.array(p.loss), smoothing) for p in a])
+    if curves.shape[1] != band.shape[1] or curves.shape[1] < smoothing:
+        return None
+    low, high = band.min(axis=0)[smoothing - 1 :], band.max(axis=0)[smoothing - 1 :]
+    inside = (curves[:, smoothing - 1 :] >= low) & (curves[:, smoothing - 1 :] <= high)
+    return float(inside.mean())
+
+
 def pair_stats(
     a: list[StudyProcess], b: list[StudyProcess], floor: float | None, cell: Cell, confidence: float
 ) -> PairStats:
@@ -213,6 +234,8 @@ def pair_stats(
         equivalence_p=test.p_value,
         equivalent=test.equivalent,
         equivalence_method=method,
+        a_within_b_band=band_share(a, b, eq.smoothing),
+        b_within_a_band=band_share(b, a, eq.smoothing),
     )
 
 
@@ -718,16 +741,18 @@ def markdown(report: StudyReport, plots: list[str]) -> str:
                 "-" if p.mean_metric_difference is None else f"{p.mean_metric_difference:.3g}",
                 "-" if p.equivalence_p is None else f"{p.equivalence_p:.3g}",
                 {True: "yes", False: "no", None: "not tested"}[p.equivalent],
+                f"{_pct(p.a_within_b_band)} / {_pct(p.b_within_a_band)}",
             ]
             for c in cells
             for p in c.pairs
         ]
+        header = ["point", "a vs b", "ratio [CI]", "noise floor", "verdict", "metric diff a-b", "TOST p", "equivalent"]
         parts.append(
             "### Every pair\n\n"
-            + _table(
-                ["point", "a vs b", "ratio [CI]", "noise floor", "verdict", "metric diff a-b", "TOST p", "equivalent"],
-                pair_rows,
-            )
+            + _table([*header, "curve in band a / b"], pair_rows)
+            + "\n\n*curve in band*: the share of a's loss curve (trailing means over the equivalence's smoothing "
+            "window, every seed) inside b's band over seeds (lowest to highest seed at each step), and of b's inside "
+            "a's; asynchronous training is judged this way and by the equivalence test, never step for step."
         )
         trouble = [
             f"- {c.label}: {e}"
