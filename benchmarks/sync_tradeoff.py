@@ -1,6 +1,7 @@
 """How often to synchronise, on a real network: synchronous data parallelism, float16 and PowerSGD gradient
-compression, local SGD (k = 4, 16) and asynchronous training with a parameter server, each on 2 virtual hosts (network namespaces joined by veth links,
-common/hosts.py), with unlimited links and with each link limited by a token bucket (tc tbf), in both frameworks.
+compression, local SGD (k = 4, 16) and asynchronous training with a parameter server, each on 2 virtual hosts
+(network namespaces joined by veth links, common/hosts.py), with unlimited links and with each link limited by a
+token bucket (tc tbf), in both frameworks.
 
 Each setting is one `xfw compare` with network.hosts=2 (and network.rate) over the same config, so every run has
 the same initial weights, data and sample order; the table gives, per run: samples/s over the timed windows, the
