@@ -51,7 +51,8 @@ def compression(cfg):
     return hvd.Compression.fp16 if cfg.parallel.engine.horovod.compression == "fp16" else hvd.Compression.none
 
 
-def run_horovod(run: RunSpec, launcher: str) -> None:
+def start(run: RunSpec) -> None:
+    """Every Horovod run's start: the runtime configured, Horovod joined, this rank's GPU, the rank count checked."""
     training.configure(run)
     hvd.init()  # Horovod: rank and size come from horovodrun
     gpus = tf.config.list_physical_devices("GPU")
@@ -59,6 +60,20 @@ def run_horovod(run: RunSpec, launcher: str) -> None:
         tf.config.set_visible_devices(gpus[hvd.local_rank()], "GPU")  # Horovod: one GPU per process
     if hvd.size() != run.replicas:
         raise RuntimeError(f"horovodrun started {hvd.size()} processes but the run asks for {run.replicas} replicas")
+
+
+def rank_context(run: RunSpec, launcher: str) -> RankContext:
+    """This rank's place in the run, gathering its outcome through Horovod's allgather (once, after training)."""
+
+    def gather(vector: np.ndarray) -> np.ndarray:
+        return hvd.allgather(tf.constant(vector[None])).numpy()  # Horovod: once, after training
+
+    device = training.default_device()
+    return RankContext(run, launcher, hvd.rank(), hvd.size(), (f"rank {hvd.rank()}: {device}",), gather)
+
+
+def run_horovod(run: RunSpec, launcher: str) -> None:
+    start(run)
     s = training.setup(run)
     cfg = run.config
     model = build_model(cfg.model, s.weights, horovod_batchnorm)  # Horovod: synchronised BatchNorm if asked
@@ -92,11 +107,7 @@ def run_horovod(run: RunSpec, launcher: str) -> None:
     timeline = HorovodTimeline(hvd, training.StepProfiler())
     losses, timing = training.train(run, train_step, batches, hvd.rank(), profiler=timeline)
 
-    def gather(vector: np.ndarray) -> np.ndarray:
-        return hvd.allgather(tf.constant(vector[None])).numpy()  # Horovod: once, after training
-
-    device = training.default_device()
-    ctx = RankContext(run, launcher, hvd.rank(), hvd.size(), (f"rank {hvd.rank()}: {device}",), gather)
+    ctx = rank_context(run, launcher)
     fed = [training.fed(hvd.rank(), batches.indices)]
     training.report(ctx, s, model, losses, timing, [flat_weights(model.trainable_variables)], fed=fed)
     hvd.join()  # Horovod: every rank waits here until rank 0 has written the result, then all shut down

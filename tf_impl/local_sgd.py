@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import tensorflow as tf
 
 from xfw.common.data import replica_slice
@@ -77,13 +76,9 @@ def run_local_sgd(run: RunSpec, launcher: str) -> None:
 def run_local_sgd_horovod(run: RunSpec, launcher: str) -> None:
     import horovod.tensorflow as hvd
 
-    training.configure(run)
-    hvd.init()  # Horovod: rank and size come from horovodrun
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        tf.config.set_visible_devices(gpus[hvd.local_rank()], "GPU")  # Horovod: one GPU per process
-    if hvd.size() != run.replicas:
-        raise RuntimeError(f"horovodrun started {hvd.size()} processes but the run asks for {run.replicas} replicas")
+    from xfw.tf_impl import horovod
+
+    horovod.start(run)
     s = training.setup(run)
     model = build_model(run.config.model, s.weights)  # Horovod: this rank's own copy
     variables = model.trainable_variables
@@ -101,10 +96,5 @@ def run_local_sgd_horovod(run: RunSpec, launcher: str) -> None:
         if run.config.sync.averages_after(step):
             average()
 
-    def gather(vector: np.ndarray) -> np.ndarray:
-        return hvd.allgather(tf.constant(vector[None])).numpy()  # Horovod: once, after training
-
-    device = training.default_device()
-    ctx = RankContext(run, launcher, hvd.rank(), hvd.size(), (f"rank {hvd.rank()}: {device}",), gather)
-    _train_locally(run, ctx, s, model, average_now, average)
+    _train_locally(run, horovod.rank_context(run, launcher), s, model, average_now, average)
     hvd.join()  # Horovod: every rank waits here until rank 0 has written the result, then all shut down

@@ -22,7 +22,8 @@ def compression(cfg):
     return hvd.Compression.fp16 if cfg.parallel.engine.horovod.compression == "fp16" else hvd.Compression.none
 
 
-def run_horovod(run: RunSpec, launcher: str) -> None:
+def start(run: RunSpec) -> torch.device:
+    """Every Horovod run's start: Horovod joined, the rank count checked; returns this rank's device (its GPU)."""
     hvd.init()  # Horovod: rank and size come from horovodrun
     device = torch.device("cpu")
     if torch.cuda.is_available():
@@ -30,6 +31,20 @@ def run_horovod(run: RunSpec, launcher: str) -> None:
         device = torch.device("cuda", hvd.local_rank())
     if hvd.size() != run.replicas:
         raise RuntimeError(f"horovodrun started {hvd.size()} processes but the run asks for {run.replicas} replicas")
+    return device
+
+
+def rank_context(run: RunSpec, launcher: str, device: torch.device) -> RankContext:
+    """This rank's place in the run, gathering its outcome through Horovod's allgather (once, after training)."""
+
+    def gather(vector: np.ndarray) -> np.ndarray:
+        return hvd.allgather(torch.from_numpy(vector[None])).numpy()  # Horovod: once, after training
+
+    return RankContext(run, launcher, hvd.rank(), hvd.size(), (f"rank {hvd.rank()}: {device}",), gather)
+
+
+def run_horovod(run: RunSpec, launcher: str) -> None:
+    device = start(run)
     s = training.setup(run, device)
     cfg = run.config
     # Horovod: BatchNorm statistics over the global batch where model.sync_batchnorm asks for them
@@ -75,10 +90,7 @@ def run_horovod(run: RunSpec, launcher: str) -> None:
     timeline = HorovodTimeline(hvd, training.StepProfiler())
     losses, timing = training.train(run, train_step, batches, hvd.rank(), profiler=timeline)
 
-    def gather(vector: np.ndarray) -> np.ndarray:
-        return hvd.allgather(torch.from_numpy(vector[None])).numpy()  # Horovod: once, after training
-
-    ctx = RankContext(run, launcher, hvd.rank(), hvd.size(), (f"rank {hvd.rank()}: {device}",), gather)
+    ctx = rank_context(run, launcher, device)
     training.report(
         ctx,
         s,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.model_averaging import averagers
@@ -87,13 +86,9 @@ def run_local_sgd(run: RunSpec, launcher: str) -> None:
 def run_local_sgd_horovod(run: RunSpec, launcher: str) -> None:
     import horovod.torch as hvd
 
-    hvd.init()  # Horovod: rank and size come from horovodrun
-    device = torch.device("cpu")
-    if torch.cuda.is_available():
-        torch.cuda.set_device(hvd.local_rank())  # Horovod: one GPU per process
-        device = torch.device("cuda", hvd.local_rank())
-    if hvd.size() != run.replicas:
-        raise RuntimeError(f"horovodrun started {hvd.size()} processes but the run asks for {run.replicas} replicas")
+    from xfw.torch_impl import horovod
+
+    device = horovod.start(run)
     s = training.setup(run, device)
     model = build_model(run.config.model, s.weights).to(device)  # Horovod: this rank's own copy
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)  # Horovod: start from rank 0's weights
@@ -110,9 +105,5 @@ def run_local_sgd_horovod(run: RunSpec, launcher: str) -> None:
         if run.config.sync.averages_after(step):
             average()
 
-    def gather(vector: np.ndarray) -> np.ndarray:
-        return hvd.allgather(torch.from_numpy(vector[None])).numpy()  # Horovod: once, after training
-
-    ctx = RankContext(run, launcher, hvd.rank(), hvd.size(), (f"rank {hvd.rank()}: {device}",), gather)
-    _train_locally(run, ctx, s, model, average_now, average)
+    _train_locally(run, horovod.rank_context(run, launcher, device), s, model, average_now, average)
     hvd.join()  # Horovod: every rank waits here until rank 0 has written the result, then all shut down
