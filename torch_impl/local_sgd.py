@@ -23,6 +23,7 @@ from xfw.common.rank import RankContext
 from xfw.common.runspec import RunSpec
 from xfw.torch_impl import training
 from xfw.torch_impl.models import build_model, flat_weights
+from xfw.torch_impl.single import step_body
 
 
 def _train_locally(
@@ -30,19 +31,11 @@ def _train_locally(
 ) -> None:
     """The loop both engines share: a local step, then the engine's averaging where the schedule says.
     average_now(step) averages where its schedule says; average() averages unconditionally (after the last step)."""
-    optimizer = training.make_optimizer(run, model.parameters())
-    loss_fn = training.loss_function(run)
+    local_step = step_body(run, s, model)  # one device's step, on this rank's block
     steps_done = [0]
 
-    @training.compiled(run)
-    def forward(batch):
-        x, y = training.batch_tensors(s, batch)
-        return loss_fn(model(x), y)
-
     def train_step(batch):
-        optimizer.zero_grad()  # set_to_none (the default)
-        loss = training.gradients(run, batch, forward, optimizer=optimizer)
-        optimizer.step()
+        loss = local_step(batch)
         average_now(steps_done[0])
         steps_done[0] += 1
         return loss
