@@ -95,7 +95,7 @@ def run_parameter_server(run: RunSpec, launcher: str) -> None:
         [(None, read, applied) for applied, read, _ in updates], run.replicas, "the updates_applied variable"
     )
     # Only the chief reports (the workers and ps tasks run no Python of xfw's once serving): one row to gather.
-    ctx = RankContext(run, launcher, devices=(f"chief: {training.default_device()}",))
+    ctx = RankContext(run, launcher, world_size=run.processes, devices=(f"chief: {training.default_device()}",))
     weights = [flat_weights(model.trainable_variables)]
     training.report(ctx, s, model, np.array(losses), timing, weights, asynchrony=record)
     sys.stdout.flush()
