@@ -163,6 +163,16 @@ def work(run: RunSpec, s: training.Setup, model: torch.nn.Module, rank: int, ser
             maybe_inject(run.id, "training")
 
 
+def _backend_options(run: RunSpec) -> rpc.TensorPipeRpcBackendOptions:
+    """TensorPipe's defaults, except across xfw's virtual hosts (network namespaces of one machine): there TensorPipe
+    would still see one machine and move tensors by shared memory and cross-process memory reads (its shm transport,
+    cma channel), never over the link; TCP only (uv transport, basic channel), as between real hosts."""
+    options = rpc.TensorPipeRpcBackendOptions()
+    if run.config.network.hosts > 1:
+        options = rpc.TensorPipeRpcBackendOptions(_transports=["uv"], _channels=["basic"])
+    return options
+
+
 def run_parameter_server(run: RunSpec, launcher: str) -> None:
     global _server, _dealer
     device = training.init_process_group(run)  # torch.distributed: the bookkeeping group (barriers, the gather)
@@ -175,7 +185,7 @@ def run_parameter_server(run: RunSpec, launcher: str) -> None:
         _dealer = Dealer(run.config.training.steps) if rank == 0 else None
     name = _server_name(rank) if rank < servers else f"worker{rank - servers}"
     # torch.distributed: the RPC agent, from torchrun's rendezvous as the process group's
-    rpc.init_rpc(name, rank=rank, world_size=world)
+    rpc.init_rpc(name, rank=rank, world_size=world, rpc_backend_options=_backend_options(run))
     losses, timing = np.full(run.config.training.steps, np.nan), None
     if rank == 0:
         # The shared timed loop, each step the wait for the next update applied: throughput is updates a second.
