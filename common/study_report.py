@@ -187,10 +187,12 @@ def metric_by_seed(procs: list[StudyProcess], eq: EquivalenceSpec) -> dict[int, 
     return out
 
 
-def band_share(a: list[StudyProcess], b: list[StudyProcess], smoothing: int) -> float | None:
+def band_share(a: list[StudyProcess], b: list[StudyProcess], smoothing: int, tolerance: float) -> float | None:
     """The share of a's steps (each process's trailing-mean curve) that lie within b's band: at each step, from the
-    lowest to the highest of b's seeds' trailing means. None where b ran fewer than two seeds or the lengths differ
-    (the first smoothing - 1 steps, without a full window, are left out)."""
+    lowest to the highest of b's seeds' trailing means, widened by the relative `tolerance` (the cross-framework
+    parity tolerance: a curve equal to one of b's within rounding is on the band's edge wherever that seed is the
+    lowest or highest). None where b ran fewer than two seeds or the lengths differ (the first smoothing - 1 steps,
+    without a full window, are left out)."""
     seeds = sorted({p.seed for p in b})
     if len(seeds) < 2:
         return None
@@ -199,6 +201,7 @@ def band_share(a: list[StudyProcess], b: list[StudyProcess], smoothing: int) -> 
     if curves.shape[1] != band.shape[1] or curves.shape[1] < smoothing:
         return None
     low, high = band.min(axis=0)[smoothing - 1 :], band.max(axis=0)[smoothing - 1 :]
+    low, high = low - tolerance * np.abs(low), high + tolerance * np.abs(high)
     inside = (curves[:, smoothing - 1 :] >= low) & (curves[:, smoothing - 1 :] <= high)
     return float(inside.mean())
 
@@ -212,6 +215,8 @@ def pair_stats(
     est = compare_throughput(ra, rb, floor if floor is not None else 0.0, confidence)
     eq = cell.equivalence
     ma, mb = metric_by_seed(a, eq), metric_by_seed(b, eq)
+    some_config = next(iter(cell.configs.values()))
+    tolerance = some_config.parity.tolerance("cross_framework", some_config.runtime.precision)
     seeds = [s for s in ma if s in mb and ma[s] is not None and mb[s] is not None]
     test = tost_paired(np.array([ma[s] for s in seeds]), np.array([mb[s] for s in seeds]), eq.margin, eq.alpha)
     if not seeds and (ma or mb):
@@ -234,8 +239,8 @@ def pair_stats(
         equivalence_p=test.p_value,
         equivalent=test.equivalent,
         equivalence_method=method,
-        a_within_b_band=band_share(a, b, eq.smoothing),
-        b_within_a_band=band_share(b, a, eq.smoothing),
+        a_within_b_band=band_share(a, b, eq.smoothing, tolerance),
+        b_within_a_band=band_share(b, a, eq.smoothing, tolerance),
     )
 
 
@@ -751,8 +756,9 @@ def markdown(report: StudyReport, plots: list[str]) -> str:
             "### Every pair\n\n"
             + _table([*header, "curve in band a / b"], pair_rows)
             + "\n\n*curve in band*: the share of a's loss curve (trailing means over the equivalence's smoothing "
-            "window, every seed) inside b's band over seeds (lowest to highest seed at each step), and of b's inside "
-            "a's; asynchronous training is judged this way and by the equivalence test, never step for step."
+            "window, every seed) inside b's band over seeds (lowest to highest seed at each step, widened by the "
+            "cross-framework parity tolerance), and of b's inside a's; asynchronous training is judged this way "
+            "and by the equivalence test, never step for step."
         )
         trouble = [
             f"- {c.label}: {e}"

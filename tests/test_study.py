@@ -102,12 +102,15 @@ def test_curve_band_over_seeds():
         return [SimpleNamespace(seed=seed, loss=list(curve)) for seed, curve in enumerate(curves_by_seed)]
 
     band = runs([1.0] * 6, [3.0] * 6)  # two seeds: the band is 1..3 at every step
-    assert band_share(runs([2.0] * 6), band, 2) == 1.0
-    assert band_share(runs([4.0] * 6), band, 2) == 0.0
+    assert band_share(runs([2.0] * 6), band, 2, 0.0) == 1.0
+    assert band_share(runs([4.0] * 6), band, 2, 0.0) == 0.0
     # trailing means (window 2, from the second step) 2.0, 2.0 inside, then 3.5, 5.0, 5.0 outside: 2 of 5
-    assert band_share(runs([2.0, 2.0, 2.0, 5.0, 5.0, 5.0]), band, 2) == 0.4
-    assert band_share(runs([2.0] * 6), runs([1.0] * 6), 2) is None  # one seed has no band
-    assert band_share(runs([2.0] * 5), band, 2) is None  # other lengths
+    assert band_share(runs([2.0, 2.0, 2.0, 5.0, 5.0, 5.0]), band, 2, 0.0) == 0.4
+    assert band_share(runs([2.0] * 6), runs([1.0] * 6), 2, 0.0) is None  # one seed has no band
+    assert band_share(runs([2.0] * 5), band, 2, 0.0) is None  # other lengths
+    # on the edge within rounding: inside with the tolerance, outside without
+    assert band_share(runs([3.0 * (1 + 1e-7)] * 6), band, 2, 1e-5) == 1.0
+    assert band_share(runs([3.0 * (1 + 1e-7)] * 6), band, 2, 0.0) == 0.0
 
 
 # ---- a real study: stopped by a signal, finished with --resume ----------------------------------------------

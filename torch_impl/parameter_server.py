@@ -13,7 +13,9 @@ Lines that exist only because of the engine are tagged `# torch.distributed:`.""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import time
 
 import numpy as np
 import torch
@@ -21,6 +23,7 @@ import torch.distributed as dist
 from torch.distributed import rpc
 
 from xfw.common.faults import maybe_inject
+from xfw.common.loop import LoopTiming
 from xfw.common.rank import RankContext
 from xfw.common.records import asynchrony_record
 from xfw.common.runspec import RunSpec
@@ -75,6 +78,7 @@ class Dealer:
         self.steps = steps
         self.next_step = 0
         self.updates: dict[int, tuple[int, int, float]] = {}  # applied version -> (worker, read version, loss)
+        self.applied_at: dict[int, float] = {}  # applied version -> time.perf_counter() when server 0 applied it
         self.changed = threading.Condition()
 
     def deal(self) -> int | None:
@@ -84,10 +88,20 @@ class Dealer:
             self.next_step += 1
             return self.next_step - 1
 
-    def record(self, worker: int, read: int, applied: int, loss: float) -> None:
+    def record(self, worker: int, read: int, applied: int, loss: float, applied_at: float) -> None:
         with self.changed:
             self.updates[applied] = (worker, read, loss)
+            self.applied_at[applied] = applied_at
             self.changed.notify_all()
+
+    def timing(self, timing: LoopTiming, started: float) -> LoopTiming:
+        """The timed loop's windows re-measured from when server 0 applied each update: the loop only notices
+        updates when its thread runs, which on a busy machine can be long after a burst of them was applied."""
+        at = [self.applied_at[k] for k in range(self.steps)]
+        warmup = timing.warmup_steps
+        bounds = np.cumsum([warmup] + [n for n, _ in timing.windows]).tolist()
+        windows = [(hi - lo, at[hi - 1] - at[lo - 1]) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        return dataclasses.replace(timing, warmup_s=at[warmup - 1] - started, windows=windows)
 
     def wait_for(self, update: int) -> torch.Tensor:
         """The loss of the update-th update applied, once it is recorded (server 0's timed loop steps through
@@ -108,9 +122,10 @@ def _pull() -> tuple[int, list[torch.Tensor], dict[str, torch.Tensor]]:
 def _push(grads, buffers, record: tuple[int, int, float] | None) -> None:
     """record (worker, version it read, loss): server 0 records the update once it has applied it."""
     applied = _server.push(grads, buffers)
+    applied_at = time.perf_counter()
     if record is not None:
         worker, read, loss = record
-        _dealer.record(worker, read, applied, loss)
+        _dealer.record(worker, read, applied, loss, applied_at)
 
 
 def _pull_all(model: torch.nn.Module, servers: int) -> int:
@@ -189,7 +204,9 @@ def run_parameter_server(run: RunSpec, launcher: str) -> None:
     losses, timing = np.full(run.config.training.steps, np.nan), None
     if rank == 0:
         # The shared timed loop, each step the wait for the next update applied: throughput is updates a second.
+        started = time.perf_counter()
         losses, timing = training.train(run, _dealer.wait_for, list(range(run.config.training.steps)), rank)
+        timing = _dealer.timing(timing, started)
     elif rank >= servers:
         work(run, s, model, rank - servers, servers)
     training.barrier()  # torch.distributed: every push is done
