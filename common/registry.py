@@ -235,8 +235,9 @@ LOCAL_BATCHNORM = (
 
 # Why the parameter-server implementations train in float32 and uncompiled only.
 ASYNC_FLOAT32 = (
-    "the servers apply float32 gradients as they arrive; loss scaling (float16) would have to skip an overflowed "
-    "update on every server at once, which an asynchronous update has no step to do"
+    "the parameter-server implementations are built for float32 only: float16's loss scaling would have to skip an "
+    "overflowed update on every server at once, which an asynchronous update has no step to do, and bfloat16 "
+    "autocast in the workers was not built or tested"
 )
 ASYNC_EAGER_EXCHANGE = (
     "each update is a pull of the weights, a step and a push of the gradients across processes: xfw compiles "
