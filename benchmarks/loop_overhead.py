@@ -31,12 +31,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from xfw.common.config import load_config
-from xfw.common.data import load_dataset, sample_order
-from xfw.common.launch import base_env
-from xfw.common.models import training_flops_per_sample
-from xfw.common.runspec import RunSpec
-from xfw.common.weights import initial_weights
+from xfw.common.plan.launch import base_env
+from xfw.common.plan.runspec import RunSpec
+from xfw.common.spec.config import load_config
+from xfw.common.spec.data import load_dataset, sample_order
+from xfw.common.spec.models import training_flops_per_sample
+from xfw.common.spec.weights import initial_weights
 
 
 def xfw_throughput(run: RunSpec) -> float:

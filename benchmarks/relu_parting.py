@@ -25,10 +25,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from xfw.common.config import load_config
-from xfw.common.data import load_dataset, sample_order
-from xfw.common.models import blocks_of, is_state
-from xfw.common.weights import initial_weights
+from xfw.common.spec.config import load_config
+from xfw.common.spec.data import load_dataset, sample_order
+from xfw.common.spec.models import blocks_of, is_state
+from xfw.common.spec.weights import initial_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,6 +1,6 @@
 """How often to synchronise, on a real network: synchronous data parallelism, float16 and PowerSGD gradient
 compression, local SGD (k = 4, 16) and asynchronous training with a parameter server, each on 2 virtual hosts
-(network namespaces joined by veth links, common/hosts.py), with unlimited links and with each link limited by a
+(network namespaces joined by veth links, common/execute/hosts.py), with unlimited links and with each link limited by a
 token bucket (tc tbf), in both frameworks.
 
 Each setting is one `xfw compare` with network.hosts=2 (and network.rate) over the same config, so every run has
@@ -29,7 +29,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from xfw.common.stats import first_reach, smoothed, step_end_times
+from xfw.common.judge.stats import first_reach, smoothed, step_end_times
 
 XFW = [sys.executable, "-m", "xfw.cli.main"]
 # setting -> (strategy, run ids, --set overrides)

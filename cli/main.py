@@ -17,17 +17,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from xfw.cli.progress import RichProgress, StudyProgress
-from xfw.common import registry, runner
-from xfw.common.config import config_for_replicas, load_config
-from xfw.common.diff import diff_runs
 from xfw.common.errors import UserError
-from xfw.common.launch import under_engine_launcher
-from xfw.common.loop import write_json_atomic
-from xfw.common.orchestrate import compare_strategy, execute_run, preflight, run_replicas
-from xfw.common.outdir import OutputError, claim
+from xfw.common.execute import runner
+from xfw.common.execute.orchestrate import compare_strategy, execute_run, preflight, run_replicas
+from xfw.common.execute.outdir import OutputError, claim
+from xfw.common.judge.diff import diff_runs
+from xfw.common.plan import registry
+from xfw.common.plan.launch import under_engine_launcher
+from xfw.common.plan.runspec import RunSpec
 from xfw.common.records import NetworksResult, read_result
-from xfw.common.report import print_tables, write_report
-from xfw.common.runspec import RunSpec
+from xfw.common.report.comparison import print_tables, write_report
+from xfw.common.spec.config import config_for_replicas, load_config
+from xfw.common.worker.loop import write_json_atomic
 
 config_options = [
     click.option(
@@ -246,8 +247,8 @@ def compare(strategy, config_path, overrides, replicas, timeout_s, repeats, only
 
 def localized(summary, config, out: Path, console):
     """compare --localize: the summary with where its failing comparisons part, written again."""
-    from xfw.common.localize import localize_failures
-    from xfw.common.orchestrate import interruption
+    from xfw.common.execute.orchestrate import interruption
+    from xfw.common.localize.replay import localize_failures
 
     try:
         with RichProgress(console) as progress:
@@ -290,8 +291,8 @@ def diff(run_a, run_b, out_dir) -> None:
 def study(study_file, out_dir, resume) -> None:
     """Run a grid of matched comparisons (STUDY_FILE: workloads x axes x seeds) and decide between frameworks and
     engines with statistics: study.csv, study.json and study.md (with plots) in --out."""
-    from xfw.common.study import check_cells, claim_study, expand_cells, load_study, run_study, study_identity
-    from xfw.common.study_report import write_outputs
+    from xfw.common.report.study import write_outputs
+    from xfw.common.study.grid import check_cells, claim_study, expand_cells, load_study, run_study, study_identity
 
     spec = load_study(study_file)
     cells = expand_cells(spec, study_file)
@@ -355,9 +356,9 @@ def localize(run_a, run_b, config_path, overrides, tolerance, every, around, at_
     finished runs (result.json files or run folders, e.g. from a compare), or run ids (tf-single, torch-ddp, ...)
     trained with --config / --set. A data-parallel run is compared replica by replica: against a one-device run,
     each replica's block outputs against the rows of its block of the batch."""
-    from xfw.common import localize as loc
-    from xfw.common.config import config_from_dict
-    from xfw.common.diff import config_differences, load_results
+    from xfw.common.judge.diff import config_differences, load_results
+    from xfw.common.localize.replay import replay as loc
+    from xfw.common.spec.config import config_from_dict
 
     if Path(run_a).exists() or Path(run_b).exists():
         if config_path or overrides:

@@ -2,7 +2,7 @@
 
 It imports exactly one framework (through the implementation's module), trains, and rank 0 writes
 result.json. Nothing is printed as data: stdout and stderr go to the run's log. Faults for tests:
-common/faults.py.
+common/worker/faults.py.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import psutil
 
-from xfw.common.faults import launcher_rank, maybe_inject
-from xfw.common.launch import PARENT_VAR, TOKEN_VAR, base_env, device_cores, under_engine_launcher
-from xfw.common.registry import find, this_machine
-from xfw.common.runner import token_holders
-from xfw.common.runspec import RunSpec
+from xfw.common.execute.runner import token_holders
+from xfw.common.plan.launch import PARENT_VAR, TOKEN_VAR, base_env, device_cores, under_engine_launcher
+from xfw.common.plan.registry import find, this_machine
+from xfw.common.plan.runspec import RunSpec
+from xfw.common.worker.faults import launcher_rank, maybe_inject
 
 __all__ = ["launcher_rank", "run_worker", "watch_parent"]
 

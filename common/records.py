@@ -80,7 +80,7 @@ class Timing(Record):
 
 
 class StepBreakdown(Record):
-    """Where a step's time went (common/breakdown.py): seconds per step of each category, over `steps` steps run
+    """Where a step's time went (common/worker/breakdown.py): seconds per step of each category, over `steps` steps run
     under the framework's profiler at the end of warm-up (rank 0's process)."""
 
     steps: Count
@@ -138,7 +138,7 @@ class Spread(Record):
 
 
 class PeakFlops(Record):
-    """The best square-matmul rate of one device in a run's precision and math mode (common/peak.py): what its
+    """The best square-matmul rate of one device in a run's precision and math mode (common/worker/peak.py): what its
     FLOP utilisation is measured against."""
 
     flops_per_s: Rate
@@ -567,7 +567,7 @@ class MachineInfo(Record):
 
 
 class LocalizedPair(Record):
-    """`xfw compare --localize`: where a failing comparison's two runs part (common/localize.py)."""
+    """`xfw compare --localize`: where a failing comparison's two runs part (common/localize/replay.py)."""
 
     a: str
     b: str

@@ -19,10 +19,8 @@ else
   if ! "$python" -c "import pydantic" 2>/dev/null && compgen -G "$wheels/*.whl" >/dev/null; then
     "$python" -m pip install -q --no-index --no-deps --no-compile --target "$shim/deps" "$wheels"/*.whl || exit 2
   fi
-  mkdir -p "$shim/xfw"
-  cp xfw_pkg/__init__.py "$shim/xfw/"
-  for d in common tf_impl torch_impl cli; do ln -sfn "$PWD/$d" "$shim/xfw/$d"; done
-  export PYTHONPATH="$shim:$shim/deps${PYTHONPATH:+:$PYTHONPATH}"
+  # xfw/ links the top-level folders into the package: the checkout itself is importable.
+  export PYTHONPATH="$PWD:$shim/deps${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONUNBUFFERED=1
 xfw=("$python" -m xfw.cli.main)

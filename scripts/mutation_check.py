@@ -23,7 +23,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PARALLEL = 2  # mutants checked at once
-PACKAGE_DIRS = {"common": "common", "cli": "cli", "tf_impl": "tf_impl", "torch_impl": "torch_impl"}
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,7 @@ MUTATIONS = [
     ),
     Mutation(
         "conv kernel transposed (kh and kw swapped) in the weight conversion",
-        "common/weights.py",
+        "common/spec/weights.py",
         "kernel.transpose(3, 2, 0, 1)",
         "kernel.transpose(3, 2, 1, 0)",
         (
@@ -81,14 +80,14 @@ MUTATIONS = [
     ),
     Mutation(
         "throughput verdict with the comparison flipped",
-        "common/compare.py",
+        "common/judge/compare.py",
         "if ratio > 1 + band and spread.low > 1:",
         "if ratio < 1 + band and spread.low > 1:",
         ("tests/test_verdicts.py", "tests/test_judgements.py"),
     ),
     Mutation(
         "NaN losses (rank 0 writes NaN for every step)",
-        "common/loop.py",
+        "common/worker/loop.py",
         "losses[counted] = np.nanmean(per_rank[:, counted], axis=0)",
         "losses[counted] = np.nan",
         ("tests/test_parity.py::test_tf_vs_torch_other_optimizer_and_loss_settings",),
@@ -107,18 +106,12 @@ def copy_tree(dest: Path) -> None:
     listed = git.stdout.splitlines()
     for rel in listed:
         src = ROOT / rel
-        if src.is_file():
+        if src.is_symlink():  # xfw/'s links to the top-level folders: relative, so they point into the copy
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            (dest / rel).symlink_to(src.readlink())
+        elif src.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
-
-
-def import_root(tree: Path, root: Path) -> None:
-    """A folder where `import xfw` is `tree`'s code (the installed package maps xfw.* to the checkout)."""
-    pkg = root / "xfw"
-    pkg.mkdir(parents=True)
-    shutil.copy2(tree / "xfw_pkg" / "__init__.py", pkg / "__init__.py")
-    for name, folder in PACKAGE_DIRS.items():
-        (pkg / name).symlink_to(tree / folder)
 
 
 def applies(mutation: Mutation, text: str) -> None:
@@ -141,17 +134,16 @@ def apply(mutation: Mutation, tree: Path) -> None:
 def check(mutation: Mutation) -> tuple[str | None, float]:
     """The mutation made on a fresh copy of the checkout, and its tests run there: run_tests's answer."""
     with tempfile.TemporaryDirectory(prefix="xfw-mutant-") as tmp:
-        tree, root = Path(tmp) / "tree", Path(tmp) / "import"
+        tree = Path(tmp) / "tree"
         copy_tree(tree)
         apply(mutation, tree)
-        import_root(tree, root)
-        return run_tests(mutation, tree, root)
+        return run_tests(mutation, tree)
 
 
-def run_tests(mutation: Mutation, tree: Path, root: Path) -> tuple[str | None, float]:
+def run_tests(mutation: Mutation, tree: Path) -> tuple[str | None, float]:
     """The first of the mutation's tests that fails (node id), or None; and the seconds it took. One pytest run,
     stopping at the first failure, so that a compare shared by several of the tests runs once."""
-    env = os.environ | {"PYTHONPATH": str(root), "PYTHONDONTWRITEBYTECODE": "1"}
+    env = os.environ | {"PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
     start = time.monotonic()
     proc = subprocess.run(
         [

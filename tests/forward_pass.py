@@ -14,9 +14,9 @@ import numpy as np
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from xfw.common.config import CNNSpec, MLPSpec, ResNetSpec, TransformerSpec  # noqa: E402
-from xfw.common.models import blocks_of, input_shape, is_state  # noqa: E402
-from xfw.common.weights import initial_weights  # noqa: E402
+from xfw.common.spec.config import CNNSpec, MLPSpec, ResNetSpec, TransformerSpec  # noqa: E402
+from xfw.common.spec.models import blocks_of, input_shape, is_state  # noqa: E402
+from xfw.common.spec.weights import initial_weights  # noqa: E402
 
 # The parity tests' small instances (issue 12): resnet-8 with narrow widths on 16x16 inputs, a 2-block
 # Transformer of width 32 over 16 tokens.

@@ -6,7 +6,7 @@ import json
 import pytest
 from conftest import load_summary  # noqa: F401  (the session fixture `mirrored` comes from conftest)
 
-from xfw.common.breakdown import ENGINE_COMMUNICATION, merged, minus, step_breakdown, timeline_activities
+from xfw.common.worker.breakdown import ENGINE_COMMUNICATION, merged, minus, step_breakdown, timeline_activities
 
 
 def test_intervals_merge_and_subtract():

@@ -3,7 +3,7 @@
 import pytest
 from conftest import assert_one_line_error, run_xfw, xfw_in_process
 
-from xfw.common.registry import this_machine
+from xfw.common.plan.registry import this_machine
 
 
 @pytest.mark.parametrize(

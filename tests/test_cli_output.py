@@ -9,10 +9,10 @@ from rich.console import Console
 from test_judgements import result
 
 from xfw.cli.progress import RichProgress
-from xfw.common.config import load_config
+from xfw.common.plan.registry import REGISTRY, this_machine
 from xfw.common.records import FailedRun, MachineInfo, SkippedRun, Summary
-from xfw.common.registry import REGISTRY, this_machine
-from xfw.common.report import write_report
+from xfw.common.report.comparison import write_report
+from xfw.common.spec.config import load_config
 
 
 def test_list_names_every_implementation_and_whether_it_runs_here():

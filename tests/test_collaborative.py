@@ -7,7 +7,7 @@ from conftest import ROOT
 from several_networks import STEPS, compare, curves, max_rel
 from work_split import assert_network_trained_on_its_batches
 
-from xfw.common.config import load_config
+from xfw.common.spec.config import load_config
 
 pytestmark = pytest.mark.frameworks
 

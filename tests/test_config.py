@@ -2,8 +2,8 @@
 
 import pytest
 
-from xfw.common.config import CNNSpec, MLPSpec, SGDConfig, load_config
 from xfw.common.errors import UserError
+from xfw.common.spec.config import CNNSpec, MLPSpec, SGDConfig, load_config
 
 
 def write(tmp_path, text):

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from xfw.common.config import load_config
-from xfw.common.data import load_dataset
 from xfw.common.errors import UserError
+from xfw.common.spec.config import load_config
+from xfw.common.spec.data import load_dataset
 
 RNG = np.random.default_rng(0)
 
@@ -110,7 +110,7 @@ def test_test_fraction_zero_trains_on_everything():
 
 
 def test_test_fraction_zero_refuses_the_independent_ensemble():
-    from xfw.common.networks import check_networks
+    from xfw.common.worker.networks import check_networks
 
     cfg = load_config("configs/independent.yaml", ["data.test_fraction=0"])
     with pytest.raises(UserError, match="ensemble on held-out samples, and data.test_fraction 0 leaves none"):

@@ -4,11 +4,11 @@
 import numpy as np
 import pytest
 
-from xfw.common.config import load_config
-from xfw.common.data import load_dataset, replica_slice, sample_order
 from xfw.common.errors import UserError
-from xfw.common.models import layers_of, parameter_count
-from xfw.common.weights import (
+from xfw.common.spec.config import load_config
+from xfw.common.spec.data import load_dataset, replica_slice, sample_order
+from xfw.common.spec.models import layers_of, parameter_count
+from xfw.common.spec.weights import (
     conv_kernel_from_torch,
     conv_kernel_to_torch,
     dense_kernel_from_torch,
@@ -101,7 +101,7 @@ def test_samples_take_the_model_kinds_input_layout(tmp_path):
 
 
 def test_attention_projections_pack_and_unpack_exactly():
-    from xfw.common.weights import (
+    from xfw.common.spec.weights import (
         attention_in_bias_from_torch,
         attention_in_bias_to_torch,
         attention_in_projection_from_torch,
@@ -148,7 +148,7 @@ def test_normalisation_and_embedding_weights_start_where_both_frameworks_start_t
 
 
 def test_markov_text_loss_floor_is_the_chains_entropy_rate():
-    from xfw.common.data import markov_chain
+    from xfw.common.spec.data import markov_chain
 
     cfg = load_config("configs/transformer.yaml", ["data.samples=4000"])
     ds = load_dataset(cfg)

@@ -6,8 +6,8 @@ import dataclasses
 import pytest
 from conftest import assert_one_line_error, load_summary, run_xfw, xfw_in_process
 
-from xfw.common.config import Config
-from xfw.common.registry import find, this_machine, unavailable_reason
+from xfw.common.plan.registry import find, this_machine, unavailable_reason
+from xfw.common.spec.config import Config
 
 pytestmark = pytest.mark.frameworks
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import load_summary, run_xfw
 from test_signals import MARKER_VAR, marked
 
-from xfw.common.runner import EXIT_GRACE_S, FAILURE_GRACE_S, KILL_WAIT_S, TERM_GRACE_S
+from xfw.common.execute.runner import EXIT_GRACE_S, FAILURE_GRACE_S, KILL_WAIT_S, TERM_GRACE_S
 
 pytestmark = pytest.mark.frameworks
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT
 from forward_pass import SPECS
 
-from xfw.common.models import blocks_of, parameter_shapes
+from xfw.common.spec.models import blocks_of, parameter_shapes
 
 TOLERANCE = 1e-6  # relative to the largest output: fp32 rounding of differently ordered sums
 
@@ -43,7 +43,7 @@ def test_tf_and_torch_compute_the_same_forward_pass(kind, tmp_path):
         a, b = tf[f"state:{name}"], torch[f"state:{name}"]
         if name.endswith("moving_variance"):
             # torch updates its running variance with the unbiased batch variance, Keras with the biased one
-            # (common/semantics.py): undo torch's n/(n-1) on the new statistic's share before comparing.
+            # (common/spec/semantics.py): undo torch's n/(n-1) on the new statistic's share before comparing.
             decay = SPECS[kind].batchnorm.decay
             n = _normalised_count(kind, name)
             before = _before(kind, name)
@@ -62,7 +62,7 @@ def _before(kind: str, name: str) -> np.ndarray:
 
 def _normalised_count(kind: str, name: str) -> int:
     """Samples x height x width that the BatchNorm `name` normalises over in the forward pass (batch of 4)."""
-    from xfw.common.models import input_shape, shapes_through
+    from xfw.common.spec.models import input_shape, shapes_through
 
     spec = SPECS[kind]
     blocks = blocks_of(spec)

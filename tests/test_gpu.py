@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import load_summary, run_xfw
 
-from xfw.common.registry import this_machine
+from xfw.common.plan.registry import this_machine
 
 machine = this_machine()
 one_gpu = pytest.mark.skipif(machine.gpus < 1, reason="needs an NVIDIA GPU, this machine has none")

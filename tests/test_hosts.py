@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from tests.conftest import assert_one_line_error, run_xfw, xfw_in_process
-from xfw.common import hosts
+from xfw.common.execute import hosts
 
 pytestmark = pytest.mark.skipif(hosts.unavailable() is not None, reason=str(hosts.unavailable()))
 

@@ -9,7 +9,7 @@ from conftest import ROOT, run_xfw
 from several_networks import STEPS, VERDICTS, compare, curves, max_rel
 from work_split import assert_network_trained_on_its_batches
 
-from xfw.common.config import load_config, network_config
+from xfw.common.spec.config import load_config, network_config
 
 pytestmark = pytest.mark.frameworks
 

@@ -6,11 +6,11 @@ import math
 
 import pytest
 
-from xfw.common.compare import compare_pair, run_entry, samples_mismatch
-from xfw.common.compare_networks import compare_networks_pair, network_run_entry, sweep
-from xfw.common.config import load_config
+from xfw.common.judge.compare import compare_pair, run_entry, samples_mismatch
+from xfw.common.judge.compare_networks import compare_networks_pair, network_run_entry, sweep
+from xfw.common.plan.registry import Parity
 from xfw.common.records import NetworksResult, ReplicaWork, RunBase, RunResult
-from xfw.common.registry import Parity
+from xfw.common.spec.config import load_config
 
 BATCH = 10
 CONFIG = load_config()  # verdict bands 0.05, tolerance 1e-5 (configs/default.yaml)

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import assert_one_line_error, load_summary, run_xfw, xfw_in_process
 
-from xfw.common.config import Config
-from xfw.common.launch import free_ports
-from xfw.common.registry import (
+from xfw.common.plan.launch import free_ports
+from xfw.common.plan.registry import (
     find,
     keras_fit_mirrored_bug,
     keras_fit_multi_worker_bug,
@@ -19,6 +18,7 @@ from xfw.common.registry import (
     this_machine,
     unavailable_reason,
 )
+from xfw.common.spec.config import Config
 
 pytestmark = pytest.mark.frameworks
 BUGS = str(Path(__file__).with_name("keras_fit_bugs.py"))

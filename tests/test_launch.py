@@ -3,10 +3,10 @@
 import json
 from pathlib import Path
 
-from xfw.common.config import load_config
-from xfw.common.launch import TOKEN_VAR, plan
-from xfw.common.registry import Machine, find
-from xfw.common.runspec import RunSpec
+from xfw.common.plan.launch import TOKEN_VAR, plan
+from xfw.common.plan.registry import Machine, find
+from xfw.common.plan.runspec import RunSpec
+from xfw.common.spec.config import load_config
 
 CPU = Machine(cpu_cores=2, gpus=0, frameworks=frozenset({"tf", "torch"}), horovod_frameworks=frozenset({"tf", "torch"}))
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, XFW
 
-from xfw.common.launch import free_ports
-from xfw.common.registry import find, this_machine, unavailable_reason
+from xfw.common.plan.launch import free_ports
+from xfw.common.plan.registry import find, this_machine, unavailable_reason
 
 pytestmark = pytest.mark.frameworks
 BIN = Path(sys.executable).parent

@@ -7,7 +7,7 @@ import sys
 
 from conftest import ROOT
 
-from xfw.common.registry import FRAMEWORKS, REGISTRY, STRATEGIES
+from xfw.common.plan.registry import FRAMEWORKS, REGISTRY, STRATEGIES
 
 
 def test_common_and_cli_import_no_framework():

@@ -138,7 +138,7 @@ def test_compare_localize_finds_adams_epsilon_placement(tmp_path):
 
 
 def test_kink_padding_and_rounding_checks_on_constructed_tensors():
-    from xfw.common.localize import StepTable, TensorDiff, border_check, pool_switches, rounding_growth
+    from xfw.common.localize.replay import StepTable, TensorDiff, border_check, pool_switches, rounding_growth
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 4, 4, 3)).astype(np.float32)

@@ -7,10 +7,10 @@ import json
 import pytest
 from conftest import load_summary, run_xfw
 
-from xfw.common import peak
-from xfw.common.config import Config
-from xfw.common.loop import device_memory, gpus_used
-from xfw.common.registry import Machine, find, gpu_of_rank, ranks_share_a_gpu, shared_gpu_refusal
+from xfw.common.plan.registry import Machine, find, gpu_of_rank, ranks_share_a_gpu, shared_gpu_refusal
+from xfw.common.spec.config import Config
+from xfw.common.worker import peak
+from xfw.common.worker.loop import device_memory, gpus_used
 
 
 def fake_device(peak_rate: float, saturates_at: int, calls: list):

@@ -6,10 +6,10 @@ from conftest import assert_one_line_error, load_summary, run_xfw, xfw_in_proces
 from test_parity import max_rel
 from work_split import assert_replicas_split_the_batch
 
-from xfw.common.config import Config, load_config
 from xfw.common.errors import UserError
-from xfw.common.partition import boundary_bytes_per_step, plan_stages
-from xfw.common.registry import this_machine
+from xfw.common.plan.registry import this_machine
+from xfw.common.spec.config import Config, load_config
+from xfw.common.spec.partition import boundary_bytes_per_step, plan_stages
 
 DEEP = "model.layers=[10,64,64,64,10]"
 

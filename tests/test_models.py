@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from xfw.common.config import CNNSpec, Config, DataConfig, MLPSpec, build_config
 from xfw.common.errors import UserError
-from xfw.common.models import (
+from xfw.common.spec.config import CNNSpec, Config, DataConfig, MLPSpec, build_config
+from xfw.common.spec.models import (
     MODEL_KINDS,
     Block,
     Conv,
@@ -124,7 +124,7 @@ def test_data_kinds_a_model_cannot_train_on_are_rejected_by_name(name):
 
 
 def _block_types() -> set[str]:
-    """Every class in common/models.py that derives (directly or not) from Block."""
+    """Every class in common/spec/models.py that derives (directly or not) from Block."""
     tree = ast.parse((ROOT / "common" / "models.py").read_text())
     classes = [node for node in tree.body if isinstance(node, ast.ClassDef)]
     bases = {node.name: {b.id for b in node.bases if isinstance(b, ast.Name)} for node in classes}

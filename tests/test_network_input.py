@@ -6,7 +6,7 @@ import os
 import pytest
 from conftest import assert_one_line_error, run_xfw, xfw_in_process
 
-from xfw.common.registry import this_machine
+from xfw.common.plan.registry import this_machine
 
 
 def test_more_networks_than_devices_is_refused_unless_oversubscribed(tmp_path):

@@ -7,8 +7,8 @@ import pytest
 from conftest import load_summary, run_xfw
 from work_split import assert_replicas_split_the_batch
 
-from xfw.common.config import Config
-from xfw.common.registry import for_strategy, this_machine, unavailable_reason
+from xfw.common.plan.registry import for_strategy, this_machine, unavailable_reason
+from xfw.common.spec.config import Config
 
 pytestmark = pytest.mark.frameworks
 

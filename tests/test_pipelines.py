@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, load_summary, run_xfw, xfw_in_process
 
-from xfw.common.config import Config
-from xfw.common.registry import find, model_unsupported
+from xfw.common.plan.registry import find, model_unsupported
+from xfw.common.spec.config import Config
 
 pytestmark = pytest.mark.frameworks
 STEPS = 40

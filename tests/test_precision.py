@@ -4,7 +4,7 @@ matched settings of single-device and data-parallel runs, held to the tolerances
 import pytest
 from conftest import assert_one_line_error, load_summary, run_xfw, xfw_in_process
 
-from xfw.common.config import Config
+from xfw.common.spec.config import Config
 
 pytestmark = pytest.mark.frameworks
 STEPS = "training.steps=100"

@@ -16,8 +16,8 @@ from conftest import assert_one_line_error, compare_once, load_summary, run_xfw,
 from test_parity import max_rel
 from work_split import assert_replicas_split_the_batch
 
-from xfw.common.config import Config, load_config
-from xfw.common.registry import for_strategy, this_machine, unavailable_reason
+from xfw.common.plan.registry import for_strategy, this_machine, unavailable_reason
+from xfw.common.spec.config import Config, load_config
 
 pytestmark = pytest.mark.frameworks
 

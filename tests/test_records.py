@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from xfw.common.compare import compare_pair, pairs_for
-from xfw.common.config import load_config
+from xfw.common.judge.compare import compare_pair, pairs_for
+from xfw.common.plan.registry import REGISTRY, STRATEGY, Parity, find
 from xfw.common.records import Comparison, RunBase, RunEntry, SkippedRun, Spread, Summary, read_result
-from xfw.common.registry import REGISTRY, STRATEGY, Parity, find
+from xfw.common.spec.config import load_config
 
 
 def skipped(run_id: str, size: dict | None = None) -> SkippedRun:

@@ -6,8 +6,8 @@ from conftest import ROOT
 from several_networks import STEPS, VERDICTS, WIDTH, compare, curves
 from work_split import assert_network_trained_on_its_batches
 
-from xfw.common.config import load_config, network_config
-from xfw.common.registry import this_machine
+from xfw.common.plan.registry import this_machine
+from xfw.common.spec.config import load_config, network_config
 
 pytestmark = pytest.mark.frameworks
 

@@ -18,9 +18,9 @@ import psutil
 import pytest
 from conftest import ROOT, XFW, load_summary, run_xfw
 
-from xfw.common.launch import PORTS_VAR
+from xfw.common.execute.runner import KILL_WAIT_S, POLL_S, TERM_GRACE_S
+from xfw.common.plan.launch import PORTS_VAR
 from xfw.common.records import Summary
-from xfw.common.runner import KILL_WAIT_S, POLL_S, TERM_GRACE_S
 
 pytestmark = pytest.mark.frameworks
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, XFW_COMMAND, assert_one_line_error, run_xfw, xfw_in_process
-from xfw.common.stats import (
+from xfw.common.judge.stats import (
     compare_throughput,
     first_reach,
     noise_floor,
@@ -96,7 +96,7 @@ def test_time_to_target_pieces():
 def test_curve_band_over_seeds():
     from types import SimpleNamespace
 
-    from xfw.common.study_report import band_share
+    from xfw.common.report.study import band_share
 
     def runs(*curves_by_seed):
         return [SimpleNamespace(seed=seed, loss=list(curve)) for seed, curve in enumerate(curves_by_seed)]
@@ -244,8 +244,8 @@ def test_resume_on_another_studys_folder_is_refused(tmp_path):
 
 def test_the_shipped_studies_are_valid(tmp_path):
     """quick.yaml passes every check a run makes first; gpu.yaml is refused here only for want of GPUs."""
-    from xfw.common.registry import this_machine
-    from xfw.common.study import check_cells, expand_cells, load_study
+    from xfw.common.plan.registry import this_machine
+    from xfw.common.study.grid import check_cells, expand_cells, load_study
 
     for name in ("quick", "gpu"):
         path = ROOT / "studies" / f"{name}.yaml"

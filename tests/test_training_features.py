@@ -1,5 +1,5 @@
 """Issue 12, point 5: the training features realistic models are trained with, each mapped to each framework's own
-classes: learning-rate schedules (one table, common/schedules.py), weight decay, AdamW and gradient clipping by
+classes: learning-rate schedules (one table, common/spec/schedules.py), weight decay, AdamW and gradient clipping by
 global norm. Where the frameworks compute the same update the curves agree to rounding; where they do not (SGD
 momentum under a changing rate, SGD weight decay with momentum, Adam's epsilon), the difference is measured here
 and the report explains it."""
@@ -9,8 +9,8 @@ import pytest
 from conftest import load_summary, run_xfw
 from test_parity import max_rel
 
-from xfw.common.config import ScheduleConfig, load_config
-from xfw.common.schedules import learning_rates
+from xfw.common.spec.config import ScheduleConfig, load_config
+from xfw.common.spec.schedules import learning_rates
 
 SMALL = ["model.width=32", "model.seq_len=16", "data.samples=1024", "training.steps=60", "optimizer.lr=0.2"]
 
@@ -126,7 +126,7 @@ def test_data_parallel_with_schedule_and_clipping_matches_one_device(tmp_path):
 
 def test_clipping_is_refused_where_stages_clip_apart():
     cfg = load_config("configs/transformer.yaml", ["training.clip_global_norm=1.0"])
-    from xfw.common.registry import find, model_unsupported
+    from xfw.common.plan.registry import find, model_unsupported
 
     assert "each stage's process" in model_unsupported(find("torch", "gpipe"), cfg)
     assert model_unsupported(find("tf", "gpipe"), cfg) is None  # one process, one optimizer over every stage

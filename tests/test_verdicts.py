@@ -8,7 +8,7 @@ import math
 import pytest
 from conftest import load_summary, run_xfw, xfw_in_process
 
-from xfw.common.compare import curve_diff, throughput_verdict
+from xfw.common.judge.compare import curve_diff, throughput_verdict
 from xfw.common.records import RatioRange, RunResult, strict_json
 
 NAMES = ("a", "b")
@@ -113,8 +113,8 @@ def test_a_diverging_compare_exits_1_with_strict_json(tmp_path):
 
 
 def test_threads_count_towards_oversubscription():
-    from xfw.common.config import load_config
-    from xfw.common.registry import Machine, find, oversubscription
+    from xfw.common.plan.registry import Machine, find, oversubscription
+    from xfw.common.spec.config import load_config
 
     two_cores = Machine(cpu_cores=2, gpus=0, frameworks=frozenset(), horovod_frameworks=frozenset())
     ddp = find("torch", "ddp")
@@ -136,7 +136,7 @@ def test_oversubscribed_threads_are_refused_with_one_line():
 
 
 def test_repeats_widen_the_range_to_every_repeat_pair():
-    from xfw.common.compare import ratio_range
+    from xfw.common.judge.compare import ratio_range
 
     steady = ratio_range(1.3, 1.5, [140.0], [100.0])  # one repeat: the window range as it is
     assert (steady.low, steady.high) == (1.3, 1.5)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from xfw.common.config import Config
-from xfw.common.data import load_dataset, sample_order
+from xfw.common.spec.config import Config
+from xfw.common.spec.data import load_dataset, sample_order
 
 MASK = (1 << 64) - 1
 

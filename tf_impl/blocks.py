@@ -1,4 +1,4 @@
-"""The multi-layer blocks of common/models.py as Keras layers, each made of Keras's own layers (Conv2D,
+"""The multi-layer blocks of common/spec/models.py as Keras layers, each made of Keras's own layers (Conv2D,
 BatchNormalization, ZeroPadding2D, Embedding, LayerNormalization, MultiHeadAttention, Dense).
 torch_impl/blocks.py builds the same blocks from torch.nn.
 
@@ -13,8 +13,8 @@ from collections.abc import Callable
 import keras
 from keras import ops
 
-from xfw.common import models as spec
-from xfw.common.config import BatchNormConfig
+from xfw.common.spec import models as spec
+from xfw.common.spec.config import BatchNormConfig
 
 # Builds one BatchNormalization: (config, synchronized, name) -> layer. Horovod passes its own subclass,
 # whose batch statistics are averaged across ranks (tf_impl/horovod.py).

@@ -13,11 +13,11 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from xfw.common.config import network_config
-from xfw.common.networks import NetworkOutcome, chain_exchange, head_run, mutual_exchange
-from xfw.common.partition import chain_parts, whole_model
-from xfw.common.rank import Member, RankContext, report_networks
-from xfw.common.runspec import RunSpec
+from xfw.common.plan.runspec import RunSpec
+from xfw.common.spec.config import network_config
+from xfw.common.spec.partition import chain_parts, whole_model
+from xfw.common.worker.networks import NetworkOutcome, chain_exchange, head_run, mutual_exchange
+from xfw.common.worker.rank import Member, RankContext, report_networks
 from xfw.tf_impl import training
 from xfw.tf_impl.models import build_model, build_stage
 

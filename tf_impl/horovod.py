@@ -13,10 +13,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from xfw.common.breakdown import HorovodTimeline
-from xfw.common.data import replica_slice
-from xfw.common.rank import RankContext
-from xfw.common.runspec import RunSpec
+from xfw.common.plan.runspec import RunSpec
+from xfw.common.spec.data import replica_slice
+from xfw.common.worker.breakdown import HorovodTimeline
+from xfw.common.worker.rank import RankContext
 from xfw.tf_impl import training
 from xfw.tf_impl.blocks import batchnorm
 from xfw.tf_impl.models import build_model, flat_weights

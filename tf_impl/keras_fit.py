@@ -17,10 +17,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from xfw.common.breakdown import step_breakdown
-from xfw.common.loop import LoopTiming, progress_writer
-from xfw.common.rank import RankContext
-from xfw.common.runspec import RunSpec
+from xfw.common.plan.runspec import RunSpec
+from xfw.common.worker.breakdown import step_breakdown
+from xfw.common.worker.loop import LoopTiming, progress_writer
+from xfw.common.worker.rank import RankContext
 from xfw.tf_impl import training
 from xfw.tf_impl.mirrored import multi_worker_strategy
 from xfw.tf_impl.models import build_model, flat_weights

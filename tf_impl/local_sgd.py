@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from xfw.common.data import replica_slice
-from xfw.common.rank import RankContext
-from xfw.common.runspec import RunSpec
+from xfw.common.plan.runspec import RunSpec
+from xfw.common.spec.data import replica_slice
+from xfw.common.worker.rank import RankContext
 from xfw.tf_impl import mirrored, training
 from xfw.tf_impl.models import build_model, flat_weights
 from xfw.tf_impl.single import step_body

@@ -11,10 +11,10 @@ import os
 
 import tensorflow as tf
 
-from xfw.common.data import replica_slice
-from xfw.common.launch import SHARED_GPU_VAR
-from xfw.common.rank import RankContext
-from xfw.common.runspec import RunSpec
+from xfw.common.plan.launch import SHARED_GPU_VAR
+from xfw.common.plan.runspec import RunSpec
+from xfw.common.spec.data import replica_slice
+from xfw.common.worker.rank import RankContext
 from xfw.tf_impl import training
 from xfw.tf_impl.models import build_model, flat_weights
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from xfw.common.data import replica_slice
-from xfw.common.partition import plan_stages
-from xfw.common.rank import RankContext
-from xfw.common.runspec import RunSpec
+from xfw.common.plan.runspec import RunSpec
+from xfw.common.spec.data import replica_slice
+from xfw.common.spec.partition import plan_stages
+from xfw.common.worker.rank import RankContext
 from xfw.tf_impl import training
 from xfw.tf_impl.models import build_stage, flat_weights
 

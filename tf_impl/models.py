@@ -1,4 +1,4 @@
-"""Builds a common/models.py spec as a Keras model and loads the canonical initial weights into it.
+"""Builds a common/spec/models.py spec as a Keras model and loads the canonical initial weights into it.
 
 One builder per block type (BUILDERS): a block becomes one Keras layer named after it. A single-layer
 block's weights are, in order, its parameter_shapes() in the canonical layout (Keras's own, so nothing is
@@ -12,7 +12,7 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
-from xfw.common.models import (
+from xfw.common.spec.models import (
     Block,
     Conv,
     ConvBN,

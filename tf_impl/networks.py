@@ -13,10 +13,10 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from xfw.common.config import network_config
-from xfw.common.networks import NetworkOutcome
-from xfw.common.rank import Network, RankContext, report_networks, train_in_threads
-from xfw.common.runspec import RunSpec
+from xfw.common.plan.runspec import RunSpec
+from xfw.common.spec.config import network_config
+from xfw.common.worker.networks import NetworkOutcome
+from xfw.common.worker.rank import Network, RankContext, report_networks, train_in_threads
 from xfw.tf_impl import training
 from xfw.tf_impl.models import build_model
 from xfw.tf_impl.single import step_body

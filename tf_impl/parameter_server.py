@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from xfw.common.faults import maybe_inject
-from xfw.common.loop import progress_path
-from xfw.common.rank import RankContext, timed_training
+from xfw.common.plan.runspec import RunSpec
 from xfw.common.records import asynchrony_record
-from xfw.common.runspec import RunSpec
+from xfw.common.worker.faults import maybe_inject
+from xfw.common.worker.loop import progress_path
+from xfw.common.worker.rank import RankContext, timed_training
 from xfw.tf_impl import training
 from xfw.tf_impl.models import build_model, flat_weights
 from xfw.tf_impl.single import step_body

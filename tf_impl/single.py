@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from xfw.common.rank import RankContext
-from xfw.common.runspec import RunSpec
+from xfw.common.plan.runspec import RunSpec
+from xfw.common.worker.rank import RankContext
 from xfw.tf_impl import training
 from xfw.tf_impl.models import build_model, flat_weights
 

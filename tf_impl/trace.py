@@ -1,4 +1,4 @@
-"""TensorFlow, replayed for `xfw localize` (common/localize.py): the training step of one device, or of the replicas
+"""TensorFlow, replayed for `xfw localize` (common/localize): the training step of one device, or of the replicas
 of MirroredStrategy or MultiWorkerMirroredStrategy, with every tensor the search needs captured, in the canonical
 (Keras) layout and names, at the steps it asks for. torch_impl/trace.py is the PyTorch side."""
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from xfw.common.localize import TraceWriter
-from xfw.common.models import blocks_of
-from xfw.common.runspec import RunSpec
+from xfw.common.localize.replay import TraceWriter
+from xfw.common.plan.runspec import RunSpec
+from xfw.common.spec.models import blocks_of
 from xfw.tf_impl import mirrored, training
 from xfw.tf_impl.models import build_model
 

@@ -1,6 +1,6 @@
 """What every TensorFlow strategy shares: process set-up, data, optimizer and loss mapping, the timed
 loop and the final report. torch_impl/training.py mirrors this file function by function (tests/test_layout.py);
-the framework-free rest is common/rank.py.
+the framework-free rest is common/worker/rank.py.
 
 TensorFlow and Keras are imported at the top: the worker sets the environment they read before it imports
 an implementation. The runtime settings (threads, logical devices, determinism) are made by configure,
@@ -19,16 +19,16 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-from xfw.common import rank as common_rank
-from xfw.common.data import Dataset, DeliveredBatches, Fed, load_dataset, sample_order
-from xfw.common.peak import cpu_name, machine_peak, visible_gpus
-from xfw.common.rank import RankContext
+from xfw.common.plan.registry import gpu_memory_mib
+from xfw.common.plan.runspec import RunSpec
 from xfw.common.records import PeakFlops
-from xfw.common.registry import gpu_memory_mib
-from xfw.common.runspec import RunSpec
-from xfw.common.schedules import learning_rates
-from xfw.common.semantics import LOSS_SCALE, MATMUL_DTYPE, optimizer_hyperparameters
-from xfw.common.weights import starting_weights
+from xfw.common.spec.data import Dataset, DeliveredBatches, Fed, load_dataset, sample_order
+from xfw.common.spec.schedules import learning_rates
+from xfw.common.spec.semantics import LOSS_SCALE, MATMUL_DTYPE, optimizer_hyperparameters
+from xfw.common.spec.weights import starting_weights
+from xfw.common.worker import rank as common_rank
+from xfw.common.worker.peak import cpu_name, machine_peak, visible_gpus
+from xfw.common.worker.rank import RankContext
 
 
 @dataclass
@@ -133,7 +133,7 @@ def collective_gather(strategy):
 
 
 class TabulatedSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """The learning rate of each step read from xfw's table (common/schedules.py); Keras calls it with the
+    """The learning rate of each step read from xfw's table (common/spec/schedules.py); Keras calls it with the
     optimizer's iteration count, the number of updates applied so far."""
 
     def __init__(self, rates: np.ndarray):
@@ -366,7 +366,7 @@ def evaluate(run: RunSpec, s: Setup, model) -> dict:
 
 
 def matmul_peak_flops(run: RunSpec) -> PeakFlops:
-    """One device's peak (common/peak.py): square matmuls on this process's first device in the run's precision
+    """One device's peak (common/worker/peak.py): square matmuls on this process's first device in the run's precision
     (float32, bfloat16, float16), math mode and thread count, measured once per machine and setting."""
     device = default_device()
     gpu = "GPU" in device

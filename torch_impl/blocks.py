@@ -1,4 +1,4 @@
-"""The multi-layer blocks of common/models.py as torch modules, each made of torch.nn's own layers (Conv2d,
+"""The multi-layer blocks of common/spec/models.py as torch modules, each made of torch.nn's own layers (Conv2d,
 BatchNorm2d, Embedding, LayerNorm, MultiheadAttention, Linear, GELU). tf_impl/blocks.py builds the same
 blocks from Keras layers.
 
@@ -13,8 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from xfw.common import models as spec
-from xfw.common.config import BatchNormConfig
+from xfw.common.spec import models as spec
+from xfw.common.spec.config import BatchNormConfig
 
 # Builds one BatchNorm: (config, synchronized, channels) -> module. Data-parallel runs pass one whose batch
 # statistics are the global batch's (CrossReplicaBatchNorm, or the engine's own SyncBatchNorm on a GPU).

@@ -15,11 +15,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from xfw.common.config import network_config
-from xfw.common.networks import NetworkOutcome, chain_exchange, head_run, mutual_exchange
-from xfw.common.partition import chain_parts, whole_model
-from xfw.common.rank import Member, RankContext, report_networks
-from xfw.common.runspec import RunSpec
+from xfw.common.plan.runspec import RunSpec
+from xfw.common.spec.config import network_config
+from xfw.common.spec.partition import chain_parts, whole_model
+from xfw.common.worker.networks import NetworkOutcome, chain_exchange, head_run, mutual_exchange
+from xfw.common.worker.rank import Member, RankContext, report_networks
 from xfw.torch_impl import training
 from xfw.torch_impl.models import build_model, build_stage, export_weights, torch_sample_shape
 

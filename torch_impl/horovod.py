@@ -8,10 +8,10 @@ import horovod.torch as hvd
 import numpy as np
 import torch
 
-from xfw.common.breakdown import HorovodTimeline
-from xfw.common.data import replica_slice
-from xfw.common.rank import RankContext
-from xfw.common.runspec import RunSpec
+from xfw.common.plan.runspec import RunSpec
+from xfw.common.spec.data import replica_slice
+from xfw.common.worker.breakdown import HorovodTimeline
+from xfw.common.worker.rank import RankContext
 from xfw.torch_impl import training
 from xfw.torch_impl.blocks import synchronized_batchnorm
 from xfw.torch_impl.models import build_model, flat_weights

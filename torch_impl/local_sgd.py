@@ -18,9 +18,9 @@ import torch.distributed as dist
 from torch.distributed.algorithms.model_averaging import averagers
 from torch.distributed.algorithms.model_averaging.utils import average_parameters
 
-from xfw.common.data import replica_slice
-from xfw.common.rank import RankContext
-from xfw.common.runspec import RunSpec
+from xfw.common.plan.runspec import RunSpec
+from xfw.common.spec.data import replica_slice
+from xfw.common.worker.rank import RankContext
 from xfw.torch_impl import training
 from xfw.torch_impl.models import build_model, flat_weights
 from xfw.torch_impl.single import step_body

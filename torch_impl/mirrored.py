@@ -17,9 +17,9 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_
 from torch.nn.parallel import DistributedDataParallel
 from torch.nn.parallel.scatter_gather import scatter
 
-from xfw.common.data import replica_slice
-from xfw.common.rank import RankContext
-from xfw.common.runspec import RunSpec
+from xfw.common.plan.runspec import RunSpec
+from xfw.common.spec.data import replica_slice
+from xfw.common.worker.rank import RankContext
 from xfw.torch_impl import training
 from xfw.torch_impl.blocks import synchronized_batchnorm
 from xfw.torch_impl.models import build_model, flat_weights

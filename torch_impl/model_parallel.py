@@ -12,10 +12,10 @@ import torch
 import torch.distributed as dist
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
-from xfw.common.data import replica_slice
-from xfw.common.partition import plan_stages
-from xfw.common.rank import RankContext
-from xfw.common.runspec import RunSpec
+from xfw.common.plan.runspec import RunSpec
+from xfw.common.spec.data import replica_slice
+from xfw.common.spec.partition import plan_stages
+from xfw.common.worker.rank import RankContext
 from xfw.torch_impl import training
 from xfw.torch_impl.models import build_model, build_stage, export_weights, flat_weights, torch_sample_shape
 

@@ -1,9 +1,9 @@
-"""Builds a common/models.py spec as a torch nn.Sequential and loads the canonical initial weights into
+"""Builds a common/spec/models.py spec as a torch nn.Sequential and loads the canonical initial weights into
 it, converting Keras's layout (dense (in, out), conv HWIO, flatten in (h, w, c) order) to torch's.
 
 One builder per block type (BUILDERS): the block's named modules (the block's own name first, then e.g. its
 activation) and, for each canonical parameter, where it lives in the module and how its layout converts
-both ways (common/weights.py).
+both ways (common/spec/weights.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xfw.common.models import (
+from xfw.common.spec.models import (
     Block,
     Conv,
     ConvBN,
@@ -31,7 +31,7 @@ from xfw.common.models import (
     ResidualBlock,
     blocks_of,
 )
-from xfw.common.weights import (
+from xfw.common.spec.weights import (
     attention_in_bias_from_torch,
     attention_in_bias_to_torch,
     attention_in_projection_from_torch,

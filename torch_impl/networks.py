@@ -15,10 +15,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from xfw.common.config import network_config
-from xfw.common.networks import NetworkOutcome
-from xfw.common.rank import Network, RankContext, report_networks, train_in_threads
-from xfw.common.runspec import RunSpec
+from xfw.common.plan.runspec import RunSpec
+from xfw.common.spec.config import network_config
+from xfw.common.worker.networks import NetworkOutcome
+from xfw.common.worker.rank import Network, RankContext, report_networks, train_in_threads
 from xfw.torch_impl import training
 from xfw.torch_impl.models import build_model, to_torch_layout
 from xfw.torch_impl.single import step_body

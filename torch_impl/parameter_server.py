@@ -22,11 +22,11 @@ import torch
 import torch.distributed as dist
 from torch.distributed import rpc
 
-from xfw.common.faults import maybe_inject
-from xfw.common.loop import LoopTiming
-from xfw.common.rank import RankContext
+from xfw.common.plan.runspec import RunSpec
 from xfw.common.records import asynchrony_record
-from xfw.common.runspec import RunSpec
+from xfw.common.worker.faults import maybe_inject
+from xfw.common.worker.loop import LoopTiming
+from xfw.common.worker.rank import RankContext
 from xfw.torch_impl import training
 from xfw.torch_impl.models import build_model, flat_weights
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from xfw.common.rank import RankContext
-from xfw.common.runspec import RunSpec
+from xfw.common.plan.runspec import RunSpec
+from xfw.common.worker.rank import RankContext
 from xfw.torch_impl import training
 from xfw.torch_impl.models import build_model, flat_weights
 

@@ -1,4 +1,4 @@
-"""PyTorch, replayed for `xfw localize` (common/localize.py): the training step of one device, or of one rank of
+"""PyTorch, replayed for `xfw localize` (common/localize/replay.py): the training step of one device, or of one rank of
 DDP or the explicit all_reduce, with every tensor the search needs captured, in the canonical (Keras) layout and
 names, at the steps it asks for. tf_impl/trace.py is the TensorFlow side."""
 
@@ -8,10 +8,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from xfw.common.data import replica_slice
-from xfw.common.localize import TraceWriter
-from xfw.common.models import Flatten, blocks_of
-from xfw.common.runspec import RunSpec
+from xfw.common.localize.replay import TraceWriter
+from xfw.common.plan.runspec import RunSpec
+from xfw.common.spec.data import replica_slice
+from xfw.common.spec.models import Flatten, blocks_of
 from xfw.torch_impl import mirrored, training
 from xfw.torch_impl.models import build_model, canonical_tensors
 

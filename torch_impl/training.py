@@ -1,6 +1,6 @@
 """What every PyTorch strategy shares: process set-up, data, optimizer and loss mapping, the timed loop
 and the final report. tf_impl/training.py mirrors this file function by function (tests/test_layout.py);
-the framework-free rest is common/rank.py."""
+the framework-free rest is common/worker/rank.py."""
 
 from __future__ import annotations
 
@@ -14,16 +14,24 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
-from xfw.common import rank as common_rank
-from xfw.common.data import Dataset, DeliveredBatches, Fed, load_dataset, replica_slice, sample_order, steps_per_epoch
-from xfw.common.peak import cpu_name, machine_peak, visible_gpus
-from xfw.common.rank import RankContext
+from xfw.common.plan.registry import gpu_of_rank, ranks_share_a_gpu
+from xfw.common.plan.runspec import RunSpec
 from xfw.common.records import PeakFlops
-from xfw.common.registry import gpu_of_rank, ranks_share_a_gpu
-from xfw.common.runspec import RunSpec
-from xfw.common.schedules import learning_rates
-from xfw.common.semantics import LOSS_SCALE, MATMUL_DTYPE, optimizer_hyperparameters
-from xfw.common.weights import starting_weights
+from xfw.common.spec.data import (
+    Dataset,
+    DeliveredBatches,
+    Fed,
+    load_dataset,
+    replica_slice,
+    sample_order,
+    steps_per_epoch,
+)
+from xfw.common.spec.schedules import learning_rates
+from xfw.common.spec.semantics import LOSS_SCALE, MATMUL_DTYPE, optimizer_hyperparameters
+from xfw.common.spec.weights import starting_weights
+from xfw.common.worker import rank as common_rank
+from xfw.common.worker.peak import cpu_name, machine_peak, visible_gpus
+from xfw.common.worker.rank import RankContext
 from xfw.torch_impl.models import to_torch_layout
 
 
@@ -114,7 +122,7 @@ def collective_gather():
 
 class ScheduledOptimizer:
     """A torch optimizer with what Keras puts inside its own: global-norm clipping before each update and the
-    learning-rate schedule after it (LambdaLR over xfw's table, common/schedules.py). Strategies call zero_grad()
+    learning-rate schedule after it (LambdaLR over xfw's table, common/spec/schedules.py). Strategies call zero_grad()
     and step() as on any optimizer. Under Horovod, step() first waits for the averaged gradients, so the norm
     clipped is the global batch's."""
 
@@ -398,7 +406,7 @@ def evaluate(run: RunSpec, s: Setup, model) -> dict:
 
 
 def matmul_peak_flops(run: RunSpec) -> PeakFlops:
-    """One device's peak (common/peak.py): square matmuls on this process's device in the run's precision (float32,
+    """One device's peak (worker/peak.py): square matmuls on this process's device in the run's precision (float32,
     bfloat16, float16), math mode and thread count, measured once per machine and setting."""
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     tf32 = run.config.runtime.tf32 and device.type == "cuda"

@@ -1,0 +1,1 @@
+"""Judging runs: per-step parity, comparisons and their verdicts, statistics."""

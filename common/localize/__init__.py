@@ -1,0 +1,1 @@
+"""`xfw localize`: where two runs' curves part."""

@@ -1,0 +1,1 @@
+"""What a person reads: tables, report.md and plots, for compares and studies."""

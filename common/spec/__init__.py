@@ -1,0 +1,2 @@
+"""What is trained, framework-free: the config, model specs, datasets and sample order, initial weights, schedules,
+the frameworks' semantics, stage splits."""

@@ -1,0 +1,1 @@
+"""`xfw study`: grids of matched comparisons over workloads, swept keys and seeds."""
