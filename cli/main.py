@@ -22,12 +22,15 @@ from xfw.common.execute import runner
 from xfw.common.execute.orchestrate import compare_strategy, execute_run, preflight, run_replicas
 from xfw.common.execute.outdir import OutputError, claim
 from xfw.common.judge.diff import diff_runs
-from xfw.common.plan import registry
+from xfw.common.plan import refusals, registry
 from xfw.common.plan.launch import under_engine_launcher
+from xfw.common.plan.machine import this_machine as machine_of_here
+from xfw.common.plan.registry import run_processes
 from xfw.common.plan.runspec import RunSpec
 from xfw.common.records import NetworksResult, read_result
 from xfw.common.report.comparison import print_tables, write_report
 from xfw.common.spec.config import config_for_replicas, load_config
+from xfw.common.strategies.base import Launcher
 from xfw.common.worker.loop import write_json_atomic
 
 config_options = [
@@ -77,7 +80,7 @@ def cli() -> None:
 def list_cmd(config_path, overrides) -> None:
     """Every (framework, strategy, implementation), and whether it can run on this machine (with --config: this
     config's model and settings, e.g. a synchronised BatchNorm that some engines cannot do)."""
-    machine = registry.this_machine()
+    machine = machine_of_here()
     defaults = load_config(config_path, overrides)
     table = Table(
         title=f"xfw implementations on this machine ({machine.cpu_cores} CPU cores, {machine.gpus} GPUs)",
@@ -87,7 +90,7 @@ def list_cmd(config_path, overrides) -> None:
         table.add_column(h, overflow="fold")
     for impl in registry.REGISTRY:
         devices = registry.run_devices(impl, defaults)
-        reason = registry.unavailable_reason(impl, machine, devices, defaults if config_path or overrides else None)
+        reason = refusals.unavailable_reason(impl, machine, devices, defaults if config_path or overrides else None)
         table.add_row(
             impl.framework,
             impl.strategy,
@@ -115,9 +118,11 @@ def run(framework, implementation, config_path, overrides, replicas, timeout_s, 
     launcher = under_engine_launcher()
     config = load_config(config_path, overrides, replicas)
     if launcher and replicas is None and impl.kind.data_parallel:
-        # The launcher's world size decides the data-parallel replicas (hybrid: world = replicas x stages).
-        stages = config.model_parallel.stages if impl.kind.staged else 1
-        config = load_config(config_path, overrides, _launcher_world_size(launcher) // stages)
+        # The launcher's world size decides the data-parallel replicas: the count whose run has that many
+        # processes (hybrid: replicas x stages; parameter servers: workers + servers).
+        world = _launcher_world_size(launcher)
+        fits = (load_config(config_path, overrides, r) for r in range(1, world + 1))
+        config = next((c for c in fits if run_processes(impl, c) == world), None) or _no_replicas_for(impl, world)
     out = Path(out_dir or f"runs/{impl.id}").resolve()
     preflight(config, impl.strategy)
     config = config_for_replicas(config, run_replicas(impl, config))  # weak scaling: this run's global batch
@@ -135,11 +140,11 @@ def run(framework, implementation, config_path, overrides, replicas, timeout_s, 
                 print_result(impl.id, read_result(json.loads((out / "result.json").read_text())), out / "result.json")
             )
         return
-    machine = registry.this_machine()
-    reason = registry.unavailable_reason(impl, machine, spec.devices, config)
+    machine = machine_of_here()
+    reason = refusals.unavailable_reason(impl, machine, spec.devices, config)
     if reason:
         raise UserError(f"{impl.id} cannot run here: {reason}")
-    registry.check_devices(impl, machine, config)
+    refusals.check_devices(impl, machine, config)
     console = Console(stderr=True)
     with claim(out), runner.deferred_signals(), RichProgress(console) as progress:
         progress.start(impl.id, config.training.steps)
@@ -172,12 +177,16 @@ def print_result(run_id: str, result, path: Path) -> int:
     return 0 if result.diverged_at_step is None else 1
 
 
-def _launcher_world_size(launcher: str) -> int:
-    if launcher == "horovodrun":
+def _launcher_world_size(launcher: Launcher) -> int:
+    if launcher == Launcher.HOROVODRUN:
         return int(os.environ.get("HOROVOD_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", "1")))
-    if launcher == "torchrun":
+    if launcher == Launcher.TORCHRUN:
         return int(os.environ["WORLD_SIZE"])
-    return len(json.loads(os.environ["TF_CONFIG"])["cluster"]["worker"])
+    return sum(len(tasks) for tasks in json.loads(os.environ["TF_CONFIG"])["cluster"].values())
+
+
+def _no_replicas_for(impl, world: int):
+    raise UserError(f"{impl.id} cannot run on {world} processes under this config (no replica count gives that many)")
 
 
 @cli.command()
@@ -223,7 +232,7 @@ def compare(strategy, config_path, overrides, replicas, timeout_s, repeats, only
                     out,
                     repeats,
                     timeout_s or config.runtime.timeout_s,
-                    registry.this_machine(),
+                    machine_of_here(),
                     progress,
                     list(only),
                     folder,
@@ -252,7 +261,7 @@ def localized(summary, config, out: Path, console):
 
     try:
         with RichProgress(console) as progress:
-            summary = localize_failures(summary, config, out, registry.this_machine(), progress)
+            summary = localize_failures(summary, config, out, machine_of_here(), progress)
     except KeyboardInterrupt:  # the compare's runs are complete: only the localisation is lost
         return summary.model_copy(update={"interrupted": f"{interruption(runner.interrupted())} while localising"})
     write_json_atomic(out / "summary.json", summary.to_json())
@@ -296,7 +305,7 @@ def study(study_file, out_dir, resume) -> None:
 
     spec = load_study(study_file)
     cells = expand_cells(spec, study_file)
-    machine = registry.this_machine()
+    machine = machine_of_here()
     planned = check_cells(spec, cells, machine)
     identity = study_identity(spec, cells)
     out = Path(out_dir or f"runs/study-{spec.name}")
@@ -388,7 +397,7 @@ def localize(run_a, run_b, config_path, overrides, tolerance, every, around, at_
                 tolerance,
                 every,
                 around,
-                registry.this_machine(),
+                machine_of_here(),
                 progress,
                 at=at_step,
             )

@@ -20,8 +20,10 @@ import psutil
 
 from xfw.common.execute.runner import token_holders
 from xfw.common.plan.launch import PARENT_VAR, TOKEN_VAR, base_env, device_cores, under_engine_launcher
-from xfw.common.plan.registry import find, this_machine
+from xfw.common.plan.machine import this_machine
+from xfw.common.plan.registry import find
 from xfw.common.plan.runspec import RunSpec
+from xfw.common.strategies.base import Launcher
 from xfw.common.worker.faults import launcher_rank, maybe_inject
 
 __all__ = ["launcher_rank", "run_worker", "watch_parent"]
@@ -75,7 +77,7 @@ def run_worker(run: RunSpec, launcher: str) -> None:
 def main() -> None:
     watch_parent()  # first: the framework import alone takes seconds
     run = RunSpec.from_json(Path(sys.argv[1]).read_text())
-    run_worker(run, under_engine_launcher() or "process")
+    run_worker(run, under_engine_launcher() or Launcher.PROCESS)
 
 
 if __name__ == "__main__":

@@ -15,32 +15,10 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError
+from pydantic import Discriminator, Field, Tag, ValidationError
 
-
-def strict_json(value: Any) -> Any:
-    """NaN and infinities as null: strict JSON readers refuse them. Records flag where they were."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [strict_json(v) for v in value]
-    return value
-
-
-def _null_as_nan(value: Any) -> Any:
-    return math.nan if value is None else value
-
-
-# A float that may have been written as null because it was not finite (a diverged loss): read back as NaN.
-Real = Annotated[float, BeforeValidator(_null_as_nan)]
-# What a finished run always measures: at least one (processes, devices, steps, ...), more than zero (rates, times),
-# a share (overlap). A record outside these ranges is refused when read back.
-Count = Annotated[int, Field(ge=1)]
-Bytes = Annotated[int, Field(ge=0)]
-Rate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-Share = Annotated[float, Field(ge=0, le=1)]
+from xfw.common.record_types import Bytes, Count, Rate, Real, Record, Share, strict_json  # noqa: F401 (strict_json: re-exported)
+from xfw.common.strategies.parameter_server import Asynchrony
 
 
 def first_non_finite(values: list[float] | None) -> int | None:
@@ -50,14 +28,6 @@ def first_non_finite(values: list[float] | None) -> int | None:
 
 def non_finite_keys(metrics: dict[str, float]) -> list[str]:
     return sorted(k for k, v in metrics.items() if not math.isfinite(v))
-
-
-class Record(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    def to_json(self) -> dict:
-        """The record as strict JSON data (non-finite numbers as null)."""
-        return strict_json(self.model_dump(mode="json"))
 
 
 # ---- pieces ----------------------------------------------------------------------------------------------
@@ -227,37 +197,6 @@ class NetworkUse(Record):
             bytes_sent=sent,
             bytes_per_step=sum(sent) / run.config.training.steps,
         )
-
-
-class Asynchrony(Record):
-    """An asynchronous run (strategy parameter-server): every update in the order the servers applied it, and how
-    stale the weights its gradients were computed from were."""
-
-    updates: Count
-    # Per applied update: how many updates were applied between the worker's read of the weights and this one
-    # (0: computed from the weights it updates, as one device's every step is).
-    staleness: list[int]
-    mean_staleness: Real
-    max_staleness: int
-    counted_by: str  # which counter the versions come from
-    # Updates each worker pushed (None where the engine does not say which worker ran a step).
-    updates_per_worker: list[int] | None = None
-
-
-def asynchrony_record(updates: list[tuple[int | None, int, int]], workers: int, counted_by: str) -> Asynchrony:
-    """From (worker or None, version read, version applied) per update, in the order applied."""
-    staleness = [applied - read for _, read, applied in updates]
-    per_worker = None
-    if updates and all(worker is not None for worker, _, _ in updates):
-        per_worker = [sum(worker == w for worker, _, _ in updates) for w in range(workers)]
-    return Asynchrony(
-        updates=len(updates),
-        staleness=staleness,
-        mean_staleness=sum(staleness) / len(staleness) if staleness else 0.0,
-        max_staleness=max(staleness, default=0),
-        counted_by=counted_by,
-        updates_per_worker=per_worker,
-    )
 
 
 class RunResult(RunIdentity):

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from xfw.common.plan.runspec import RunSpec
 from xfw.common.spec.data import replica_slice
+from xfw.common.strategies.local_sgd import averages_after
 from xfw.common.worker.rank import RankContext
 from xfw.tf_impl import mirrored, training
 from xfw.tf_impl.models import build_model, flat_weights
@@ -41,7 +42,7 @@ def _train_locally(
     block = replica_slice(run.config.training.global_batch, ctx.rank, ctx.world_size)  # this worker's block
     batches = training.step_batches(run, s, preloaded=lambda: [tf.constant(row[block]) for row in s.order], block=block)
     losses, timing = training.train(run, train_step, batches, ctx.rank)
-    if not run.config.sync.averages_after(steps_done[0] - 1):
+    if not averages_after(run.config, steps_done[0] - 1):
         average()  # the model local SGD ends with: the workers' average
     fed = [training.fed(ctx.rank, batches.indices)]
     training.report(ctx, s, model, losses, timing, [flat_weights(model.trainable_variables)], fed=fed)
@@ -67,7 +68,7 @@ def run_local_sgd(run: RunSpec, launcher: str) -> None:
             v.assign(strategy.experimental_local_results(value)[0])
 
     def average_now(step: int) -> None:
-        if run.config.sync.averages_after(step):
+        if averages_after(run.config, step):
             average()
 
     _train_locally(run, ctx, s, model, average_now, average)
@@ -93,7 +94,7 @@ def run_local_sgd_horovod(run: RunSpec, launcher: str) -> None:
             v.assign(value)
 
     def average_now(step: int) -> None:
-        if run.config.sync.averages_after(step):
+        if averages_after(run.config, step):
             average()
 
     _train_locally(run, horovod.rank_context(run, launcher), s, model, average_now, average)

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from xfw.common.plan.runspec import RunSpec
-from xfw.common.records import asynchrony_record
+from xfw.common.strategies.parameter_server import asynchrony_record
 from xfw.common.worker.faults import maybe_inject
 from xfw.common.worker.loop import progress_path
 from xfw.common.worker.rank import RankContext, timed_training
@@ -97,7 +97,7 @@ def run_parameter_server(run: RunSpec, launcher: str) -> None:
     # Only the chief reports (the workers and ps tasks run no Python of xfw's once serving): one row to gather.
     ctx = RankContext(run, launcher, world_size=run.processes, devices=(f"chief: {training.default_device()}",))
     weights = [flat_weights(model.trainable_variables)]
-    training.report(ctx, s, model, np.array(losses), timing, weights, asynchrony=record)
+    training.report(ctx, s, model, np.array(losses), timing, weights, strategy_fields={"asynchrony": record})
     sys.stdout.flush()
     sys.stderr.flush()
     # The workers and ps tasks leave once result.json is written: the chief must not tear its cluster context

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-from xfw.common.plan.registry import gpu_memory_mib
+from xfw.common.plan.machine import gpu_memory_mib
 from xfw.common.plan.runspec import RunSpec
 from xfw.common.records import PeakFlops
 from xfw.common.spec.data import Dataset, DeliveredBatches, Fed, load_dataset, sample_order

@@ -20,6 +20,7 @@ from torch.distributed.algorithms.model_averaging.utils import average_parameter
 
 from xfw.common.plan.runspec import RunSpec
 from xfw.common.spec.data import replica_slice
+from xfw.common.strategies.local_sgd import averages_after
 from xfw.common.worker.rank import RankContext
 from xfw.torch_impl import training
 from xfw.torch_impl.models import build_model, flat_weights
@@ -49,7 +50,7 @@ def _train_locally(
         replicas=ctx.world_size,
     )
     losses, timing = training.train(run, train_step, batches, ctx.rank)
-    if not run.config.sync.averages_after(steps_done[0] - 1):
+    if not averages_after(run.config, steps_done[0] - 1):
         average()  # the model local SGD ends with: the replicas' average
     fed = [training.fed(ctx.rank, batches.indices)]
     training.report(ctx, s, model, losses, timing, [flat_weights(model.parameters())], fed=fed)
@@ -95,7 +96,7 @@ def run_local_sgd_horovod(run: RunSpec, launcher: str) -> None:
             p.copy_(value)
 
     def average_now(step: int) -> None:
-        if run.config.sync.averages_after(step):
+        if averages_after(run.config, step):
             average()
 
     _train_locally(run, horovod.rank_context(run, launcher, device), s, model, average_now, average)

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch.distributed import rpc
 
 from xfw.common.plan.runspec import RunSpec
-from xfw.common.records import asynchrony_record
+from xfw.common.strategies.parameter_server import asynchrony_record
 from xfw.common.worker.faults import maybe_inject
 from xfw.common.worker.loop import LoopTiming
 from xfw.common.worker.rank import RankContext
@@ -216,6 +216,8 @@ def run_parameter_server(run: RunSpec, launcher: str) -> None:
         updates = [(worker, read, applied) for applied, (worker, read, _) in sorted(_dealer.updates.items())]
         record = asynchrony_record(updates, run.replicas, "server 0's count of applied updates")
     ctx = RankContext(run, launcher, rank, world, (f"rank {rank} ({name}): {s.device}",), training.collective_gather())
-    training.report(ctx, s, model, losses, timing, [flat_weights(model.parameters())], asynchrony=record)
+    training.report(
+        ctx, s, model, losses, timing, [flat_weights(model.parameters())], strategy_fields={"asynchrony": record}
+    )
     rpc.shutdown()  # torch.distributed: waits for every process's outstanding calls
     dist.destroy_process_group()

@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
-from xfw.common.plan.registry import gpu_of_rank, ranks_share_a_gpu
+from xfw.common.plan.machine import gpu_of_rank, ranks_share_a_gpu
 from xfw.common.plan.runspec import RunSpec
 from xfw.common.records import PeakFlops
 from xfw.common.spec.data import (

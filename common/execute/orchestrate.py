@@ -26,18 +26,9 @@ from xfw.common.execute.outdir import OutputFolder
 from xfw.common.judge.compare import comparisons, envelopes, run_entry
 from xfw.common.judge.compare_networks import network_run_entry, sweep
 from xfw.common.plan import launch
-from xfw.common.plan.registry import (
-    REGISTRY,
-    Implementation,
-    Machine,
-    check_devices,
-    for_strategy,
-    get_strategy,
-    oversubscription,
-    parameter_server_refusal,
-    run_devices,
-    unavailable_reason,
-)
+from xfw.common.plan.machine import Machine
+from xfw.common.plan.refusals import check_devices, oversubscription, unavailable_reason
+from xfw.common.plan.registry import REGISTRY, for_strategy, get_strategy, run_devices
 from xfw.common.plan.runspec import RunSpec
 from xfw.common.records import (
     AnyRun,
@@ -54,6 +45,7 @@ from xfw.common.records import (
 from xfw.common.spec.config import Config, config_for_replicas, with_hidden_width
 from xfw.common.spec.data import load_dataset, loss_floor
 from xfw.common.spec.partition import check_micro_batches, plan_stages
+from xfw.common.strategies.base import Framework, Implementation, Launcher, Role
 from xfw.common.worker.loop import progress_path, write_json_atomic
 from xfw.common.worker.networks import check_networks
 
@@ -91,7 +83,7 @@ def preflight(config: Config, strategy: str) -> None:
     exists, micro-batches divide the batch. In the parent, so that bad input is a one-line error here
     rather than a crash in every worker."""
     kind = get_strategy(strategy)
-    refusal = parameter_server_refusal(config) if kind.asynchronous else None
+    refusal = kind.refusal(config)
     if refusal:
         raise UserError(refusal)
     if config.training.per_replica_batch is not None:
@@ -180,12 +172,13 @@ def _space_note(run_dir: Path, error: str) -> str:
     return f"no space left on the output folder's file system ({free // 1024} KiB free); {head}\n{tail}"
 
 
-def stall_report(run_dir: Path, processes: int, steps: int) -> str:
+def stall_report(run_dir: Path, roles: tuple[Role, ...], steps: int) -> str:
     """Where each rank stopped, those furthest behind first: the rank that hung is among them (the others wait
-    for it in a collective, at the same step or one report later)."""
+    for it in a collective, at the same step or one report later). Ranks whose role writes no progress (servers)
+    are left out."""
     now = time.time()
     seen = []
-    for rank in range(processes):
+    for rank in (r for r, role in enumerate(roles) if role.reports_progress):
         path = progress_path(run_dir, rank)
         step = _read_step(path)
         if step is None:
@@ -219,9 +212,10 @@ def _execute_once(impl: Implementation, run: RunSpec, timeout_s: float, machine:
     except OSError as exc:  # the output folder filled up or lost its permissions since it was checked
         return {"status": "failed", "error": f"cannot write {exc.filename or run_dir}: {exc.strerror}"}
     token = uuid.uuid4().hex
-    ports = launch.rendezvous_ports(run.processes, attempt) if impl.launcher in ("tf_config", "torchrun") else None
+    rendezvous = impl.launcher in (Launcher.TF_CONFIG, Launcher.TORCHRUN)
+    ports = launch.rendezvous_ports(run.processes, attempt) if rendezvous else None
     # Several hosts (network namespaces) for the multi-process launchers; one-process runs stay on this one.
-    many = run.config.network.hosts > 1 and impl.launcher != "process"
+    many = run.config.network.hosts > 1 and impl.launcher != Launcher.PROCESS
     network = virtual_hosts.VirtualHosts(run.config.network.hosts, run.config.network.rate) if many else nullcontext()
     with network as hosts:
         plan = launch.plan(impl, run, run_json, machine, token, ports, hosts)
@@ -245,7 +239,7 @@ def _launch(run: RunSpec, run_dir: Path, plan, timeout_s: float, token: str, por
     result_file = run_dir / "result.json"
     try:
         outcome = runner.execute(
-            plan, run_dir, timeout_s, token, poll, result_file, lambda: stall_report(run_dir, run.processes, steps)
+            plan, run_dir, timeout_s, token, poll, result_file, lambda: stall_report(run_dir, run.roles, steps)
         )
     except OSError as exc:  # its log files could not be created
         return {"status": "failed", "error": f"cannot write {exc.filename or run_dir}: {exc.strerror}"}
@@ -375,7 +369,7 @@ def implementations_for(strategy: str, only: list[str] = ()) -> list[Implementat
     ref = get_strategy(strategy).reference_strategy
     named = {i.reference for i in wanted}
     references = [i for i in REGISTRY if ref is not None and i.strategy == ref and i.name in named and i not in wanted]
-    return sorted(references + wanted, key=lambda i: (i.strategy != ref, i.framework != "tf"))
+    return sorted(references + wanted, key=lambda i: (i.strategy != ref, i.framework != Framework.TF))
 
 
 def check_compare(strategy: str, config: Config, machine: Machine, only: list[str] = ()) -> list[Implementation]:
@@ -417,7 +411,8 @@ def compare_strategy(
     slots = [make_slot(impl, cfg, machine, progress, width) for width, cfg in sized.items() for impl in impls]
     if config.parity.envelope_factor is not None and not get_strategy(strategy).several_networks:
         # The rounding envelope: each framework's single-device custom loop once more, from weights moved one ulp.
-        references = [i for i in impls if i.strategy == "single" and not i.keras_fit]
+        one_device = get_strategy(strategy).reference_strategy or strategy
+        references = [i for i in impls if i.strategy == one_device and not i.keras_fit]
         slots += [make_slot(i, config, machine, progress, None, perturbation="ulp") for i in references]
 
     def publish() -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xfw.common.plan.registry import Parity, find, get_strategy
+from xfw.common.plan.registry import find, get_strategy
 from xfw.common.records import (
     AnyRun,
     Comparison,
@@ -29,6 +29,7 @@ from xfw.common.records import (
 from xfw.common.spec.config import Config
 from xfw.common.spec.data import combined_checksum
 from xfw.common.spec.models import has_batchnorm
+from xfw.common.strategies.base import Framework, Parity
 
 
 def window_rates(global_batch: int, windows) -> np.ndarray:
@@ -120,7 +121,7 @@ def run_entry(base: RunBase, results: list[RunResult]) -> RunEntry:
         non_finite_metrics=non_finite_keys(first.eval),
         teardown_errors=[r.teardown_error for r in results if r.teardown_error],
         network=first.network,
-        asynchrony=first.asynchrony,
+        **{name: getattr(first, name) for name in get_strategy(first.strategy).result_fields},
     )
 
 
@@ -190,9 +191,9 @@ def pairs_for(runs: list[AnyRun]) -> list[tuple[AnyRun, AnyRun, Parity]]:
             pairs.append((r, ref, impl.kind.parity))
     for r in runs:
         impl = find(r.framework, r.implementation)
-        if r.framework != "tf" or (impl.kind.twins == "references" and impl.name != impl.reference):
+        if r.framework != Framework.TF or (impl.kind.twins == "references" and impl.name != impl.reference):
             continue
-        twin = by_key.get(_key(r, impl.twin or impl.name, "torch"))
+        twin = by_key.get(_key(r, impl.twin or impl.name, Framework.TORCH))
         if twin is not None:
             pairs.append((r, twin, Parity.CROSS_FRAMEWORK))
     return pairs
@@ -323,7 +324,7 @@ def batchnorm_by_design(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> s
             f"BatchNorm normalises each of the {config.model_parallel.micro_batches} micro-batches by its own "
             "statistics, one device the whole batch: different by design"
         )
-    if strategy.data_parallel and a.replicas > 1 and not config.model.sync_batchnorm:
+    if strategy.data_parallel and strategy.shards_batch and a.replicas > 1 and not config.model.sync_batchnorm:
         return (
             "BatchNorm normalises each replica's shard by its own statistics (model.sync_batchnorm is off), one "
             "device the whole batch: different by design"
@@ -331,34 +332,11 @@ def batchnorm_by_design(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> s
     return None
 
 
-def local_steps_by_design(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> str | None:
-    """Why a local-SGD run's curve is meant to differ from its one-device reference (k > 1); None where it is not."""
-    k = config.sync.every_k_steps
-    if kind == Parity.CROSS_FRAMEWORK or a.strategy == b.strategy or not get_strategy(a.strategy).local_steps or k == 1:
-        return None
-    return (
-        f"the replicas step on their own and average their weights every {k} steps, one device steps on the whole "
-        "batch: another algorithm (sync.every_k_steps 1 is held to parity)"
-    )
-
-
-def asynchronous_by_design(a: AnyRun, b: AnyRun, config: Config) -> str | None:
-    """Why an asynchronous run's curve is not held to another's step for step (several workers: each update from
-    weights some updates old, in an order the machine's timing decides); None with one worker (one device's steps)."""
-    stale = [r for r in (a, b) if get_strategy(r.strategy).asynchronous and r.replicas > 1]
-    if not stale:
-        return None
-    staleness = "; ".join(
-        f"{r.id} mean staleness {r.asynchrony.mean_staleness:.2f}, max {r.asynchrony.max_staleness}"
-        for r in stale
-        if getattr(r, "asynchrony", None) is not None
-    )
-    return (
-        f"asynchronous: {config.parallel.replicas} workers apply updates from stale weights in an order timing "
-        "decides, not reproducible step for step"
-        + (f" ({staleness})" if staleness else "")
-        + "; convergence over seeds: xfw study (README)"
-    )
+def strategies_judge_apart(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> str | None:
+    """Why either run's strategy holds the pair apart by design (common/strategies: e.g. local SGD with k > 1,
+    several asynchronous workers); None where neither does."""
+    kinds = dict.fromkeys(get_strategy(r.strategy) for r in (a, b))  # each strategy once, a's first
+    return next(filter(None, (s.judged_apart(a, b, kind, config) for s in kinds)), None)
 
 
 def compare_pair(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> Comparison:
@@ -369,9 +347,8 @@ def compare_pair(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> Comparis
     by_design = (
         weak
         or batchnorm_by_design(a, b, kind, config)
-        or local_steps_by_design(a, b, kind, config)
+        or strategies_judge_apart(a, b, kind, config)
         or low_rank_by_design(a, b, kind, config)
-        or asynchronous_by_design(a, b, config)
     )
     if by_design:
         kind = Parity.NOT_JUDGED

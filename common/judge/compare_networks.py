@@ -22,7 +22,6 @@ from xfw.common.judge.compare import (
     window_rates,
     with_samples_check,
 )
-from xfw.common.plan.registry import Parity
 from xfw.common.records import (
     Comparison,
     NetworkDiff,
@@ -37,6 +36,7 @@ from xfw.common.records import (
     non_finite_keys,
 )
 from xfw.common.spec.config import Config
+from xfw.common.strategies.base import Parity
 
 
 def network_run_entry(base: RunBase, results: list[NetworksResult]) -> NetworksRunEntry:

@@ -13,10 +13,12 @@ from pydantic import ValidationError
 from xfw.common.errors import UserError
 from xfw.common.judge.compare import compare_pair, run_entry
 from xfw.common.judge.compare_networks import compare_networks_pair, network_run_entry
-from xfw.common.plan.registry import Parity, find, this_machine
+from xfw.common.plan.machine import this_machine
+from xfw.common.plan.registry import find
 from xfw.common.records import MachineInfo, NetworksResult, RunBase, Summary, first_problem, read_result
 from xfw.common.spec.config import config_from_dict
 from xfw.common.spec.data import loss_floor
+from xfw.common.strategies.base import Parity
 
 # Keys that may differ between two runs without changing what they train.
 IGNORED_KEYS = {("runtime", "timeout_s")}

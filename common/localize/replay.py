@@ -20,8 +20,9 @@ from typing import NamedTuple
 import numpy as np
 
 from xfw.common.errors import UserError
+from xfw.common.plan.registry import REGISTRY, find, find_id
 from xfw.common.plan.runspec import RunSpec
-from xfw.common.records import Record
+from xfw.common.record_types import Record
 from xfw.common.spec.config import Config
 from xfw.common.worker.loop import write_json_atomic
 
@@ -792,27 +793,19 @@ def verdict_line(r: Localization) -> str:
 # ---- the command -------------------------------------------------------------------------------------------
 
 
-# The implementations a trace worker replays (tf_impl/trace.py, torch_impl/trace.py): the custom loops on one
-# device and the synchronous data-parallel engines whose replicas it can see.
-TRACED = {
-    "tf": ("single", "mirrored-strategy", "multi-worker"),
-    "torch": ("single", "ddp", "allreduce"),
-}
-
-
 def trace_spec(config: Config, framework: str, implementation: str, out: Path, trace: dict) -> RunSpec:
-    from xfw.common.plan.registry import find
 
     impl = find(framework, implementation)
     return RunSpec(config, framework, impl.strategy, impl.name, str(out), trace=trace)
 
 
 def check_localizable(config: Config, framework: str, implementation: str) -> None:
-    from xfw.common.plan.registry import find
 
     impl = find(framework, implementation)
-    if impl.name not in TRACED[framework]:
-        traced = ", ".join(f"{fw}-{name}" for fw, names in TRACED.items() for name in names)
+    if not impl.traced:
+        # The implementations a trace worker replays (tf_impl/trace.py, torch_impl/trace.py): the custom loops on
+        # one device and the synchronous data-parallel engines whose replicas it can see (Implementation.traced).
+        traced = ", ".join(i.id for i in REGISTRY if i.traced)
         raise UserError(f"localize replays {traced}; not {impl.id} ({impl.description})")
     if config.runtime.precision != "float32":
         raise UserError(f"localize replays float32 runs; this config has runtime.precision {config.runtime.precision}")
@@ -974,7 +967,6 @@ def localize_failures(summary, config: Config, out: Path, machine, progress):
     """The summary with `localizations`: for the first failing comparison of each kind (same framework, across
     frameworks) whose two runs a trace worker replays, where they part, in <out>/localize/<a>-vs-<b>/. Failing
     pairs it does not replay are left to `xfw localize`; a replay that fails is recorded with its error."""
-    from xfw.common.plan.registry import find_id
     from xfw.common.records import LocalizedPair
 
     def traced(run_id: str) -> bool:
@@ -982,7 +974,7 @@ def localize_failures(summary, config: Config, out: Path, machine, progress):
             impl = find_id(run_id)
         except UserError:  # a slot that is not an implementation (an envelope's ~ulp run)
             return False
-        return impl.name in TRACED[impl.framework]
+        return impl.traced
 
     failing = [
         c

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from xfw.common.errors import UserError
 from xfw.common.execute.hosts import INTERFACE, HostSet
-from xfw.common.plan.registry import Implementation, Machine, gpu_of_rank, ranks_share_a_gpu
+from xfw.common.plan.machine import Machine, gpu_of_rank, ranks_share_a_gpu
 from xfw.common.plan.runspec import RunSpec
+from xfw.common.strategies.base import Implementation, Launcher
 
 WORKER_MODULE = "xfw.cli.worker"
 # Every process of a run inherits this variable, so the parent can find and kill all of them, even those
@@ -110,11 +111,11 @@ def plan(
     worker = [sys.executable, "-m", WORKER_MODULE, str(run_json)]
     env = base_env(run, token) | {PARENT_VAR: str(os.getpid())}
     n = run.processes
-    if impl.launcher == "process":
+    if impl.launcher == Launcher.PROCESS:
         return LaunchPlan([worker], [env])
     if network:
         return _multi_host_plan(impl, run, worker, env, network, ports)
-    if impl.launcher == "torchrun":
+    if impl.launcher == Launcher.TORCHRUN:
         # --standalone: a local rendezvous on a free port; --max-restarts 0: a failure fails the run.
         cmd = [
             sys.executable,
@@ -128,11 +129,11 @@ def plan(
             str(run_json),
         ]
         return LaunchPlan([cmd], [env | {"MASTER_ADDR": "127.0.0.1"}])
-    if impl.launcher == "horovodrun":
+    if impl.launcher == Launcher.HOROVODRUN:
         cmd = [horovodrun_executable(), "-np", str(n), "-H", f"localhost:{n}", "--gloo", *_horovod_flags(run)]
         # Horovod: lets rank 0 record its timeline around the profiled steps (common.breakdown.HorovodTimeline).
         return LaunchPlan([cmd + worker], [env | {"HOROVOD_TIMELINE": "DYNAMIC"}])
-    if impl.launcher == "tf_config":
+    if impl.launcher == Launcher.TF_CONFIG:
         ports = ports or free_ports(n)
         cluster, tasks = tf_cluster(run, [f"localhost:{p}" for p in ports])
         envs = []
@@ -157,7 +158,7 @@ def _multi_host_plan(impl: Implementation, run: RunSpec, worker: list[str], env:
     # resolves outside the namespace.
     env = env | {"GLOO_SOCKET_IFNAME": INTERFACE, "TP_SOCKET_IFNAME": INTERFACE}
     ports = ports or free_ports(n)
-    if impl.launcher == "torchrun":
+    if impl.launcher == Launcher.TORCHRUN:
         commands = [
             host.prefix()
             + [
@@ -182,12 +183,12 @@ def _multi_host_plan(impl: Implementation, run: RunSpec, worker: list[str], env:
             for host in hosts
         ]
         return LaunchPlan(commands, [env] * len(hosts))
-    if impl.launcher == "tf_config":
+    if impl.launcher == Launcher.TF_CONFIG:
         host_of = [hosts[host_index(run, len(hosts), i)] for i in range(n)]
         cluster, tasks = tf_cluster(run, [f"{host_of[i].address}:{ports[i]}" for i in range(n)])
         envs = [env | {"TF_CONFIG": json.dumps({"cluster": cluster, "task": tasks[i]})} for i in range(n)]
         return LaunchPlan([host_of[i].prefix() + worker for i in range(n)], envs)
-    if impl.launcher == "horovodrun":
+    if impl.launcher == Launcher.HOROVODRUN:
         # horovodrun in host 0 starts host 0's ranks itself and the others' through its ssh launcher, whose ssh is
         # the stand-in that runs the command in that host's namespace (common/execute/hosts.py).
         slots = ",".join(f"{h.address}:{per}" for h in hosts)
@@ -199,29 +200,23 @@ def _multi_host_plan(impl: Implementation, run: RunSpec, worker: list[str], env:
 
 
 def tf_cluster(run: RunSpec, addresses: list[str]) -> tuple[dict, list[dict]]:
-    """TF_CONFIG's cluster over the processes' addresses (in rank order) and each process's task. Synchronous
-    strategies: every process a worker. Parameter servers (ParameterServerStrategy): rank 0 the chief (the
-    coordinator, which writes the result), then the workers, then the ps tasks."""
-    if not run.kind.asynchronous:
-        return {"worker": addresses}, [{"type": "worker", "index": i} for i in range(len(addresses))]
-    workers = run.replicas
-    roles = [("chief", 0)] + [("worker", i) for i in range(workers)]
-    roles += [("ps", i) for i in range(len(addresses) - 1 - workers)]
+    """TF_CONFIG's cluster over the processes' addresses (in rank order) and each process's task, from the run's
+    roles: every process a worker, or the tasks a strategy names (a chief, workers, ps tasks); the cluster lists
+    the task types in the order their first process comes (common/worker/faults.launcher_rank reads it back)."""
     cluster: dict[str, list[str]] = {}
-    for (role, _), address in zip(roles, addresses):
-        cluster.setdefault(role, []).append(address)
-    return cluster, [{"type": role, "index": i} for role, i in roles]
+    for role, address in zip(run.roles, addresses):
+        cluster.setdefault(role.task, []).append(address)
+    return cluster, [{"type": role.task, "index": role.index} for role in run.roles]
 
 
 def host_index(run: RunSpec, hosts: int, rank: int) -> int:
-    """Which host process `rank` runs on: the processes split evenly in rank order. Parameter-server runs: the
-    workers split evenly, the servers (and TensorFlow's chief) on host 0, as a cluster would keep them apart from
-    the workers' accelerators."""
-    if not run.kind.asynchronous:
-        return rank // (run.processes // hosts)
-    first_worker = 1 if run.impl.coordinator else run.config.sync.parameter_servers
-    worker = rank - first_worker
-    return worker // (run.replicas // hosts) if 0 <= worker < run.replicas else 0
+    """Which host process `rank` runs on: the workers split evenly in order over the hosts; a process that trains
+    no batch (a server, a coordinator) on host 0, as a cluster would keep them apart from the workers'
+    accelerators."""
+    roles = run.roles
+    workers = sum(role.worker is not None for role in roles)
+    worker = roles[rank].worker
+    return 0 if worker is None else worker // (workers // hosts)
 
 
 def _horovod_flags(run: RunSpec) -> list[str]:
@@ -245,12 +240,12 @@ def device_cores(run: RunSpec, rank: int, available: list[int]) -> list[int] | N
     return sorted({available[(d * per + t) % len(available)] for d in devices for t in range(per)})
 
 
-def under_engine_launcher() -> str | None:
+def under_engine_launcher() -> Launcher | None:
     """Which engine launcher started this process, if any (so `xfw run` acts as a worker in place)."""
     if "HOROVOD_RANK" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ:
-        return "horovodrun"
+        return Launcher.HOROVODRUN
     if "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ):
-        return "torchrun"
+        return Launcher.TORCHRUN
     if "TF_CONFIG" in os.environ:
-        return "tf_config"
+        return Launcher.TF_CONFIG
     return None

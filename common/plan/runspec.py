@@ -6,8 +6,10 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from xfw.common.plan.registry import Implementation, Strategy, find, network_count, run_devices, run_processes
+from xfw.common.plan.mesh import Axis, Mesh
+from xfw.common.plan.registry import find, network_count, run_devices, run_processes, run_roles
 from xfw.common.spec.config import Config, config_from_dict
+from xfw.common.strategies.base import Implementation, Role, Strategy
 
 
 @dataclass(frozen=True)
@@ -46,14 +48,19 @@ class RunSpec:
         return self.impl.kind
 
     @property
+    def mesh(self) -> Mesh:
+        """The run's parallel layout (common/plan/mesh.py)."""
+        return self.kind.mesh(self.config)
+
+    @property
     def replicas(self) -> int:
-        """Data-parallel replicas."""
-        return self.config.parallel.replicas if self.kind.data_parallel else 1
+        """Data-parallel replicas: the size of the data axis."""
+        return self.mesh.size(Axis.DATA)
 
     @property
     def stages(self) -> int:
-        """Model-parallel stages."""
-        return self.config.model_parallel.stages if self.kind.staged else 1
+        """Model-parallel stages: the size of the pipeline axis."""
+        return self.mesh.size(Axis.PIPELINE)
 
     @property
     def micro_batches(self) -> int:
@@ -63,6 +70,11 @@ class RunSpec:
     def devices(self) -> int:
         """Devices the run occupies; multi-process launchers start one process per device."""
         return run_devices(self.impl, self.config)
+
+    @property
+    def roles(self) -> tuple[Role, ...]:
+        """Every process of the run, in launcher rank order."""
+        return run_roles(self.impl, self.config)
 
     @property
     def processes(self) -> int:

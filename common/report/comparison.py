@@ -53,7 +53,7 @@ def run_rows(summary: Summary) -> list[list[str]]:
                 f"{r.flops.utilization * 100:.3g}%",
                 "; ".join(
                     [f"{r.processes} proc, weights spread {r.replica_weight_max_abs_diff:.1g}", *_backend(r)]
-                    + _asynchrony(r)
+                    + STRATEGY[r.strategy].run_notes(r)
                     + _flags(r)
                 ),
             ]
@@ -283,15 +283,6 @@ def _backend(r) -> list[str]:
     return [f"{backend} (ranks share a GPU)"] if backend == "gloo" and r.device_memory is not None else []
 
 
-def _asynchrony(r) -> list[str]:
-    """An asynchronous run's staleness: updates computed from weights this many updates old."""
-    a = r.asynchrony
-    if a is None:
-        return []
-    per_worker = f", updates per worker {a.updates_per_worker}" if a.updates_per_worker is not None else ""
-    return [f"staleness mean {a.mean_staleness:.2f} max {a.max_staleness}{per_worker}"]
-
-
 def _flags(r) -> list[str]:
     """What the reader must know before trusting the row's numbers."""
     flags = []
@@ -305,8 +296,8 @@ def _flags(r) -> list[str]:
     if r.oversubscribed:
         flags.append("OVERSUBSCRIBED: more devices x threads than cores, throughput is contention")
     if not r.loss_identical_across_repeats:
-        stale = getattr(r, "asynchrony", None) is not None and r.asynchrony.max_staleness > 0
-        flags.append("loss curves differ between repeats" + (" (asynchronous updates: expected)" if stale else ""))
+        expected = STRATEGY[r.strategy].repeats_may_differ(r)
+        flags.append("loss curves differ between repeats" + (f" ({expected})" if expected else ""))
     errors = r.teardown_errors  # a process that failed after rank 0 had written the complete result: kept, and said
     if errors:
         more = f" (+{len(errors) - 1} more repeats)" if len(errors) > 1 else ""

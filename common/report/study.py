@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from xfw.common.judge.stats import compare_throughput, first_reach, noise_floor, smoothed, step_end_times, tost_paired
-from xfw.common.plan.registry import FRAMEWORK_NAMES
 from xfw.common.records import Real, Record
 from xfw.common.report.comparison import save_figure, write_atomically
+from xfw.common.strategies.base import FRAMEWORK_NAMES
 from xfw.common.study.grid import Cell, EquivalenceSpec, StudyCell, StudyProcess, StudySpec, TargetSpec, _show
 
 

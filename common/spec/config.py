@@ -10,136 +10,35 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from xfw.common.errors import UserError
+from xfw.common.spec.model_specs import (  # noqa: F401 (re-exported: the config's model section)
+    MODEL_SPEC_TAGS,
+    BatchNormConfig,
+    CNNSpec,
+    MLPSpec,
+    ModelSpec,
+    ResNetSpec,
+    Section,
+    TransformerSpec,
+)
+from xfw.common.spec.models import model_kind
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "configs" / "default.yaml"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class MLPSpec(_Strict):
-    kind: Literal["mlp"] = "mlp"
-    # Input width, hidden widths..., output width. [10, 10] is a model with no hidden layer.
-    layers: list[Annotated[int, Field(gt=0)]] = Field(default=[10, 50, 10], min_length=2)
-    activation: Literal["relu", "tanh"] = "relu"
-
-
-class CNNSpec(_Strict):
-    kind: Literal["cnn"] = "cnn"
-    input_shape: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] = (
-        8,
-        8,
-        1,
-    )
-    # One block per entry: conv (stride 1, 'same' padding, odd kernel) -> activation -> 2x2 max-pool.
-    conv_channels: list[Annotated[int, Field(gt=0)]] = Field(default=[8, 16], min_length=1)
-    kernel_size: Annotated[int, Field(gt=0)] = 3
-    dense: list[Annotated[int, Field(gt=0)]] = [32]
-    outputs: Annotated[int, Field(gt=0)] = 10
-    activation: Literal["relu", "tanh"] = "relu"
-
-    @model_validator(mode="after")
-    def _check_shape(self) -> CNNSpec:
-        if self.kernel_size % 2 == 0:
-            raise ValueError("kernel_size must be odd ('same' padding is then symmetric in both frameworks)")
-        h, w, _ = self.input_shape
-        for _ in self.conv_channels:
-            if h < 2 or w < 2:
-                raise ValueError(
-                    f"input_shape {self.input_shape} is too small for {len(self.conv_channels)} pooling blocks"
-                )
-            h, w = h // 2, w // 2
-        return self
-
-
-class BatchNormConfig(_Strict):
-    # The moving statistics keep this fraction of their old value each step: Keras momentum=decay,
-    # torch momentum=1-decay (the two frameworks name opposite quantities "momentum").
-    decay: Annotated[float, Field(gt=0, lt=1)] = 0.9
-    # One epsilon for both (the frameworks' defaults differ: Keras 1e-3, torch 1e-5).
-    epsilon: Annotated[float, Field(gt=0)] = 1e-5
-
-
-class ResNetSpec(_Strict):
-    """The CIFAR ResNet family (He et al. 2016, section 4.2): depth 6n+2, a 3x3 stem, three stages of n
-    BasicBlocks, global average pooling, a dense head."""
-
-    kind: Literal["resnet"] = "resnet"
-    depth: Annotated[int, Field(ge=8)] = 8
-    widths: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] = (16, 32, 64)
-    input_shape: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] = (
-        32,
-        32,
-        3,
-    )
-    outputs: Annotated[int, Field(gt=0)] = 10
-    # relu is the ResNet's; its kink makes training sensitive to rounding (README: "Why ResNet curves part").
-    activation: Literal["relu", "tanh"] = "relu"
-    batchnorm: BatchNormConfig = BatchNormConfig()
-    # Batch statistics computed over the global batch across replicas (Keras synchronized=True, torch
-    # SyncBatchNorm); off: each replica normalises by its own shard's statistics.
-    sync_batchnorm: bool = False
-
-    @field_validator("depth")
-    @classmethod
-    def _check_depth(cls, depth: int) -> int:
-        if (depth - 2) % 6:
-            raise ValueError(f"must be 6n+2 (8, 14, 20, 32, 44, 56, 110, ...), got {depth}")
-        return depth
-
-    @model_validator(mode="after")
-    def _check_shape(self) -> ResNetSpec:
-        h, w, _ = self.input_shape
-        if h < 4 or w < 4:
-            raise ValueError(f"input_shape {self.input_shape} is too small for two stride-2 stages (at least 4x4)")
-        return self
-
-    @property
-    def blocks_per_stage(self) -> int:
-        return (self.depth - 2) // 6
-
-
-class TransformerSpec(_Strict):
-    """A decoder-only language model: token and learned position embeddings, pre-LayerNorm blocks of causal
-    multi-head self-attention and a GELU MLP, a final LayerNorm and a dense head over the vocabulary."""
-
-    kind: Literal["transformer"] = "transformer"
-    vocab: Annotated[int, Field(ge=2)] = 64
-    width: Annotated[int, Field(gt=0)] = 32
-    heads: Annotated[int, Field(gt=0)] = 4
-    depth: Annotated[int, Field(gt=0)] = 2
-    seq_len: Annotated[int, Field(gt=0)] = 16  # tokens per sample, and the size of the position table
-    mlp_ratio: Annotated[int, Field(gt=0)] = 4  # the MLP's hidden width is mlp_ratio x width
-    layer_norm_epsilon: Annotated[float, Field(gt=0)] = 1e-5
-    # exact: x * Phi(x) (torch nn.GELU() and keras gelu(approximate=False)); tanh: the tanh approximation.
-    gelu: Literal["exact", "tanh"] = "exact"
-
-    @model_validator(mode="after")
-    def _check_heads(self) -> TransformerSpec:
-        if self.width % self.heads:
-            raise ValueError(f"heads {self.heads} does not divide width {self.width}")
-        return self
-
-
-# One spec class per model kind; what each kind is made of (blocks, data, stages) is its entry in
-# common.models.MODEL_KINDS.
-ModelSpec = Annotated[MLPSpec | CNNSpec | ResNetSpec | TransformerSpec, Field(discriminator="kind")]
 # Default parity tolerances under mixed precision: about 1.5-2x the largest relative loss difference measured on
 # the shipped configs (README "Each framework at its best": bfloat16 3.5e-2 same framework, 7.2e-2 across;
 # float16 1.2e-2 and 8.9e-3).
 MIXED_BF16_SAME, MIXED_BF16_CROSS = 5e-2, 1e-1
 MIXED_F16_SAME, MIXED_F16_CROSS = 2e-2, 2e-2
-MODEL_SPEC_TAGS = ("mlp", "cnn", "resnet", "transformer")
 
 
 NATIVE_LOADER = {"workers": 0, "prefetch": 2, "pin_memory": True}  # data.pipeline native's defaults
 
 
-class DataConfig(_Strict):
+class DataConfig(Section):
     kind: Literal[
         "synthetic_regression", "synthetic_classification", "digits", "npz", "synthetic_images", "markov_text"
     ] = "synthetic_regression"
@@ -186,7 +85,7 @@ class DataConfig(_Strict):
         return self
 
 
-class ScheduleConfig(_Strict):
+class ScheduleConfig(Section):
     """The learning rate at each step, tabulated once in common/spec/schedules.py and read by both frameworks."""
 
     # constant: optimizer.lr throughout; warmup_cosine: linear warm-up from lr/warmup_steps to lr over
@@ -198,7 +97,7 @@ class ScheduleConfig(_Strict):
     gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
 
 
-class SGDConfig(_Strict):
+class SGDConfig(Section):
     kind: Literal["sgd"] = "sgd"
     lr: Annotated[float, Field(gt=0)] = 0.05
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
@@ -209,7 +108,7 @@ class SGDConfig(_Strict):
     schedule: ScheduleConfig = ScheduleConfig()
 
 
-class AdamConfig(_Strict):
+class AdamConfig(Section):
     kind: Literal["adam"] = "adam"
     lr: Annotated[float, Field(gt=0)] = 1e-3
     beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
@@ -218,7 +117,7 @@ class AdamConfig(_Strict):
     schedule: ScheduleConfig = ScheduleConfig()
 
 
-class AdamWConfig(_Strict):
+class AdamWConfig(Section):
     """Adam with decoupled weight decay (Loshchilov & Hutter): keras.optimizers.AdamW, torch.optim.AdamW."""
 
     kind: Literal["adamw"] = "adamw"
@@ -233,7 +132,7 @@ class AdamWConfig(_Strict):
 OptimizerConfig = Annotated[SGDConfig | AdamConfig | AdamWConfig, Field(discriminator="kind")]
 
 
-class TrainingConfig(_Strict):
+class TrainingConfig(Section):
     global_batch: Annotated[int, Field(gt=0)] = 32
     steps: Annotated[int, Field(gt=0)] = 300
     # First steps are timed apart (graph tracing, allocator warm-up) and excluded from throughput.
@@ -277,7 +176,7 @@ class TrainingConfig(_Strict):
         return self
 
 
-class DDPEngine(_Strict):
+class DDPEngine(Section):
     """torch DistributedDataParallel's own arguments (torch-ddp). Unset: DDP's default."""
 
     bucket_cap_mb: Annotated[float, Field(gt=0)] | None = None  # gradients all-reduced in buckets of this size
@@ -298,7 +197,7 @@ class DDPEngine(_Strict):
         return self
 
 
-class HorovodEngine(_Strict):
+class HorovodEngine(Section):
     """Horovod's tensor fusion and compression (tf-horovod, torch-horovod). Unset: Horovod's default."""
 
     fusion_threshold_mb: Annotated[int, Field(ge=0)] | None = None  # horovodrun --fusion-threshold-mb (0: no fusion)
@@ -307,7 +206,7 @@ class HorovodEngine(_Strict):
     compression: Literal["none", "fp16"] | None = None
 
 
-class CollectiveEngine(_Strict):
+class CollectiveEngine(Section):
     """TensorFlow's collective CommunicationOptions (MultiWorkerMirroredStrategy: tf-multi-worker and
     tf-fit-multi-worker). Unset: TensorFlow's default."""
 
@@ -315,7 +214,7 @@ class CollectiveEngine(_Strict):
     bytes_per_pack: Annotated[int, Field(ge=0)] | None = None  # gradients packed into all-reduces of this size
 
 
-class EngineConfig(_Strict):
+class EngineConfig(Section):
     """Options passed through to each engine, per engine; recorded with every run that uses it (env.engine)."""
 
     ddp: DDPEngine = DDPEngine()
@@ -327,7 +226,7 @@ class EngineConfig(_Strict):
         return {k: v for k, v in getattr(self, engine).model_dump().items() if v is not None}
 
 
-class SyncConfig(_Strict):
+class SyncConfig(Section):
     """How often the replicas synchronise (strategy local-sgd), and with how many parameter servers (strategy
     parameter-server)."""
 
@@ -340,11 +239,8 @@ class SyncConfig(_Strict):
     # and apply the workers' gradients as they arrive; the workers are parallel.replicas.
     parameter_servers: Annotated[int, Field(ge=1)] = 1
 
-    def averages_after(self, step: int) -> bool:
-        return step % self.every_k_steps == 0
 
-
-class NetworkConfig(_Strict):
+class NetworkConfig(Section):
     """Multi-host runs on this machine (execute/hosts.py): each host a network namespace, joined by veth links to a
     bridge. Applies to the implementations that start several processes (torchrun, TF_CONFIG, horovodrun); one-process
     runs stay on one host."""
@@ -361,7 +257,7 @@ class NetworkConfig(_Strict):
         return None if value is None else check_rate(value)
 
 
-class ParallelConfig(_Strict):
+class ParallelConfig(Section):
     replicas: Annotated[int, Field(gt=0)] = 2
     threads_per_replica: Annotated[int, Field(gt=0)] = 1
     # Allow more replicas than devices (CPU cores where there is no GPU). Timings are then meaningless.
@@ -369,7 +265,7 @@ class ParallelConfig(_Strict):
     engine: EngineConfig = EngineConfig()
 
 
-class ModelParallelConfig(_Strict):
+class ModelParallelConfig(Section):
     # Stages the model's layers are split into (model-parallel, pipeline, hybrid).
     stages: Annotated[int, Field(gt=0)] = 2
     # Names of the layers that begin stages 2..S (dense0, dense1, ... for an MLP; conv0, pool0, flatten, dense0, ...
@@ -386,7 +282,7 @@ class ModelParallelConfig(_Strict):
         return self
 
 
-class RuntimeConfig(_Strict):
+class RuntimeConfig(Section):
     determinism: bool = True
     # float32, or mixed precision: weights and the optimizer in float32, matmuls and convolutions in bfloat16 or
     # float16 (Keras's mixed policy / torch.autocast; float16 with dynamic loss scaling). Single-device and
@@ -402,12 +298,12 @@ class RuntimeConfig(_Strict):
     timeout_s: Annotated[float, Field(gt=0)] = 600.0  # per run (per repeat), enforced by the parent process
 
 
-class Tolerances(_Strict):
+class Tolerances(Section):
     same_framework: Annotated[float, Field(gt=0)]
     cross_framework: Annotated[float, Field(gt=0)]
 
 
-class ParityConfig(_Strict):
+class ParityConfig(Section):
     # Largest relative per-step loss difference allowed between two runs of the same framework
     # (parallel vs single device) and between the two frameworks, in float32.
     same_framework: Annotated[float, Field(gt=0)] = 1e-5
@@ -427,7 +323,7 @@ class ParityConfig(_Strict):
         return getattr(self if precision == "float32" else getattr(self, precision), kind)
 
 
-class NetworkSpec(_Strict):
+class NetworkSpec(Section):
     """One of several networks (independent, collaborative, shared-device): the top-level model, data, loss
     and optimizer unless given here. Training (batch, steps) is shared, so networks step in lockstep."""
 
@@ -441,7 +337,7 @@ class NetworkSpec(_Strict):
     optimizer: OptimizerConfig | None = None
 
 
-class CollaborativeConfig(_Strict):
+class CollaborativeConfig(Section):
     # Mutual learning: each network's loss is its task loss + mutual_weight x the divergence of its
     # predictions from its partner's (KL for classification, mean squared difference for regression).
     mutual_weight: Annotated[float, Field(ge=0)] = 1.0
@@ -452,7 +348,7 @@ class CollaborativeConfig(_Strict):
     head_optimizer: OptimizerConfig | None = None
 
 
-class SharedDeviceConfig(_Strict):
+class SharedDeviceConfig(Section):
     # Size sweep: every MLP network gets two hidden layers of this width, one sweep point per width.
     # Empty: the networks as configured, one point.
     hidden_widths: list[Annotated[int, Field(gt=0)]] = []
@@ -464,7 +360,7 @@ def _default_networks() -> list[NetworkSpec]:
     return [NetworkSpec(name="net-a"), NetworkSpec(name="net-b")]
 
 
-class Config(_Strict):
+class Config(Section):
     seed: int = 0  # data (synthetic sets), train/test split, sample order and, unless init_seed is set, weights
     init_seed: int | None = None
     model: ModelSpec = MLPSpec()
@@ -524,9 +420,6 @@ class Config(_Strict):
             raise ValueError(f"data.kind {self.data.kind} is a classification set: use loss cross_entropy")
         if self.data.kind == "synthetic_regression" and self.loss != "mse":
             raise ValueError("data.kind synthetic_regression needs loss mse")
-        # Imported here: common.models imports this module's spec classes (the kinds' registry lives there).
-        from xfw.common.spec.models import model_kind
-
         kind = model_kind(self.model)
         if self.data.kind not in kind.data_kinds:
             accepted = " or ".join(kind.data_kinds)

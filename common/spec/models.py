@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from math import prod
 from typing import Literal
 
-from xfw.common.spec.config import BatchNormConfig, CNNSpec, MLPSpec, ModelSpec, ResNetSpec, TransformerSpec
+from xfw.common.spec.model_specs import BatchNormConfig, CNNSpec, MLPSpec, ModelSpec, ResNetSpec, TransformerSpec
 
 Shape = tuple[int, ...]
 

@@ -25,7 +25,9 @@ from xfw.common.errors import UserError
 from xfw.common.execute import runner
 from xfw.common.execute.orchestrate import Progress, check_compare, compare_strategy, interruption, run_devices
 from xfw.common.execute.outdir import OutputError
-from xfw.common.plan.registry import Machine, get_strategy, unavailable_reason
+from xfw.common.plan.machine import Machine
+from xfw.common.plan.refusals import unavailable_reason
+from xfw.common.plan.registry import get_strategy
 from xfw.common.records import Real, Record, RunResult, Timing, first_problem, read_result
 from xfw.common.spec.config import Config, apply_overrides, build_config, load_raw, set_key
 from xfw.common.worker.loop import write_json_atomic

@@ -29,12 +29,14 @@ def launcher_rank() -> int:
         if var in os.environ:
             return int(os.environ[var])
     if "TF_CONFIG" in os.environ:
-        # rank order: the chief, the workers, the ps tasks (common.launch.tf_cluster)
+        # rank order: the cluster's task types in the order it lists them (common/plan/launch.tf_cluster)
         tf_config = json.loads(os.environ["TF_CONFIG"])
         task, cluster = tf_config["task"], tf_config["cluster"]
-        before = {"chief": 0, "worker": len(cluster.get("chief", [])), "ps": len(cluster.get("chief", []))}
-        before["ps"] += len(cluster.get("worker", []))
-        return before.get(task["type"], 0) + int(task["index"])
+        before = 0
+        for task_type, addresses in cluster.items():
+            if task_type == task["type"]:
+                return before + int(task["index"])
+            before += len(addresses)
     return 0
 
 

@@ -395,7 +395,8 @@ def common_env(run: RunSpec, launcher: str, world_size: int) -> dict:
             "optimizer": optimizer_hyperparameters(cfg, run.framework),
             "loss": loss_function_name(cfg, run.framework),
             "global_batch": cfg.training.global_batch,
-            "per_replica_batch": cfg.training.global_batch // run.replicas,
+            # each worker of a strategy that does not cut the batch (parameter servers) steps on all of it
+            "per_replica_batch": cfg.training.global_batch // (run.mesh.batch_shards if run.kind.shards_batch else 1),
             "steps": cfg.training.steps,
             "seed": cfg.seed,
         },

@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 
 from xfw.common.plan.runspec import RunSpec
-from xfw.common.records import Asynchrony, PeakFlops
+from xfw.common.record_types import Record
+from xfw.common.records import PeakFlops
+from xfw.common.strategies.base import Launcher
 from xfw.common.worker.loop import (
     LoopTiming,
     RankOutcome,
@@ -144,8 +146,7 @@ def timed_training(
 
 def profiled_kind(run: RunSpec) -> bool:
     """Whether the run's steps are whole-model steps whose time the breakdown splits (single and data-parallel)."""
-    kind = run.kind
-    return run.strategy == "single" or (kind.data_parallel and not kind.staged and not kind.asynchronous)
+    return run.kind.profiled
 
 
 def environment(
@@ -159,7 +160,7 @@ def environment(
         "intra_op_threads": intra_op_threads,
         "inter_op_threads": inter_op_threads,
     }
-    if ctx.launcher == "horovodrun":
+    if ctx.launcher == Launcher.HOROVODRUN:
         # From the installed package's metadata: importing horovod here would load a framework.
         env["framework_versions"]["horovod"] = importlib.metadata.version("horovod")
     return env
@@ -186,18 +187,18 @@ def report(
     stage_busy_s: dict | None = None,
     fed: list | None = None,
     stage_devices: dict | None = None,
-    asynchrony: Asynchrony | None = None,
+    strategy_fields: dict[str, Record] | None = None,
 ) -> None:
     """The end of a one-model run: every rank's outcome is gathered, rank 0 adds evaluation, environment and the
     machine's peak (each called on rank 0 only) and writes result.json. `fed`: what each replica this process fed
     was given (common.data.Fed), read back from its step inputs: result.json's work_split. `stage_devices`: where the
-    weights of each stage this process runs live. `asynchrony`: an asynchronous run's updates, as rank 0 recorded
-    them."""
+    weights of each stage this process runs live. `strategy_fields`: the records a strategy adds to
+    result.json as rank 0 recorded them (common/strategies: e.g. parameter-server's `asynchrony`)."""
 
     def rank0_extras() -> dict:
         env = framework.environment(ctx)
         extras = {"eval": evaluate(), "env": env, "peak_flops": framework.peak_flops(ctx.run)}
-        return extras | ({"asynchrony": asynchrony} if asynchrony is not None else {})
+        return extras | (strategy_fields or {})
 
     outcome = RankOutcome(
         losses,

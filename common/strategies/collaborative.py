@@ -1,0 +1,116 @@
+"""Networks that exchange intermediate results every step (mutual learning, an encoder -> head chain)."""
+
+from __future__ import annotations
+
+from xfw.common.strategies.base import DeviceUse, Strategy, implementation, register
+
+STRATEGY = Strategy(
+    "collaborative",
+    "networks on different devices that exchange intermediate results every step: mutual "
+    "learning (predictions) and an encoder -> head chain (activations and their gradients)",
+    several_networks=True,
+    min_networks=2,
+    exchanges=True,
+    reference_strategy=None,
+    device_unit="networks, one device each,",
+    config_sections=("networks", "collaborative", "shared_device"),
+)
+
+IMPLEMENTATIONS = (
+    implementation(
+        "tf",
+        "collaborative",
+        "mutual",
+        "collaborative",
+        "run_mutual",
+        "process",
+        "mutual learning, all networks on one device: the reference",
+        devices=DeviceUse.ONE,
+        reference="mutual",
+    ),
+    implementation(
+        "tf",
+        "collaborative",
+        "mutual-placed",
+        "collaborative",
+        "run_mutual",
+        "process",
+        "mutual learning, each network under its own tf.device, predictions cross devices every step",
+        devices=DeviceUse.EACH,
+        reference="mutual",
+        twin="mutual-distributed",
+    ),
+    implementation(
+        "tf",
+        "collaborative",
+        "chain",
+        "collaborative",
+        "run_chain",
+        "process",
+        "encoder -> head, both networks on one device: the reference",
+        devices=DeviceUse.ONE,
+        chain=True,
+        reference="chain",
+    ),
+    implementation(
+        "tf",
+        "collaborative",
+        "chain-placed",
+        "collaborative",
+        "run_chain",
+        "process",
+        "encoder and head under their own tf.device: activations forward, gradients back every step",
+        devices=DeviceUse.EACH,
+        chain=True,
+        reference="chain",
+        twin="chain-send-recv",
+    ),
+    implementation(
+        "torch",
+        "collaborative",
+        "mutual",
+        "collaborative",
+        "run_mutual",
+        "process",
+        "mutual learning, all networks on one device: the reference",
+        devices=DeviceUse.ONE,
+        reference="mutual",
+    ),
+    implementation(
+        "torch",
+        "collaborative",
+        "mutual-distributed",
+        "collaborative",
+        "run_mutual_distributed",
+        "torchrun",
+        "mutual learning, one process per network, predictions exchanged with dist.all_gather every step",
+        devices=DeviceUse.EACH,
+        reference="mutual",
+    ),
+    implementation(
+        "torch",
+        "collaborative",
+        "chain",
+        "collaborative",
+        "run_chain",
+        "process",
+        "encoder -> head, both networks on one device: the reference",
+        devices=DeviceUse.ONE,
+        chain=True,
+        reference="chain",
+    ),
+    implementation(
+        "torch",
+        "collaborative",
+        "chain-send-recv",
+        "collaborative",
+        "run_chain_send_recv",
+        "torchrun",
+        "encoder and head in two processes: activations forward, gradients back with dist.send/recv",
+        devices=DeviceUse.EACH,
+        chain=True,
+        reference="chain",
+    ),
+)
+
+register(STRATEGY, IMPLEMENTATIONS)
