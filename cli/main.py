@@ -19,7 +19,9 @@ from rich.table import Table
 from xfw.cli.progress import RichProgress, StudyProgress
 from xfw.common.errors import UserError
 from xfw.common.execute import runner
-from xfw.common.execute.orchestrate import compare_strategy, execute_run, preflight, run_replicas
+from xfw.common.execute.executor import FailureKind, RunFailure, execute
+from xfw.common.execute.local import LocalExecutor
+from xfw.common.execute.orchestrate import compare_strategy, preflight, run_replicas
 from xfw.common.execute.outdir import OutputError, claim
 from xfw.common.judge.diff import diff_runs
 from xfw.common.plan import refusals, registry
@@ -148,12 +150,12 @@ def run(framework, implementation, config_path, overrides, replicas, timeout_s, 
     console = Console(stderr=True)
     with claim(out), runner.deferred_signals(), RichProgress(console) as progress:
         progress.start(impl.id, config.training.steps)
-        result = execute_run(impl, spec, timeout_s or config.runtime.timeout_s, machine, progress)
-    if isinstance(result, dict) and result["status"] == "interrupted":
-        console.print(f"xfw: {escape(result['error'])}", highlight=False)
+        result = execute(LocalExecutor(machine), impl, spec, timeout_s or config.runtime.timeout_s, progress)
+    if isinstance(result, RunFailure) and result.kind == FailureKind.INTERRUPTED:
+        console.print(f"xfw: {escape(result.error)}", highlight=False)
         sys.exit(128 + runner.interrupted())
-    if isinstance(result, dict):  # the run failed
-        console.print(f"[red]{impl.id} failed[/]: {escape(result['error'])}", highlight=False)
+    if isinstance(result, RunFailure):  # the run failed
+        console.print(f"[red]{impl.id} failed[/]: {escape(result.error)}", highlight=False)
         sys.exit(1)
     if result.teardown_error:
         console.print(
@@ -232,7 +234,7 @@ def compare(strategy, config_path, overrides, replicas, timeout_s, repeats, only
                     out,
                     repeats,
                     timeout_s or config.runtime.timeout_s,
-                    machine_of_here(),
+                    LocalExecutor(machine_of_here()),
                     progress,
                     list(only),
                     folder,
@@ -256,14 +258,15 @@ def compare(strategy, config_path, overrides, replicas, timeout_s, repeats, only
 
 def localized(summary, config, out: Path, console):
     """compare --localize: the summary with where its failing comparisons part, written again."""
-    from xfw.common.execute.orchestrate import interruption
     from xfw.common.localize.replay import localize_failures
 
     try:
         with RichProgress(console) as progress:
             summary = localize_failures(summary, config, out, machine_of_here(), progress)
     except KeyboardInterrupt:  # the compare's runs are complete: only the localisation is lost
-        return summary.model_copy(update={"interrupted": f"{interruption(runner.interrupted())} while localising"})
+        return summary.model_copy(
+            update={"interrupted": f"{runner.interruption(runner.interrupted())} while localising"}
+        )
     write_json_atomic(out / "summary.json", summary.to_json())
     return summary
 
@@ -326,7 +329,9 @@ def study(study_file, out_dir, resume) -> None:
 
         try:
             with StudyProgress(console) as progress:
-                records, stopped = run_study(spec, cells, out, machine, progress, planned, on_cell=rebuild)
+                records, stopped = run_study(
+                    spec, cells, out, LocalExecutor(machine), progress, planned, on_cell=rebuild
+                )
             report = rebuild(records, stopped)
         except OutputError as err:
             click.echo(f"xfw: error: {err} (each finished cell's cell.json is kept: --resume rebuilds)", err=True)

@@ -6,26 +6,17 @@ never loses the runs that finished."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
-import shutil
-import signal
-import time
-import uuid
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
-
-from pydantic import ValidationError
 
 from xfw.common.errors import UserError
 from xfw.common.execute import hosts as virtual_hosts
 from xfw.common.execute import runner
+from xfw.common.execute.executor import Executor, FailureKind, NoProgress, Progress, RunFailure, execute
 from xfw.common.execute.outdir import OutputFolder
 from xfw.common.judge.compare import comparisons, envelopes, run_entry
 from xfw.common.judge.compare_networks import network_run_entry, sweep
-from xfw.common.plan import launch
 from xfw.common.plan.machine import Machine
 from xfw.common.plan.refusals import check_devices, oversubscription, unavailable_reason
 from xfw.common.plan.registry import REGISTRY, for_strategy, get_strategy, run_devices
@@ -35,47 +26,16 @@ from xfw.common.records import (
     FailedRun,
     InterruptedRun,
     MachineInfo,
-    NetworkUse,
     RunBase,
     SkippedRun,
     Summary,
-    first_problem,
-    read_result,
 )
 from xfw.common.spec.config import Config, config_for_replicas, with_hidden_width
 from xfw.common.spec.data import load_dataset, loss_floor
 from xfw.common.spec.partition import check_micro_batches, plan_stages
-from xfw.common.strategies.base import Framework, Implementation, Launcher, Role
-from xfw.common.worker.loop import progress_path, write_json_atomic
+from xfw.common.strategies.base import Framework, Implementation
+from xfw.common.worker.loop import write_json_atomic
 from xfw.common.worker.networks import check_networks
-
-
-class Progress(Protocol):
-    def start(self, label: str, steps: int) -> None: ...
-    def update(self, step: int) -> None: ...
-    def finish(self, label: str, status: str, detail: str) -> None: ...
-    def note(self, text: str) -> None: ...
-
-
-class NoProgress:
-    def start(self, label, steps):
-        pass
-
-    def update(self, step):
-        pass
-
-    def finish(self, label, status, detail):
-        pass
-
-    def note(self, text):
-        pass
-
-
-def _read_step(path: Path) -> int | None:
-    try:
-        return json.loads(path.read_text())["step"]
-    except (OSError, ValueError, KeyError):
-        return None  # not written yet
 
 
 def preflight(config: Config, strategy: str) -> None:
@@ -139,135 +99,6 @@ def sized_configs(config: Config, strategy: str) -> dict[int | None, Config]:
     return {w: with_hidden_width(config, w) for w in widths} or {None: config}
 
 
-# What a run writes into its folder. A previous run's copies are removed (a stale result.json must never pass for
-# this run's) and nothing else: the folder, and whatever else is in it, may not be this invocation's to delete.
-RUN_FILES = (
-    "run.json",
-    "result.json",
-    "progress-rank*.json",
-    "worker-*.log",
-    ".result.json.*.tmp",
-    ".progress-rank*.json.*.tmp",
-)
-# A worker that finds the disk full may not even manage to log why; below this much free space, the parent says so.
-LOW_SPACE_BYTES = 256 * 1024
-
-
-def _clear_run_files(run_dir: Path) -> None:
-    if run_dir.is_dir():
-        for pattern in RUN_FILES:
-            for file in run_dir.glob(pattern):
-                file.unlink(missing_ok=True)
-
-
-def _space_note(run_dir: Path, error: str) -> str:
-    """The error of a run that wrote no result, led by the likely cause when its file system is (nearly) full."""
-    try:
-        free = shutil.disk_usage(run_dir).free
-    except OSError:
-        return error
-    if free >= LOW_SPACE_BYTES:
-        return error
-    head, _, tail = error.partition("\n")
-    return f"no space left on the output folder's file system ({free // 1024} KiB free); {head}\n{tail}"
-
-
-def stall_report(run_dir: Path, roles: tuple[Role, ...], steps: int) -> str:
-    """Where each rank stopped, those furthest behind first: the rank that hung is among them (the others wait
-    for it in a collective, at the same step or one report later). Ranks whose role writes no progress (servers)
-    are left out."""
-    now = time.time()
-    seen = []
-    for rank in (r for r, role in enumerate(roles) if role.reports_progress):
-        path = progress_path(run_dir, rank)
-        step = _read_step(path)
-        if step is None:
-            seen.append((-1, 0.0, f"rank {rank} never reached a step"))
-        else:
-            quiet = now - path.stat().st_mtime
-            seen.append((step, -quiet, f"rank {rank} last reported step {step}/{steps} {quiet:.0f} s before"))
-    return "; ".join(text for *_, text in sorted(seen))
-
-
-def interruption(signum: int) -> str:
-    return f"interrupted by {signal.Signals(signum).name}"
-
-
-def execute_run(impl: Implementation, run: RunSpec, timeout_s: float, machine: Machine, progress: Progress):
-    """One process tree for one run; returns the rank-0 result (RunResult or NetworksResult), or a failure
-    as {"status": "failed" | "interrupted", "error": the root cause and the log's tail}. A run that failed
-    because a rendezvous port was taken meanwhile is tried once more with other ports."""
-    result = _execute_once(impl, run, timeout_s, machine, progress, attempt=0)
-    if isinstance(result, dict) and result.get("port_taken"):
-        progress.note(f"{run.id}: {result['error'].splitlines()[0]}; trying once more with other ports")
-        result = _execute_once(impl, run, timeout_s, machine, progress, attempt=1)
-    return result
-
-
-def _execute_once(impl: Implementation, run: RunSpec, timeout_s: float, machine: Machine, progress: Progress, attempt):
-    run_dir = Path(run.out_dir)
-    try:
-        _clear_run_files(run_dir)
-        run_json = run.write(run_dir / "run.json")
-    except OSError as exc:  # the output folder filled up or lost its permissions since it was checked
-        return {"status": "failed", "error": f"cannot write {exc.filename or run_dir}: {exc.strerror}"}
-    token = uuid.uuid4().hex
-    rendezvous = impl.launcher in (Launcher.TF_CONFIG, Launcher.TORCHRUN)
-    ports = launch.rendezvous_ports(run.processes, attempt) if rendezvous else None
-    # Several hosts (network namespaces) for the multi-process launchers; one-process runs stay on this one.
-    many = run.config.network.hosts > 1 and impl.launcher != Launcher.PROCESS
-    network = virtual_hosts.VirtualHosts(run.config.network.hosts, run.config.network.rate) if many else nullcontext()
-    with network as hosts:
-        plan = launch.plan(impl, run, run_json, machine, token, ports, hosts)
-        sent = virtual_hosts.bytes_sent(hosts.hosts) if hosts else None
-        result = _launch(run, run_dir, plan, timeout_s, token, ports, progress)
-        if hosts and not isinstance(result, dict):
-            result.network = NetworkUse.measured(run, hosts.hosts, sent, virtual_hosts.bytes_sent(hosts.hosts))
-    return result
-
-
-def _launch(run: RunSpec, run_dir: Path, plan, timeout_s: float, token: str, ports, progress: Progress):
-    """Starts the plan's processes and waits for them; the result, or a failure as execute_run describes."""
-    progress_file = progress_path(run_dir, 0)
-    steps = run.config.training.steps
-
-    def poll() -> None:
-        step = _read_step(progress_file)
-        if step is not None:
-            progress.update(step)
-
-    result_file = run_dir / "result.json"
-    try:
-        outcome = runner.execute(
-            plan, run_dir, timeout_s, token, poll, result_file, lambda: stall_report(run_dir, run.roles, steps)
-        )
-    except OSError as exc:  # its log files could not be created
-        return {"status": "failed", "error": f"cannot write {exc.filename or run_dir}: {exc.strerror}"}
-    if outcome.interrupted is not None and not result_file.exists():
-        step = _read_step(progress_file)
-        where = f"at step {step}/{steps}" if step is not None else "before its first step"
-        stopped = f"{interruption(outcome.interrupted)} after {outcome.wall_s:.1f} s, {where}"
-        return {"status": "interrupted", "error": f"{stopped}; its processes were ended"}
-    if not result_file.exists():
-        if outcome.port_taken:
-            taken = f"one of the rendezvous ports {', '.join(map(str, ports or []))}" if ports else "a rendezvous port"
-            error = outcome.error(timeout_s).replace("a rendezvous port", taken, 1)
-            return {"status": "failed", "port_taken": True, "error": error}
-        return {"status": "failed", "error": _space_note(run_dir, outcome.error(timeout_s))}
-    try:
-        result = read_result(json.loads(result_file.read_text()))
-    except (ValueError, ValidationError) as err:  # a worker that wrote something else is a failed run, not a crash
-        return {
-            "status": "failed",
-            "error": f"{result_file} is not a valid result: {first_problem(err)}\n{outcome.error(timeout_s)}",
-        }
-    if not outcome.ok:
-        # Rank 0 writes result.json only after gathering every rank's outcome, so the run's work is complete
-        # and kept; a process that then fails (seen: a rare SIGABRT in gloo's teardown) is recorded, not hidden.
-        result.teardown_error = outcome.error(timeout_s).splitlines()[0]
-    return result
-
-
 def base_entry(impl: Implementation) -> RunBase:
     return RunBase(
         id=impl.id,
@@ -320,7 +151,7 @@ def make_slot(
 
 
 def run_repeat(
-    slot: Slot, k: int, repeats: int, out_dir: Path, timeout_s: float, machine: Machine, progress: Progress
+    slot: Slot, k: int, repeats: int, out_dir: Path, timeout_s: float, executor: Executor, progress: Progress
 ) -> None:
     """Repeat k of the slot's implementation; its entry becomes the merge of the repeats so far, or failed."""
     impl, label = slot.impl, slot.base.id
@@ -334,15 +165,15 @@ def run_repeat(
     )
     shown = label + (f" (repeat {k + 1}/{repeats})" if repeats > 1 else "")
     progress.start(shown, slot.config.training.steps)
-    result = execute_run(impl, run, timeout_s, machine, progress)
-    if isinstance(result, dict) and result["status"] == "interrupted":
-        progress.finish(shown, "interrupted", result["error"])
+    result = execute(executor, impl, run, timeout_s, progress)
+    if isinstance(result, RunFailure) and result.kind == FailureKind.INTERRUPTED:
+        progress.finish(shown, "interrupted", result.error)
         if not slot.results:  # repeats that finished before it stay a result
-            slot.entry = InterruptedRun(**slot.base.model_dump(), reason=result["error"], run_dir=run.out_dir)
+            slot.entry = InterruptedRun(**slot.base.model_dump(), reason=result.error, run_dir=run.out_dir)
         return
-    if isinstance(result, dict):
-        progress.finish(shown, "failed", result["error"].splitlines()[0])
-        slot.entry = FailedRun(**slot.base.model_dump(), error=result["error"], run_dir=run.out_dir)
+    if isinstance(result, RunFailure):
+        progress.finish(shown, "failed", result.error.splitlines()[0])
+        slot.entry = FailedRun(**slot.base.model_dump(), error=result.error, run_dir=run.out_dir)
         return
     slot.results.append(result)
     slot.files.append(str(Path(run.out_dir) / "result.json"))
@@ -388,14 +219,16 @@ def compare_strategy(
     out_dir: Path,
     repeats: int,
     timeout_s: float,
-    machine: Machine,
+    executor: Executor,
     progress: Progress | None = None,
     only: list[str] = (),
     folder: OutputFolder | None = None,
 ) -> Summary:
-    """`folder`: the claimed output folder (common.outdir), whose reserve keeps summary.json writable on a full
-    disk; an OutputError if summary.json cannot be written even so."""
+    """Every run of the compare through `executor` (whose resources the refusals read). `folder`: the claimed
+    output folder (common/execute/outdir.py), whose reserve keeps summary.json writable on a full disk; an
+    OutputError if summary.json cannot be written even so."""
     progress = progress or NoProgress()
+    machine = executor.resources
     impls = check_compare(strategy, config, machine, only)
     sized = sized_configs(config, strategy)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -435,10 +268,10 @@ def compare_strategy(
             if runner.interrupted() is not None:
                 break
             if slot.open and not (folder and folder.full):
-                run_repeat(slot, k, repeats, out_dir, timeout_s, machine, progress)
+                run_repeat(slot, k, repeats, out_dir, timeout_s, executor, progress)
                 if runner.interrupted() is not None:
                     shown = slot.base.id + (f" repeat {k + 1}/{repeats}" if repeats > 1 else "")
-                    summary.interrupted = f"{interruption(runner.interrupted())} during {shown}"
+                    summary.interrupted = f"{runner.interruption(runner.interrupted())} during {shown}"
                 publish()
     if folder and folder.full:  # the disk is full: the runs not started yet could not write anything either
         for slot in slots:
@@ -447,7 +280,7 @@ def compare_strategy(
                 slot.entry = FailedRun(**slot.base.model_dump(), error=f"not run: {folder.full}")
         publish()
     if runner.interrupted() is not None and summary.interrupted is None:  # between runs, or before the first
-        summary.interrupted = f"{interruption(runner.interrupted())} before every run had started"
+        summary.interrupted = f"{runner.interruption(runner.interrupted())} before every run had started"
         publish()
     return summary
 

@@ -278,3 +278,7 @@ def execute(
         kill_run(procs, token)
     codes = [p.returncode for p in procs]
     return Outcome(codes, timed_out, time.monotonic() - start, logs, signum, stall, lingered, sizes)
+
+
+def interruption(signum: int) -> str:
+    return f"interrupted by {signal.Signals(signum).name}"

@@ -9,6 +9,7 @@ import random
 import shutil
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +98,20 @@ def horovodrun_executable() -> str:
     return found
 
 
+@dataclass(frozen=True)
+class LaunchRequest:
+    """What every planner is given: the run, its run.json, the parent's environment for its processes, the
+    machine, and (multi-process launchers) the rendezvous ports and the virtual hosts it spans."""
+
+    impl: Implementation
+    run: RunSpec
+    worker: list[str]  # the worker command: python -m xfw.cli.worker RUN_JSON
+    env: dict[str, str]
+    machine: Machine
+    ports: list[int] | None
+    network: HostSet | None
+
+
 def plan(
     impl: Implementation,
     run: RunSpec,
@@ -106,97 +121,137 @@ def plan(
     ports: list[int] | None = None,
     network: HostSet | None = None,
 ) -> LaunchPlan:
-    """`hosts` (network namespaces, common/execute/hosts.py): the engine's multi-node launch, one launcher or worker per
-    host, each in its host; None: every process on this machine's loopback."""
+    """`network` (virtual hosts, common/execute/hosts.py): the engine's multi-node launch, one launcher or worker
+    per host, each in its host; None: every process on this machine's loopback."""
     worker = [sys.executable, "-m", WORKER_MODULE, str(run_json)]
     env = base_env(run, token) | {PARENT_VAR: str(os.getpid())}
-    n = run.processes
-    if impl.launcher == Launcher.PROCESS:
-        return LaunchPlan([worker], [env])
-    if network:
-        return _multi_host_plan(impl, run, worker, env, network, ports)
-    if impl.launcher == Launcher.TORCHRUN:
-        # --standalone: a local rendezvous on a free port; --max-restarts 0: a failure fails the run.
-        cmd = [
+    request = LaunchRequest(impl, run, worker, env, machine, ports, network)
+    planners = HOST_PLANNERS if network and impl.launcher != Launcher.PROCESS else PLANNERS
+    return planners[impl.launcher](request)
+
+
+def _plain_process(r: LaunchRequest) -> LaunchPlan:
+    return LaunchPlan([r.worker], [r.env])
+
+
+def _torchrun(r: LaunchRequest) -> LaunchPlan:
+    # --standalone: a local rendezvous on a free port; --max-restarts 0: a failure fails the run.
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={r.run.processes}",
+        "--max-restarts=0",
+        "-m",
+        WORKER_MODULE,
+        r.worker[-1],
+    ]
+    return LaunchPlan([cmd], [r.env | {"MASTER_ADDR": "127.0.0.1"}])
+
+
+def _horovodrun(r: LaunchRequest) -> LaunchPlan:
+    n = r.run.processes
+    cmd = [horovodrun_executable(), "-np", str(n), "-H", f"localhost:{n}", "--gloo", *_horovod_flags(r.run)]
+    # Horovod: lets rank 0 record its timeline around the profiled steps (common.breakdown.HorovodTimeline).
+    return LaunchPlan([cmd + r.worker], [r.env | {"HOROVOD_TIMELINE": "DYNAMIC"}])
+
+
+def _tf_config(r: LaunchRequest) -> LaunchPlan:
+    run, machine, n = r.run, r.machine, r.run.processes
+    ports = r.ports or free_ports(n)
+    cluster, tasks = tf_cluster(run, [f"localhost:{p}" for p in ports])
+    envs = []
+    for index in range(n):
+        worker_env = r.env | {"TF_CONFIG": json.dumps({"cluster": cluster, "task": tasks[index]})}
+        if machine.gpus:
+            # One GPU per worker, or all on the first where the networks share one device.
+            worker_env["CUDA_VISIBLE_DEVICES"] = str(gpu_of_rank(index, machine.gpus, run.devices))
+            if ranks_share_a_gpu(n, machine.gpus, run.devices):
+                worker_env[SHARED_GPU_VAR] = "1"
+        envs.append(worker_env)
+    return LaunchPlan([r.worker] * n, envs)
+
+
+# How each launcher starts a run's processes on this machine.
+PLANNERS: dict[Launcher, Callable[[LaunchRequest], LaunchPlan]] = {
+    Launcher.PROCESS: _plain_process,
+    Launcher.TORCHRUN: _torchrun,
+    Launcher.HOROVODRUN: _horovodrun,
+    Launcher.TF_CONFIG: _tf_config,
+}
+
+
+def _multi_host_env(r: LaunchRequest) -> dict[str, str]:
+    # gloo (torch.distributed, Horovod's CPU collectives) picks its interface from the hostname otherwise, which
+    # resolves outside the namespace.
+    return r.env | {"GLOO_SOCKET_IFNAME": INTERFACE, "TP_SOCKET_IFNAME": INTERFACE}
+
+
+def _torchrun_hosts(r: LaunchRequest) -> LaunchPlan:
+    """torchrun's multi-node launch: one torchrun per host, c10d rendezvous on host 0."""
+    assert r.network is not None
+    hosts, run = r.network.hosts, r.run
+    env = _multi_host_env(r)
+    ports = r.ports or free_ports(run.processes)
+    commands = [
+        host.prefix()
+        + [
             sys.executable,
             "-m",
             "torch.distributed.run",
-            "--standalone",
-            f"--nproc-per-node={n}",
+            f"--nnodes={len(hosts)}",
+            f"--node-rank={host.index}",
+            f"--nproc-per-node={sum(host_index(run, len(hosts), i) == host.index for i in range(run.processes))}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={hosts[0].address}:{ports[0]}",
+            f"--rdzv-id={env[TOKEN_VAR]}",
+            # c10d finds out whether it hosts the rendezvous store from the hostname, which resolves outside
+            # the namespace: said outright, host 0 does
+            f"--rdzv-conf=is_host={'true' if host.index == 0 else 'false'}",
+            f"--local-addr={host.address}",
             "--max-restarts=0",
             "-m",
             WORKER_MODULE,
-            str(run_json),
+            r.worker[-1],
         ]
-        return LaunchPlan([cmd], [env | {"MASTER_ADDR": "127.0.0.1"}])
-    if impl.launcher == Launcher.HOROVODRUN:
-        cmd = [horovodrun_executable(), "-np", str(n), "-H", f"localhost:{n}", "--gloo", *_horovod_flags(run)]
-        # Horovod: lets rank 0 record its timeline around the profiled steps (common.breakdown.HorovodTimeline).
-        return LaunchPlan([cmd + worker], [env | {"HOROVOD_TIMELINE": "DYNAMIC"}])
-    if impl.launcher == Launcher.TF_CONFIG:
-        ports = ports or free_ports(n)
-        cluster, tasks = tf_cluster(run, [f"localhost:{p}" for p in ports])
-        envs = []
-        for index in range(n):
-            worker_env = env | {"TF_CONFIG": json.dumps({"cluster": cluster, "task": tasks[index]})}
-            if machine.gpus:
-                # One GPU per worker, or all on the first where the networks share one device.
-                worker_env["CUDA_VISIBLE_DEVICES"] = str(gpu_of_rank(index, machine.gpus, run.devices))
-                if ranks_share_a_gpu(n, machine.gpus, run.devices):
-                    worker_env[SHARED_GPU_VAR] = "1"
-            envs.append(worker_env)
-        return LaunchPlan([worker] * n, envs)
-    raise ValueError(f"unknown launcher {impl.launcher}")
+        for host in hosts
+    ]
+    return LaunchPlan(commands, [env] * len(hosts))
 
 
-def _multi_host_plan(impl: Implementation, run: RunSpec, worker: list[str], env: dict, network: HostSet, ports):
-    """The engines' own multi-node launches across namespaces: the processes split evenly, host h running processes
-    h * per .. (h + 1) * per - 1; every engine told to bind the host's one interface."""
-    hosts = network.hosts
-    n, per = run.processes, run.processes // len(hosts)
-    # gloo (torch.distributed, Horovod's CPU collectives) picks its interface from the hostname otherwise, which
-    # resolves outside the namespace.
-    env = env | {"GLOO_SOCKET_IFNAME": INTERFACE, "TP_SOCKET_IFNAME": INTERFACE}
-    ports = ports or free_ports(n)
-    if impl.launcher == Launcher.TORCHRUN:
-        commands = [
-            host.prefix()
-            + [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                f"--nnodes={len(hosts)}",
-                f"--node-rank={host.index}",
-                f"--nproc-per-node={sum(host_index(run, len(hosts), r) == host.index for r in range(n))}",
-                "--rdzv-backend=c10d",
-                f"--rdzv-endpoint={hosts[0].address}:{ports[0]}",
-                f"--rdzv-id={env[TOKEN_VAR]}",
-                # c10d finds out whether it hosts the rendezvous store from the hostname, which resolves outside
-                # the namespace: said outright, host 0 does
-                f"--rdzv-conf=is_host={'true' if host.index == 0 else 'false'}",
-                f"--local-addr={host.address}",
-                "--max-restarts=0",
-                "-m",
-                WORKER_MODULE,
-                worker[-1],
-            ]
-            for host in hosts
-        ]
-        return LaunchPlan(commands, [env] * len(hosts))
-    if impl.launcher == Launcher.TF_CONFIG:
-        host_of = [hosts[host_index(run, len(hosts), i)] for i in range(n)]
-        cluster, tasks = tf_cluster(run, [f"{host_of[i].address}:{ports[i]}" for i in range(n)])
-        envs = [env | {"TF_CONFIG": json.dumps({"cluster": cluster, "task": tasks[i]})} for i in range(n)]
-        return LaunchPlan([host_of[i].prefix() + worker for i in range(n)], envs)
-    if impl.launcher == Launcher.HOROVODRUN:
-        # horovodrun in host 0 starts host 0's ranks itself and the others' through its ssh launcher, whose ssh is
-        # the stand-in that runs the command in that host's namespace (common/execute/hosts.py).
-        slots = ",".join(f"{h.address}:{per}" for h in hosts)
-        cmd = [horovodrun_executable(), "-np", str(n), "-H", slots, "--gloo", "--network-interfaces", INTERFACE]
-        cmd += _horovod_flags(run)
-        env = env | network.namespaces_env() | {"HOROVOD_TIMELINE": "DYNAMIC"}
-        return LaunchPlan([hosts[0].prefix() + cmd + worker], [env])
-    raise ValueError(f"unknown launcher {impl.launcher}")
+def _tf_config_hosts(r: LaunchRequest) -> LaunchPlan:
+    """One worker process per task, each started in its host, TF_CONFIG naming the hosts' addresses."""
+    assert r.network is not None
+    hosts, run, n = r.network.hosts, r.run, r.run.processes
+    env = _multi_host_env(r)
+    ports = r.ports or free_ports(n)
+    host_of = [hosts[host_index(run, len(hosts), i)] for i in range(n)]
+    cluster, tasks = tf_cluster(run, [f"{host_of[i].address}:{ports[i]}" for i in range(n)])
+    envs = [env | {"TF_CONFIG": json.dumps({"cluster": cluster, "task": tasks[i]})} for i in range(n)]
+    return LaunchPlan([host_of[i].prefix() + r.worker for i in range(n)], envs)
+
+
+def _horovodrun_hosts(r: LaunchRequest) -> LaunchPlan:
+    """horovodrun in host 0 starts host 0's ranks itself and the others' through its ssh launcher, whose ssh is the
+    stand-in that runs the command in that host's namespace (common/execute/hosts.py)."""
+    assert r.network is not None
+    hosts, run = r.network.hosts, r.run
+    per = run.processes // len(hosts)
+    slots = ",".join(f"{h.address}:{per}" for h in hosts)
+    cmd = [horovodrun_executable(), "-np", str(run.processes), "-H", slots, "--gloo", "--network-interfaces", INTERFACE]
+    cmd += _horovod_flags(run)
+    env = _multi_host_env(r) | r.network.namespaces_env() | {"HOROVOD_TIMELINE": "DYNAMIC"}
+    return LaunchPlan([hosts[0].prefix() + cmd + r.worker], [env])
+
+
+# The engines' own multi-node launches across virtual hosts: the processes split evenly over the hosts
+# (host_index), every engine told to bind the host's one interface.
+HOST_PLANNERS: dict[Launcher, Callable[[LaunchRequest], LaunchPlan]] = {
+    Launcher.TORCHRUN: _torchrun_hosts,
+    Launcher.TF_CONFIG: _tf_config_hosts,
+    Launcher.HOROVODRUN: _horovodrun_hosts,
+}
 
 
 def tf_cluster(run: RunSpec, addresses: list[str]) -> tuple[dict, list[dict]]:

@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from xfw.common.errors import UserError
 from xfw.common.execute import runner
-from xfw.common.execute.orchestrate import Progress, check_compare, compare_strategy, interruption, run_devices
+from xfw.common.execute.executor import Executor, Progress
+from xfw.common.execute.orchestrate import check_compare, compare_strategy, run_devices
 from xfw.common.execute.outdir import OutputError
 from xfw.common.plan.machine import Machine
 from xfw.common.plan.refusals import unavailable_reason
@@ -349,7 +350,7 @@ def process_record(result: RunResult, entry, seed: int, process: int, path: Path
 
 
 def run_cell(
-    spec: StudySpec, cell: Cell, out: Path, machine: Machine, progress: Progress
+    spec: StudySpec, cell: Cell, out: Path, executor: Executor, progress: Progress
 ) -> tuple[StudyCell | None, str | None]:
     """Run every seed and strategy of the cell; (the cell's record, None) or (None, why it stopped: a signal)."""
     started = time.monotonic()
@@ -366,7 +367,7 @@ def run_cell(
                     where,
                     spec.repeats,
                     spec.timeout_s or config.runtime.timeout_s,
-                    machine,
+                    executor,
                     progress,
                     only[strategy],
                 )
@@ -456,7 +457,7 @@ def run_study(
     spec: StudySpec,
     cells: list[Cell],
     out: Path,
-    machine: Machine,
+    executor: Executor,
     progress,
     planned: dict[str, int],
     on_cell=None,
@@ -469,9 +470,9 @@ def run_study(
     progress.cells(len(cells), len(cells) - len(todo), sum(planned[c.key] for c in todo))
     for cell in todo:
         if runner.interrupted() is not None:
-            return _ordered(cells, records), f"{interruption(runner.interrupted())} before cell {cell.label}"
+            return _ordered(cells, records), f"{runner.interruption(runner.interrupted())} before cell {cell.label}"
         progress.cell(cell.label)
-        record, stopped = run_cell(spec, cell, out, machine, progress)
+        record, stopped = run_cell(spec, cell, out, executor, progress)
         if stopped:
             return _ordered(cells, records), f"{stopped} (cell {cell.label})"
         write_json_atomic(cell_path(out, cell), record.to_json())
