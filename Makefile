@@ -3,7 +3,7 @@ VENV ?= .venv
 OUT ?= runs/compare
 STRATEGY ?= mirrored
 
-.PHONY: setup compare test bench bench-pipeline clean
+.PHONY: setup compare test test-fast bench bench-pipeline clean
 
 setup:
 	@bash scripts/setup.sh
@@ -15,6 +15,10 @@ compare: setup
 test: setup
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=15
 	$(VENV)/bin/python scripts/mutation_check.py
+
+# The unit tier (tests/unit: no framework imported, no worker started), for the inner loop: seconds.
+test-fast: setup
+	$(VENV)/bin/python -m pytest -q tests/unit
 
 bench: setup
 	$(VENV)/bin/python benchmarks/loop_overhead.py

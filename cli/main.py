@@ -371,7 +371,7 @@ def localize(run_a, run_b, config_path, overrides, tolerance, every, around, at_
     trained with --config / --set. A data-parallel run is compared replica by replica: against a one-device run,
     each replica's block outputs against the rows of its block of the batch."""
     from xfw.common.judge.diff import config_differences, load_results
-    from xfw.common.localize.replay import replay as loc
+    from xfw.common.localize import replay as loc
     from xfw.common.spec.config import config_from_dict
 
     if Path(run_a).exists() or Path(run_b).exists():

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check in one go, for a GPU machine held for minutes: the GPU tests (tests/test_gpu.py, their compares
+# Every GPU check in one go, for a GPU machine held for minutes: the GPU tests (tests/gpu/test_gpu.py, their compares
 # kept under OUT/pytest), the shared-device sweep, then OUT/gpu_check.md, a short summary. Usage:
 #   bash scripts/gpu_check.sh [OUT]        (default runs/gpu_check; exit status: the tests')
 # Runs in the project's .venv where there is one. Elsewhere (a GPU machine with its own Python and PyTorch but
@@ -31,7 +31,7 @@ xfw=("$python" -m xfw.cli.main)
 "${xfw[@]}" list > "$out/list.txt" 2>&1
 
 echo "== GPU tests" >&2
-"$python" -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py --basetemp "$out/pytest" \
+"$python" -m pytest -q -rs -p no:cacheprovider tests/gpu/test_gpu.py --basetemp "$out/pytest" \
   --junitxml "$out/gpu_tests.xml" 2>&1 | tee "$out/gpu_tests.log"
 tests=${PIPESTATUS[0]}
 

@@ -40,7 +40,7 @@ MUTATIONS = [
         "torch_impl/mirrored.py",
         "        p.grad /= world\n",
         "",
-        ("tests/test_parity.py::test_data_parallel_matches_single_device",),
+        ("tests/frameworks/test_parity.py::test_data_parallel_matches_single_device",),
     ),
     Mutation(
         "every rank trains the whole global batch (DDP)",
@@ -48,8 +48,8 @@ MUTATIONS = [
         "block = replica_slice(run.config.training.global_batch, rank, world)",
         "block = slice(None)",
         (
-            "tests/test_parity.py::test_data_parallel_matches_single_device",
-            "tests/test_parity.py::test_each_replica_trained_on_its_own_block",
+            "tests/frameworks/test_parity.py::test_data_parallel_matches_single_device",
+            "tests/frameworks/test_parity.py::test_each_replica_trained_on_its_own_block",
         ),
     ),
     Mutation(
@@ -58,8 +58,8 @@ MUTATIONS = [
         "kernel.transpose(3, 2, 0, 1)",
         "kernel.transpose(3, 2, 1, 0)",
         (
-            "tests/test_data_weights.py",
-            "tests/test_parity.py::test_cnn_tf_vs_torch_and_under_ddp_and_mirrored_strategy",
+            "tests/unit/test_data_weights.py",
+            "tests/frameworks/test_parity.py::test_cnn_tf_vs_torch_and_under_ddp_and_mirrored_strategy",
         ),
     ),
     Mutation(
@@ -67,7 +67,7 @@ MUTATIONS = [
         "torch_impl/blocks.py",
         "    return nn.BatchNorm2d(channels, eps=cfg.epsilon, momentum=1.0 - cfg.decay)",
         "    return nn.BatchNorm2d(channels, eps=cfg.epsilon, momentum=cfg.decay)",
-        ("tests/test_forward_parity.py",),
+        ("tests/frameworks/test_forward_parity.py",),
     ),
     Mutation(
         "stride-2 convolutions padded TensorFlow's 'same' way (bottom and right only)",
@@ -76,21 +76,21 @@ MUTATIONS = [
         '        return [keras.layers.Conv2D(channels, 3, padding="same", use_bias=False, name=name)]',
         "    if True:\n"
         '        return [keras.layers.Conv2D(channels, 3, strides=stride, padding="same", use_bias=False, name=name)]',
-        ("tests/test_forward_parity.py",),
+        ("tests/frameworks/test_forward_parity.py",),
     ),
     Mutation(
         "throughput verdict with the comparison flipped",
         "common/judge/compare.py",
         "if ratio > 1 + band and spread.low > 1:",
         "if ratio < 1 + band and spread.low > 1:",
-        ("tests/test_verdicts.py", "tests/test_judgements.py"),
+        ("tests/unit/test_verdict_logic.py", "tests/frameworks/test_verdicts.py", "tests/unit/test_judgements.py"),
     ),
     Mutation(
         "NaN losses (rank 0 writes NaN for every step)",
         "common/worker/loop.py",
         "losses[counted] = np.nanmean(per_rank[:, counted], axis=0)",
         "losses[counted] = np.nan",
-        ("tests/test_parity.py::test_tf_vs_torch_other_optimizer_and_loss_settings",),
+        ("tests/frameworks/test_parity.py::test_tf_vs_torch_other_optimizer_and_loss_settings",),
     ),
 ]
 

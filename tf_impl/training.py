@@ -1,5 +1,5 @@
 """What every TensorFlow strategy shares: process set-up, data, optimizer and loss mapping, the timed
-loop and the final report. torch_impl/training.py mirrors this file function by function (tests/test_layout.py);
+loop and the final report. torch_impl/training.py mirrors this file function by function (tests/unit/test_layout.py);
 the framework-free rest is common/worker/rank.py.
 
 TensorFlow and Keras are imported at the top: the worker sets the environment they read before it imports

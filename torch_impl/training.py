@@ -1,5 +1,5 @@
 """What every PyTorch strategy shares: process set-up, data, optimizer and loss mapping, the timed loop
-and the final report. tf_impl/training.py mirrors this file function by function (tests/test_layout.py);
+and the final report. tf_impl/training.py mirrors this file function by function (tests/unit/test_layout.py);
 the framework-free rest is common/worker/rank.py."""
 
 from __future__ import annotations

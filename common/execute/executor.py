@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from xfw.common.plan.machine import Machine
 from xfw.common.plan.runspec import RunSpec
@@ -52,33 +52,33 @@ class RunFailure:
 RunOutcome = RunResult | NetworksResult | RunFailure
 
 
-class Submitted(Protocol):
-    """A handle on one submitted run."""
-
-    run: RunSpec
+# What an executor hands back for a submitted run: its own kind of handle (the local executor's LocalRun).
+Handle = TypeVar("Handle")
 
 
-class Executor(Protocol):
+class Executor(Protocol[Handle]):
     """Where runs execute. `resources` is what the refusals read (cores, GPUs, frameworks): the executor's, not
     necessarily the machine xfw itself runs on."""
 
     resources: Machine
 
-    def submit(self, impl: Implementation, run: RunSpec, timeout_s: float, progress: Progress) -> Submitted: ...
+    def submit(self, impl: Implementation, run: RunSpec, timeout_s: float, progress: Progress) -> Handle: ...
 
-    def step(self, handle: Submitted) -> int | None:
+    def step(self, handle: Handle) -> int | None:
         """The last step rank 0 reported (None before its first)."""
         ...
 
-    def cancel(self, handle: Submitted) -> None:
+    def cancel(self, handle: Handle) -> None:
         """End every process of the run; its collect() then says it failed."""
         ...
 
-    def collect(self, handle: Submitted) -> RunOutcome:
+    def collect(self, handle: Handle) -> RunOutcome:
         """Wait for the run and return its result, or why there is none."""
         ...
 
 
-def execute(executor: Executor, impl: Implementation, run: RunSpec, timeout_s: float, progress: Progress) -> RunOutcome:
+def execute(
+    executor: Executor[Any], impl: Implementation, run: RunSpec, timeout_s: float, progress: Progress
+) -> RunOutcome:
     """Submit one run and wait for it."""
     return executor.collect(executor.submit(impl, run, timeout_s, progress))

@@ -9,6 +9,7 @@ import datetime as dt
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from xfw.common.errors import UserError
 from xfw.common.execute import hosts as virtual_hosts
@@ -151,7 +152,7 @@ def make_slot(
 
 
 def run_repeat(
-    slot: Slot, k: int, repeats: int, out_dir: Path, timeout_s: float, executor: Executor, progress: Progress
+    slot: Slot, k: int, repeats: int, out_dir: Path, timeout_s: float, executor: Executor[Any], progress: Progress
 ) -> None:
     """Repeat k of the slot's implementation; its entry becomes the merge of the repeats so far, or failed."""
     impl, label = slot.impl, slot.base.id
@@ -219,7 +220,7 @@ def compare_strategy(
     out_dir: Path,
     repeats: int,
     timeout_s: float,
-    executor: Executor,
+    executor: Executor[Any],
     progress: Progress | None = None,
     only: list[str] = (),
     folder: OutputFolder | None = None,

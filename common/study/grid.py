@@ -350,7 +350,7 @@ def process_record(result: RunResult, entry, seed: int, process: int, path: Path
 
 
 def run_cell(
-    spec: StudySpec, cell: Cell, out: Path, executor: Executor, progress: Progress
+    spec: StudySpec, cell: Cell, out: Path, executor: Executor[Any], progress: Progress
 ) -> tuple[StudyCell | None, str | None]:
     """Run every seed and strategy of the cell; (the cell's record, None) or (None, why it stopped: a signal)."""
     started = time.monotonic()
@@ -457,7 +457,7 @@ def run_study(
     spec: StudySpec,
     cells: list[Cell],
     out: Path,
-    executor: Executor,
+    executor: Executor[Any],
     progress,
     planned: dict[str, int],
     on_cell=None,

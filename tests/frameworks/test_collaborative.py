@@ -3,13 +3,12 @@ devices or processes and is accounted in bytes, mutual learning's divergence is 
 
 import numpy as np
 import pytest
-from conftest import ROOT
-from several_networks import STEPS, compare, curves, max_rel
-from work_split import assert_network_trained_on_its_batches
 
+from tests.helpers.cli import ROOT
+from tests.helpers.curves import max_rel
+from tests.helpers.several_networks import STEPS, compare, curves
+from tests.helpers.work_split import assert_network_trained_on_its_batches
 from xfw.common.spec.config import load_config
-
-pytestmark = pytest.mark.frameworks
 
 
 @pytest.fixture(scope="session")

@@ -1,15 +1,10 @@
 """Engine options (parallel.engine): passed through to DDP, Horovod and TensorFlow's collectives, recorded with
-each run, held to the tolerance they allow; unknown options refused by name."""
-
-import dataclasses
+each run, held to the tolerance they allow (unknown options refused by name: tests/unit/test_engine_options.py)."""
 
 import pytest
-from conftest import assert_one_line_error, load_summary, run_xfw, xfw_in_process
 
-from xfw.common.plan.registry import find, this_machine, unavailable_reason
+from tests.helpers.cli import load_summary, run_xfw
 from xfw.common.spec.config import Config
-
-pytestmark = pytest.mark.frameworks
 
 OPTIONS = [
     "parallel.engine.ddp.bucket_cap_mb=1",
@@ -56,31 +51,6 @@ def test_engine_options_reach_the_engines_and_are_recorded(tmp_path):
         assert compressed["max_rel_loss_diff"] > 2e-6, compressed
     assert judged[("torch-ddp", "torch-single")]["tolerance"] == 1e-5
     assert all(c["within_tolerance"] for c in judged.values()), judged
-
-
-@pytest.mark.parametrize(
-    "setting, expected",
-    [
-        ("parallel.engine.ddp.bucket_size=5", "unknown config key 'parallel.engine.ddp.bucket_size'"),
-        ("parallel.engine.mpi.fusion=1", "unknown config key 'parallel.engine.mpi'"),
-        ("parallel.engine.horovod.compression=int8", "parallel.engine.horovod.compression"),
-        ("parallel.engine.ddp.bucket_cap_mb=0", "parallel.engine.ddp.bucket_cap_mb"),
-        ("parallel.engine.tf_collective.implementation=mpi", "parallel.engine.tf_collective.implementation"),
-        ("parallel.engine.ddp.comm_hook=int4", "parallel.engine.ddp.comm_hook"),
-        ("parallel.engine.ddp.powersgd_rank=2", "powersgd_rank applies to comm_hook powersgd"),
-        ("parallel.engine.ddp.powersgd_rank=0", "parallel.engine.ddp.powersgd_rank"),
-    ],
-)
-def test_an_engine_option_that_does_not_exist_is_one_line(setting, expected):
-    assert_one_line_error(xfw_in_process("compare", "--strategy", "mirrored", "--set", setting), expected)
-
-
-def test_nccl_collectives_without_a_gpu_per_worker_skip_with_the_reason():
-    nccl = Config.model_validate({"parallel": {"engine": {"tf_collective": {"implementation": "nccl"}}}})
-    cpu_only = dataclasses.replace(this_machine(), gpus=0)
-    reason = unavailable_reason(find("tf", "multi-worker"), cpu_only, 2, nccl)
-    assert reason == "parallel.engine.tf_collective.implementation nccl needs a GPU per worker; this machine has none"
-    assert unavailable_reason(find("torch", "ddp"), cpu_only, 2, nccl) is None  # not its engine
 
 
 @pytest.mark.parametrize("hook", ["fp16", "powersgd"])

@@ -4,7 +4,7 @@ injected real difference leaves it."""
 
 from __future__ import annotations
 
-from tests.conftest import load_summary, run_xfw
+from tests.helpers.cli import load_summary, run_xfw
 
 COMPARE = [
     "compare",

@@ -7,13 +7,9 @@ import re
 import time
 import uuid
 
-import pytest
-from conftest import load_summary, run_xfw
-from test_signals import MARKER_VAR, marked
-
+from tests.helpers.cli import load_summary, run_xfw
+from tests.helpers.processes import MARKER_VAR, marked
 from xfw.common.execute.runner import EXIT_GRACE_S, FAILURE_GRACE_S, KILL_WAIT_S, TERM_GRACE_S
-
-pytestmark = pytest.mark.frameworks
 
 
 def test_crash_and_hang_are_contained(tmp_path):

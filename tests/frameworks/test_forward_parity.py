@@ -1,15 +1,15 @@
 """Issue 12, point 2: the same canonical weights give the same outputs in both frameworks, for every model kind,
 on one forward pass, in inference and training mode (BatchNorm by batch statistics), and the BatchNorm moving
-statistics that pass updates agree. Each framework runs in its own process (tests/forward_pass.py)."""
+statistics that pass updates agree. Each framework runs in its own process (tests/helpers/forward_pass.py)."""
 
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT
-from forward_pass import SPECS
 
+from tests.helpers.cli import ROOT
+from tests.helpers.forward_pass import SPECS
 from xfw.common.spec.models import blocks_of, parameter_shapes
 
 TOLERANCE = 1e-6  # relative to the largest output: fp32 rounding of differently ordered sums
@@ -18,7 +18,7 @@ TOLERANCE = 1e-6  # relative to the largest output: fp32 rounding of differently
 def _forward(framework: str, kind: str, tmp_path) -> dict[str, np.ndarray]:
     out = tmp_path / f"{framework}.npz"
     subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "forward_pass.py"), framework, kind, str(out)],
+        [sys.executable, str(ROOT / "tests" / "helpers" / "forward_pass.py"), framework, kind, str(out)],
         check=True,
         capture_output=True,
         timeout=300,
@@ -55,7 +55,7 @@ def test_tf_and_torch_compute_the_same_forward_pass(kind, tmp_path):
 
 
 def _before(kind: str, name: str) -> np.ndarray:
-    from forward_pass import inputs_and_weights
+    from tests.helpers.forward_pass import inputs_and_weights
 
     return inputs_and_weights(kind)[1][name]
 

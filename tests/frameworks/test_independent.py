@@ -5,13 +5,12 @@ import json
 
 import pytest
 import yaml
-from conftest import ROOT, run_xfw
-from several_networks import STEPS, VERDICTS, compare, curves, max_rel
-from work_split import assert_network_trained_on_its_batches
 
+from tests.helpers.cli import ROOT, run_xfw
+from tests.helpers.curves import max_rel
+from tests.helpers.several_networks import STEPS, VERDICTS, compare, curves
+from tests.helpers.work_split import assert_network_trained_on_its_batches
 from xfw.common.spec.config import load_config, network_config
-
-pytestmark = pytest.mark.frameworks
 
 
 @pytest.fixture(scope="session")

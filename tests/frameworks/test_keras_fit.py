@@ -1,27 +1,18 @@
 """The idiomatic Keras path: model.compile + model.fit as implementations of the single and mirrored strategies,
-held to the custom loop's float32 tolerance; the runs Keras cannot do skipped with the Keras bug that stops them,
-and that bug shown to be still there."""
+held to the custom loop's float32 tolerance, and the Keras bugs its skipped runs name shown to be still there (the
+skips and the refusals themselves: tests/unit/test_keras_fit_refusals.py)."""
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error, load_summary, run_xfw, xfw_in_process
 
+from tests.helpers.cli import ROOT, load_summary, run_xfw
 from xfw.common.plan.launch import free_ports
-from xfw.common.plan.registry import (
-    find,
-    keras_fit_mirrored_bug,
-    keras_fit_multi_worker_bug,
-    model_unsupported,
-    this_machine,
-    unavailable_reason,
-)
+from xfw.common.plan.library_bugs import keras_fit_mirrored_bug
 from xfw.common.spec.config import Config
 
-pytestmark = pytest.mark.frameworks
-BUGS = str(Path(__file__).with_name("keras_fit_bugs.py"))
+BUGS = str(ROOT / "tests" / "helpers" / "keras_fit_bugs.py")
 
 
 def test_fit_matches_the_custom_loop_with_several_steps_per_execution(tmp_path):
@@ -51,20 +42,6 @@ def test_fit_matches_the_custom_loop_with_several_steps_per_execution(tmp_path):
     assert fit["input_wait_s_per_step"] is None  # inside fit's compiled loop: not measured, shown as "-"
 
 
-def test_the_skipped_fit_runs_name_the_keras_bug():
-    machine = this_machine()
-    spe2 = Config.model_validate({"training": {"steps_per_execution": 2}})
-    mirrored_reason = unavailable_reason(find("tf", "fit-mirrored"), machine, 2, spe2)
-    assert mirrored_reason == keras_fit_mirrored_bug(spe2)
-    assert unavailable_reason(find("tf", "fit-mirrored"), machine, 2, Config()) is None
-    assert unavailable_reason(find("tf", "fit-multi-worker"), machine, 2, Config()) == keras_fit_multi_worker_bug()
-    if keras_fit_multi_worker_bug() is not None:
-        assert "keras-team/keras#20585" in keras_fit_multi_worker_bug()
-        assert "keras-team/keras#19246" in mirrored_reason and "steps_per_execution=1" in mirrored_reason
-    accumulating = Config.model_validate({"training": {"accumulation_steps": 2}})
-    assert "one batch per optimizer update" in model_unsupported(find("tf", "fit"), accumulating)
-
-
 @pytest.mark.skipif(
     keras_fit_mirrored_bug(Config.model_validate({"training": {"steps_per_execution": 2}})) is None,
     reason="the installed Keras is newer than the last one seen with the bug",
@@ -89,14 +66,3 @@ def test_the_keras_bugs_are_still_there():
     assert all(
         "unsupported type (<class 'tensorflow.python.distribute.values.PerReplica'>)" in err for _, err in outcomes
     ), [err[-2000:] for _, err in outcomes]
-
-
-@pytest.mark.parametrize(
-    "setting, expected",
-    [
-        ("training.steps_per_execution=0", "training.steps_per_execution"),
-        ("training.steps_per_execution=50", "timing_windows x steps_per_execution (10 x 50)"),
-    ],
-)
-def test_a_bad_steps_per_execution_is_one_line(setting, expected):
-    assert_one_line_error(xfw_in_process("compare", "--strategy", "single", "--set", setting), expected)

@@ -7,12 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, XFW
 
+from tests.helpers.cli import ROOT, XFW
 from xfw.common.plan.launch import free_ports
-from xfw.common.plan.registry import find, this_machine, unavailable_reason
+from xfw.common.plan.machine import this_machine
+from xfw.common.plan.refusals import unavailable_reason
+from xfw.common.plan.registry import find
 
-pytestmark = pytest.mark.frameworks
 BIN = Path(sys.executable).parent
 
 

@@ -2,7 +2,8 @@
 same-framework tolerance (it is synchronous data parallelism); with k > 1 TensorFlow and PyTorch stay within the
 cross-framework tolerance of each other (the arithmetic is matched: the same local steps, the weights divided by
 the ranks and summed, on the same schedule), Horovod equals each framework's collective, the replicas end on the
-same averaged weights, and the curve really differs from one device's (not judged against it). Bad k: one line."""
+same averaged weights, and the curve really differs from one device's (not judged against it). Bad k, one line:
+tests/unit/test_local_sgd_input.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import json
 
 import numpy as np
 
-from tests.conftest import assert_one_line_error, run_xfw, xfw_in_process
+from tests.helpers.cli import run_xfw
 
 
 def compare(tmp_path, *sets: str, only: tuple[str, ...] = ()) -> dict:
@@ -49,9 +50,3 @@ def test_averaging_every_k_steps_matches_across_frameworks_and_engines(tmp_path)
         # another algorithm, really: the curves part by far more than rounding
         assert against_one_device["max_rel_loss_diff"] > 1e-3
         assert runs[f"{fw}-local-sgd"]["replica_weight_max_abs_diff"] == 0.0  # the final average
-
-
-def test_local_sgd_refuses_bad_input():
-    for bad in ("0", "-3", "two"):
-        proc = xfw_in_process("compare", "--strategy", "local-sgd", "--set", f"sync.every_k_steps={bad}")
-        assert_one_line_error(proc, "sync.every_k_steps")

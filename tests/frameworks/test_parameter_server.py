@@ -2,7 +2,8 @@
 each framework's run equals its one device within 1e-5 (TensorFlow's ParameterServerStrategy and the torch.distributed
 rpc servers, and so each other); with several workers and servers every update is recorded with its staleness, the
 curve is diffed but not judged, and every process ends with the servers' weights; a worker killed mid-training ends
-its run as failed, the others' runs are kept and nothing is left running; bad input is one line."""
+its run as failed, the others' runs are kept and nothing is left running (bad input, one line:
+tests/unit/test_parameter_server_input.py)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,9 @@ import json
 import uuid
 
 import numpy as np
-import pytest
-from conftest import assert_one_line_error, run_xfw, xfw_in_process
-from test_signals import MARKER_VAR, marked
 
-pytestmark = pytest.mark.frameworks
+from tests.helpers.cli import run_xfw
+from tests.helpers.processes import MARKER_VAR, marked
 
 RUNS = ("tf-parameter-server", "torch-parameter-server")
 
@@ -73,14 +72,3 @@ def test_a_killed_worker_fails_its_run_and_leaves_nothing(tmp_path):
         assert "timed out" not in runs[run_id]["error"].splitlines()[0]  # the kill ended it, not the deadline
     assert runs["tf-single"]["status"] == "ok" and runs["torch-single"]["status"] == "ok"
     assert marked(marker) == []
-
-
-def test_bad_parameter_server_input():
-    for sets, expected in (
-        (["sync.parameter_servers=0"], "sync.parameter_servers"),
-        (["sync.parameter_servers=99"], "sync.parameter_servers 99 is more than the model's"),
-        (["data.pipeline=native"], "data.pipeline native: a parameter-server worker"),
-        (["training.per_replica_batch=16"], "training.per_replica_batch (weak scaling)"),
-    ):
-        args = [a for s in sets for a in ("--set", s)]
-        assert_one_line_error(xfw_in_process("compare", "--strategy", "parameter-server", *args), expected)

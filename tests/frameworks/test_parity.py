@@ -2,20 +2,13 @@
 run, and TensorFlow against PyTorch. Losses are re-diffed here from the raw per-step lists, so the test
 does not trust xfw's own comparison code."""
 
-import numpy as np
-import pytest
-from conftest import load_summary, run_xfw
-from work_split import assert_replicas_split_the_batch
-
-from xfw.common.plan.registry import for_strategy, this_machine, unavailable_reason
+from tests.helpers.cli import load_summary, run_xfw
+from tests.helpers.curves import max_rel
+from tests.helpers.work_split import assert_replicas_split_the_batch
+from xfw.common.plan.machine import this_machine
+from xfw.common.plan.refusals import unavailable_reason
+from xfw.common.plan.registry import for_strategy
 from xfw.common.spec.config import Config
-
-pytestmark = pytest.mark.frameworks
-
-
-def max_rel(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    return float((np.abs(a - b) / np.maximum(np.abs(a), np.abs(b))).max())
 
 
 def test_every_available_implementation_ran(mirrored):

@@ -12,14 +12,14 @@ with momentum, fp32, determinism on. Losses are re-diffed here from the raw per-
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, compare_once, load_summary, run_xfw, xfw_in_process
-from test_parity import max_rel
-from work_split import assert_replicas_split_the_batch
 
-from xfw.common.plan.registry import for_strategy, this_machine, unavailable_reason
+from tests.helpers.cli import compare_once, load_summary, run_xfw
+from tests.helpers.curves import max_rel
+from tests.helpers.work_split import assert_replicas_split_the_batch
+from xfw.common.plan.machine import this_machine
+from xfw.common.plan.refusals import unavailable_reason
+from xfw.common.plan.registry import for_strategy
 from xfw.common.spec.config import Config, load_config
-
-pytestmark = pytest.mark.frameworks
 
 SMALL_RESNET = [
     "model.widths=[4,8,8]",
@@ -181,50 +181,6 @@ def test_unsynchronised_batchnorm_differs_from_one_device_by_a_measured_amount(t
         )
         assert cmp["max_rel_loss_diff"] > 1e-3
     assert "differs" not in proc.stdout.split("comparisons")[0]  # the runs themselves are fine
-
-
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        (["model.depth=9"], "model.depth: must be 6n+2 (8, 14, 20, 32, 44, 56, 110, ...), got 9"),
-        (["model.widths=[16,32]"], "model.widths"),
-        (["model.input_shape=[3,3,3]"], "too small for two stride-2 stages"),
-        (["model_parallel.split_points=[pool]"], "'pool' is not a block boundary"),
-        (["model_parallel.split_points=[stage1_block0/conv1]"], "no layer 'stage1_block0/conv1' to split at"),
-    ],
-)
-def test_bad_resnet_input_is_one_line(overrides, message):
-    args = ["compare", "--strategy", "pipeline", "--config", "configs/resnet.yaml", *_sets(overrides)]
-    assert_one_line_error(xfw_in_process(*args), message)
-
-
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        (["model.heads=5"], "model: Value error, heads 5 does not divide width 64"),
-        (["model.vocab=1"], "model.vocab"),
-        (["model_parallel.stages=9"], "more than the"),
-    ],
-)
-def test_bad_transformer_input_is_one_line(overrides, message):
-    args = ["compare", "--strategy", "pipeline", "--config", "configs/transformer.yaml", *_sets(overrides)]
-    assert_one_line_error(xfw_in_process(*args), message.replace("model: Value error, ", "model: "))
-
-
-def test_token_files_that_do_not_fit_the_model_are_refused(tmp_path):
-    rng = np.random.default_rng(0)
-    longer = tmp_path / "longer.npz"
-    np.savez(longer, x=rng.integers(0, 64, size=(64, 40)), y=rng.integers(0, 64, size=(64, 40)))
-    wide = tmp_path / "wide.npz"
-    np.savez(wide, x=rng.integers(0, 100, size=(64, 32)), y=rng.integers(0, 100, size=(64, 32)))
-    base = ["compare", "--strategy", "single", "--config", "configs/transformer.yaml", "--set", "data.kind=npz"]
-    # a sequence longer than the position table
-    proc = xfw_in_process(*base, "--set", f"data.path={longer}")
-    assert_one_line_error(proc, "model.seq_len expects samples of shape (32,)")
-    # token ids beyond the vocabulary
-    proc = xfw_in_process(*base, "--set", f"data.path={wide}")
-    assert_one_line_error(proc, "token ids 0..99, but model.vocab is 64")
-    load_config("configs/transformer.yaml")  # the shipped config itself is valid
 
 
 def test_several_networks_train_both_kinds(tmp_path):

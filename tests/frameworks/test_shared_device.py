@@ -1,15 +1,13 @@
 """Two networks sharing one device through the real CLI: concurrency never changes the arithmetic, each network
-trains on its own batches, a verdict is given for each pair (the verdict logic itself: test_judgements.py)."""
+trains on its own batches, a verdict is given for each pair (the verdict logic: tests/unit/test_judgements.py)."""
 
 import pytest
-from conftest import ROOT
-from several_networks import STEPS, VERDICTS, WIDTH, compare, curves
-from work_split import assert_network_trained_on_its_batches
 
-from xfw.common.plan.registry import this_machine
+from tests.helpers.cli import ROOT
+from tests.helpers.several_networks import STEPS, VERDICTS, WIDTH, compare, curves
+from tests.helpers.work_split import assert_network_trained_on_its_batches
+from xfw.common.plan.machine import this_machine
 from xfw.common.spec.config import load_config, network_config
-
-pytestmark = pytest.mark.frameworks
 
 
 @pytest.fixture(scope="session")

@@ -14,40 +14,15 @@ import time
 import uuid
 from pathlib import Path
 
-import psutil
-import pytest
-from conftest import ROOT, XFW, load_summary, run_xfw
-
+from tests.helpers.cli import ROOT, XFW, load_summary, run_xfw
+from tests.helpers.processes import MARKER_VAR, marked, wait_until
 from xfw.common.execute.runner import KILL_WAIT_S, POLL_S, TERM_GRACE_S
 from xfw.common.plan.launch import PORTS_VAR
 from xfw.common.records import Summary
 
-pytestmark = pytest.mark.frameworks
-
-MARKER_VAR = "XFW_TEST_MARKER"
 TIMEOUT_S = 90  # the run's own deadline (--timeout): the runs here never reach it
 # From the signal to a clean exit: the poll that sees it, kill_run's two steps, writing the files.
 STOP_BOUND_S = POLL_S + TERM_GRACE_S + KILL_WAIT_S + 15
-
-
-def marked(marker: str) -> list[psutil.Process]:
-    found = []
-    for p in psutil.process_iter(["pid"]):
-        try:
-            if p.environ().get(MARKER_VAR) == marker and p.status() != psutil.STATUS_ZOMBIE:
-                found.append(p)
-        except psutil.Error:
-            continue
-    return found
-
-
-def wait_until(condition, within_s: float) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 def start_compare(out: Path, run_id: str, marker: str) -> subprocess.Popen:

@@ -2,28 +2,15 @@
 classes: learning-rate schedules (one table, common/spec/schedules.py), weight decay, AdamW and gradient clipping by
 global norm. Where the frameworks compute the same update the curves agree to rounding; where they do not (SGD
 momentum under a changing rate, SGD weight decay with momentum, Adam's epsilon), the difference is measured here
-and the report explains it."""
+and the report explains it (the schedules by hand and the refusals: tests/unit/test_training_settings.py)."""
 
 import numpy as np
 import pytest
-from conftest import load_summary, run_xfw
-from test_parity import max_rel
 
-from xfw.common.spec.config import ScheduleConfig, load_config
-from xfw.common.spec.schedules import learning_rates
+from tests.helpers.cli import load_summary, run_xfw
+from tests.helpers.curves import max_rel
 
 SMALL = ["model.width=32", "model.seq_len=16", "data.samples=1024", "training.steps=60", "optimizer.lr=0.2"]
-
-
-def test_schedules_by_hand():
-    warm = learning_rates(1.0, ScheduleConfig(kind="warmup_cosine", warmup_steps=4, final_ratio=0.1), 13)
-    assert warm[:4].tolist() == [0.25, 0.5, 0.75, 1.0]
-    # cosine from step 4 (1.0) to the last, step 12 (0.1): half-way, step 8, is the mean
-    assert warm[4] == 1.0 and warm[-1] == pytest.approx(0.1) and warm[8] == pytest.approx(0.55)
-    assert (np.diff(warm[4:]) < 0).all()
-    step = learning_rates(0.5, ScheduleConfig(kind="step", every=3, gamma=0.5), 7)
-    assert step.tolist() == [0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 0.125]
-    assert (learning_rates(0.3, ScheduleConfig(), 5) == 0.3).all()
 
 
 def _single(tmp_path, overrides: list[str], *only: str) -> dict:
@@ -124,14 +111,6 @@ def test_data_parallel_with_schedule_and_clipping_matches_one_device(tmp_path):
         assert max_rel(runs[run_id]["loss"], runs[f"{fw}-single"]["loss"]) <= 1e-5, run_id
 
 
-def test_clipping_is_refused_where_stages_clip_apart():
-    cfg = load_config("configs/transformer.yaml", ["training.clip_global_norm=1.0"])
-    from xfw.common.plan.registry import find, model_unsupported
-
-    assert "each stage's process" in model_unsupported(find("torch", "gpipe"), cfg)
-    assert model_unsupported(find("tf", "gpipe"), cfg) is None  # one process, one optimizer over every stage
-
-
 def test_gradient_accumulation_matches_the_whole_batch_in_every_engine(plain, tmp_path):
     # No BatchNorm in the Transformer: 2 micro-batches of 8 per replica give the gradients of 16 at once.
     whole = plain
@@ -152,13 +131,6 @@ def test_gradient_accumulation_matches_the_whole_batch_in_every_engine(plain, tm
         assert max_rel(runs[run_id]["loss"], runs[f"{fw}-single"]["loss"]) <= 1e-5, run_id
 
 
-def test_accumulation_that_does_not_divide_a_replicas_batch_is_one_line():
-    from conftest import assert_one_line_error, xfw_in_process
-
-    proc = xfw_in_process("compare", "--strategy", "mirrored", "--set", "training.accumulation_steps=3")
-    assert_one_line_error(proc, "training.accumulation_steps 3 does not divide each replica's batch (32 / 2")
-
-
 def test_weak_scaling_gives_each_replica_a_fixed_batch(tmp_path):
     out = _single(tmp_path, ["training.per_replica_batch=16"], "tf-mirrored-strategy", "torch-ddp")
     runs, summary = out["runs"], out["summary"]
@@ -174,20 +146,3 @@ def test_weak_scaling_gives_each_replica_a_fixed_batch(tmp_path):
         assert cmp["scaling_efficiency"] == pytest.approx(cmp["throughput_ratio"] / 2)
     # the same batch in both frameworks: judged as usual
     assert by_pair[("tf-single", "torch-single")]["within_tolerance"] is True
-
-
-def test_weak_and_strong_scaling_together_is_one_line():
-    from conftest import assert_one_line_error, xfw_in_process
-
-    proc = xfw_in_process(
-        "compare",
-        "--strategy",
-        "mirrored",
-        "--set",
-        "training.per_replica_batch=8",
-        "--set",
-        "training.global_batch=64",
-    )
-    assert_one_line_error(
-        proc, "training.global_batch 64 is not training.per_replica_batch 8 x parallel.replicas 2: set one of them"
-    )

@@ -6,15 +6,14 @@ import json
 
 import numpy as np
 import pytest
-from conftest import load_summary, run_xfw
 
-from xfw.common.plan.registry import this_machine
+from tests.helpers.cli import load_summary, run_xfw
+from xfw.common.plan.machine import this_machine
 
 machine = this_machine()
 one_gpu = pytest.mark.skipif(machine.gpus < 1, reason="needs an NVIDIA GPU, this machine has none")
 two_gpus = pytest.mark.skipif(machine.gpus < 2, reason=f"needs 2 NVIDIA GPUs, this machine has {machine.gpus}")
 torch_installed = pytest.mark.skipif("torch" not in machine.frameworks, reason="PyTorch is not installed")
-pytestmark = [pytest.mark.gpu, pytest.mark.frameworks]
 
 STEPS = 200
 

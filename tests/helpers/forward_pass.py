@@ -1,6 +1,6 @@
 """One forward pass of a model kind in one framework, from the canonical initial weights with every
 BatchNorm and LayerNorm parameter and statistic moved off its identity value (so a conversion that dropped
-one would show): `python tests/forward_pass.py tf|torch KIND OUT.npz`. Writes the outputs in inference mode,
+one would show): `python tests/helpers/forward_pass.py tf|torch KIND OUT.npz`. Writes the outputs in inference mode,
 in training mode, and the BatchNorm moving statistics after that training-mode pass, all canonical layout.
 One framework per process (the two are not imported together)."""
 

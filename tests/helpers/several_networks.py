@@ -1,20 +1,13 @@
-"""What the several-network tests share: the compare each runs once (conftest.compare_once) and how they read
+"""What the several-network tests share: the compare each runs once (cli.compare_once) and how they read
 its curves. Curves are re-diffed from the raw per-step lists, not through xfw's comparison code."""
 
-import numpy as np
-from conftest import compare_once
+from tests.helpers.cli import compare_once
 
 STEPS = 200
 
-
-def max_rel(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    return float((np.abs(a - b) / np.maximum(np.abs(a), np.abs(b))).max())
-
-
-# The verdict logic itself is tested on known inputs in test_judgements.py; here, that a verdict was given.
+# The verdict logic itself is tested on known inputs in tests/unit/test_judgements.py; here, that a verdict was given.
 VERDICTS = {"helps", "hurts", "no clear difference"}
-WIDTH = 16  # one end-to-end point of the shared-device sweep (the sweep's logic: test_judgements.py)
+WIDTH = 16  # one end-to-end point of the shared-device sweep (the sweep's logic: tests/unit/test_judgements.py)
 
 
 def curves(run: dict) -> dict[str, list[float]]:

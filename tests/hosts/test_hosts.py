@@ -14,7 +14,7 @@ import subprocess
 import psutil
 import pytest
 
-from tests.conftest import assert_one_line_error, run_xfw, xfw_in_process
+from tests.helpers.cli import assert_one_line_error, run_xfw, xfw_in_process
 from xfw.common.execute import hosts
 
 pytestmark = pytest.mark.skipif(hosts.unavailable() is not None, reason=str(hosts.unavailable()))
@@ -47,7 +47,7 @@ def leftovers(folder) -> list[str]:
 
 def test_every_launcher_trains_across_two_hosts_as_on_one(tmp_path):
     """On one host each of these runs is within the same-framework tolerance of its single device
-    (tests/test_parity.py); across two, it must still be, and each framework's pair across frameworks too."""
+    (tests/frameworks/test_parity.py); across two, it must still be, and each framework's pair across frameworks too."""
     proc, two = compare(tmp_path / "two", "network.hosts=2")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for run in two["runs"]:

@@ -1,9 +1,9 @@
 """Bad input: one line naming the problem, exit status 2, no traceback (through the real `xfw` command)."""
 
 import pytest
-from conftest import assert_one_line_error, run_xfw, xfw_in_process
 
-from xfw.common.plan.registry import this_machine
+from tests.helpers.cli import assert_one_line_error, run_xfw, xfw_in_process
+from xfw.common.plan.machine import this_machine
 
 
 @pytest.mark.parametrize(

@@ -4,12 +4,13 @@
 import io
 import json
 
-from conftest import assert_one_line_error, xfw_in_process
 from rich.console import Console
-from test_judgements import result
 
+from tests.helpers.cli import assert_one_line_error, xfw_in_process
+from tests.helpers.records import result
 from xfw.cli.progress import RichProgress
-from xfw.common.plan.registry import REGISTRY, this_machine
+from xfw.common.plan.machine import this_machine
+from xfw.common.plan.registry import REGISTRY
 from xfw.common.records import FailedRun, MachineInfo, SkippedRun, Summary
 from xfw.common.report.comparison import write_report
 from xfw.common.spec.config import load_config

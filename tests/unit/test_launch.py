@@ -4,7 +4,8 @@ import json
 from pathlib import Path
 
 from xfw.common.plan.launch import TOKEN_VAR, plan
-from xfw.common.plan.registry import Machine, find
+from xfw.common.plan.machine import Machine
+from xfw.common.plan.registry import find
 from xfw.common.plan.runspec import RunSpec
 from xfw.common.spec.config import load_config
 

@@ -5,9 +5,9 @@ import ast
 import subprocess
 import sys
 
-from conftest import ROOT
-
-from xfw.common.plan.registry import FRAMEWORKS, REGISTRY, STRATEGIES
+from tests.helpers.cli import ROOT
+from xfw.common.plan.registry import REGISTRY, STRATEGIES
+from xfw.common.strategies.base import FRAMEWORKS
 
 
 def test_common_and_cli_import_no_framework():

@@ -28,7 +28,7 @@ from xfw.common.spec.models import (
     training_flops_per_sample,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # tests/unit/test_models.py -> the checkout
 DATA_KINDS = typing.get_args(DataConfig.model_fields["kind"].annotation)
 
 
@@ -125,7 +125,7 @@ def test_data_kinds_a_model_cannot_train_on_are_rejected_by_name(name):
 
 def _block_types() -> set[str]:
     """Every class in common/spec/models.py that derives (directly or not) from Block."""
-    tree = ast.parse((ROOT / "common" / "models.py").read_text())
+    tree = ast.parse((ROOT / "common" / "spec" / "models.py").read_text())
     classes = [node for node in tree.body if isinstance(node, ast.ClassDef)]
     bases = {node.name: {b.id for b in node.bases if isinstance(b, ast.Name)} for node in classes}
     found, grew = {"Block"}, True

@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT
+from tests.helpers.cli import ROOT
 
 RUFF = str(Path(sys.executable).with_name("ruff"))
 

@@ -1,0 +1,1 @@
+"""An NVIDIA GPU: skipped with the reason where none exists (scripts/gpu_check.sh runs them on one)."""
