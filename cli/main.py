@@ -153,7 +153,9 @@ def run(framework, implementation, config_path, overrides, replicas, timeout_s, 
         result = execute(LocalExecutor(machine), impl, spec, timeout_s or config.runtime.timeout_s, progress)
     if isinstance(result, RunFailure) and result.kind == FailureKind.INTERRUPTED:
         console.print(f"xfw: {escape(result.error)}", highlight=False)
-        sys.exit(128 + runner.interrupted())
+        signum = runner.interrupted()
+        assert signum is not None  # the run ended interrupted: by the stop signal noted
+        sys.exit(128 + signum)
     if isinstance(result, RunFailure):  # the run failed
         console.print(f"[red]{impl.id} failed[/]: {escape(result.error)}", highlight=False)
         sys.exit(1)
@@ -252,7 +254,9 @@ def compare(strategy, config_path, overrides, replicas, timeout_s, repeats, only
         click.echo(f"summary: {out / 'summary.json'}\nreport:  {report or 'not written'}")
         if summary.interrupted:
             click.echo(f"xfw: {summary.interrupted}", err=True)
-            sys.exit(128 + runner.interrupted())
+            signum = runner.interrupted()
+            assert signum is not None  # summary.interrupted is written from the stop signal noted
+            sys.exit(128 + signum)
     sys.exit(max(exit_status(summary), int(report is None)))
 
 
@@ -264,9 +268,9 @@ def localized(summary, config, out: Path, console):
         with RichProgress(console) as progress:
             summary = localize_failures(summary, config, out, machine_of_here(), progress)
     except KeyboardInterrupt:  # the compare's runs are complete: only the localisation is lost
-        return summary.model_copy(
-            update={"interrupted": f"{runner.interruption(runner.interrupted())} while localising"}
-        )
+        signum = runner.interrupted()
+        assert signum is not None  # under deferred_signals, run_trace raises it for a stop signal noted
+        return summary.model_copy(update={"interrupted": f"{runner.interruption(signum)} while localising"})
     write_json_atomic(out / "summary.json", summary.to_json())
     return summary
 
@@ -279,7 +283,7 @@ def diff(run_a, run_b, out_dir) -> None:
     """Compare two finished runs (result.json files or run folders), e.g. from direct horovodrun / torchrun
     launches or from two compares, as `xfw compare` would. Their configs must match."""
     summary = diff_runs(run_a, run_b)
-    report = ""
+    report: Path | str | None = ""  # "": no --out; None: the report could not be written
     if out_dir:
         out = Path(out_dir)
         with claim(out):

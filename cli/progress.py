@@ -10,6 +10,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -38,7 +39,7 @@ class RichProgress:
             transient=True,
             speed_estimate_period=24 * 3600,  # the time left of a study: from its whole pace, not the last runs'
         )
-        self.task = None
+        self.task: TaskID | None = None
         self.started = 0.0
 
     def __enter__(self) -> RichProgress:
@@ -72,7 +73,7 @@ class StudyProgress(RichProgress):
 
     def __init__(self, console: Console):
         super().__init__(console)
-        self.study = None
+        self.study: TaskID | None = None
         self.cells_total = 0
         self.cells_done = 0
 
@@ -86,6 +87,7 @@ class StudyProgress(RichProgress):
         return f"cell {min(self.cells_done + 1, self.cells_total)}/{self.cells_total} {escape(label)}"
 
     def cell(self, label: str) -> None:
+        assert self.study is not None  # cells() added the study's bar before its first cell
         self.bar.update(self.study, description=self._title(label))
         task = next(t for t in self.bar.tasks if t.id == self.study)
         remaining = task.time_remaining

@@ -420,7 +420,7 @@ class NetworksRunEntry(RunBase):
     teardown_errors: list[str] = []
 
 
-def _entry_tag(value: Any) -> str:
+def _entry_tag(value: Any) -> str | None:
     get = value.get if isinstance(value, dict) else lambda k, d=None: getattr(value, k, d)
     if get("status") != "ok":
         return get("status")

@@ -31,6 +31,8 @@ REFERENCES = {
         "model_parallel.stages=3",
         "--set",
         "training.steps=100",
+        "--set",
+        "parallel.oversubscribe=true",
     ],
     "hybrid-default": [
         "--strategy",

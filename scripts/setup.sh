@@ -44,18 +44,38 @@ PY
 )
 hvd_stamp="$venv/.xfw-horovod-0.28.1-$versions"
 if [ ! -f "$hvd_stamp" ]; then
-  log "building horovod 0.28.1 for $versions (a few minutes)"
-  export HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_WITH_GLOO=1
-  if [ "$flavor" = gpu ]; then export HOROVOD_GPU_OPERATIONS=NCCL; fi
-  export MAKEFLAGS="-j$(nproc)"
-  export XFW_REAL_CXX=${CXX:-g++}
-  export CXX="$root/scripts/cxx17"
-  # --no-build-isolation: horovod's setup.py imports torch and tensorflow to find them.
-  # --no-cache-dir: never reuse a wheel built against other framework versions.
+  # A wheel built here before against exactly these versions (same Python, frameworks, flavour and build recipe)
+  # is reused from the user's cache; a fresh machine builds it (a few minutes) and keeps it there.
+  py=$("$venv/bin/python" -c 'import sys; print(f"cp{sys.version_info.major}{sys.version_info.minor}")')
+  recipe=$(cat scripts/cxx17 "$0" | sha256sum | cut -c1-12)
+  cache="${XDG_CACHE_HOME:-$HOME/.cache}/xfw/horovod-0.28.1-$py-$versions-$flavor-$recipe"
   "${pip[@]}" uninstall -q -y horovod >/dev/null 2>&1 || true
-  "${pip[@]}" install -q --no-build-isolation --no-cache-dir horovod==0.28.1
+  wheel=$(compgen -G "$cache/horovod-*.whl" | head -n 1 || true)
+  if [ -n "$wheel" ]; then
+    log "installing horovod 0.28.1 built earlier for $versions ($cache)"
+    "${pip[@]}" install -q --no-deps "$wheel"
+  else
+    log "building horovod 0.28.1 for $versions (a few minutes)"
+    export HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_WITH_GLOO=1
+    if [ "$flavor" = gpu ]; then export HOROVOD_GPU_OPERATIONS=NCCL; fi
+    export MAKEFLAGS="-j$(nproc)"
+    export XFW_REAL_CXX=${CXX:-g++}
+    export CXX="$root/scripts/cxx17"
+    # --no-build-isolation: horovod's setup.py imports torch and tensorflow to find them.
+    # --no-cache-dir: never reuse pip's own cache, which does not know which framework versions a wheel was built for.
+    built=$(mktemp -d)
+    "${pip[@]}" wheel -q --no-build-isolation --no-cache-dir --no-deps -w "$built" horovod==0.28.1
+    wheel=$(compgen -G "$built/horovod-*.whl" | head -n 1)
+    "${pip[@]}" install -q --no-deps "$wheel"
+    mkdir -p "$cache" && cp "$wheel" "$cache/" || log "could not keep the wheel in $cache (building again next time)"
+    rm -rf "$built"
+  fi
   for fw in torch tensorflow; do
-    "$venv/bin/python" -c "import horovod.$fw" || { log "horovod.$fw does not import after the build"; exit 1; }
+    if ! "$venv/bin/python" -c "import horovod.$fw"; then
+      rm -rf "$cache"  # a wheel that does not import is never reused
+      log "horovod.$fw does not import after the install"
+      exit 1
+    fi
   done
   rm -f "$venv"/.xfw-horovod-*
   touch "$hvd_stamp"

@@ -142,6 +142,7 @@ def _execute_once(
         sent = virtual_hosts.bytes_sent(hosts.hosts) if hosts else None
         result = _launch(run, run_dir, plan, timeout_s, token, ports, progress)
         if hosts and not isinstance(result, RunFailure):
+            assert sent is not None  # counted above, before the launch, whenever there are hosts
             result.network = NetworkUse.measured(run, hosts.hosts, sent, virtual_hosts.bytes_sent(hosts.hosts))
     return result
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,7 +186,7 @@ def run_repeat(
     progress.finish(shown, "ok", f"{slot.entry.throughput_samples_per_s:,.0f} samples/s{combined}")
 
 
-def implementations_for(strategy: str, only: list[str] = ()) -> list[Implementation]:
+def implementations_for(strategy: str, only: Sequence[str] = ()) -> list[Implementation]:
     """The strategy's implementations (or those of them named in `only`) plus, for the one-network
     strategies, the single-device references they are diffed against, in each framework; TF first. (A
     multi-network strategy's references are among its own implementations.)"""
@@ -204,7 +205,7 @@ def implementations_for(strategy: str, only: list[str] = ()) -> list[Implementat
     return sorted(references + wanted, key=lambda i: (i.strategy != ref, i.framework != Framework.TF))
 
 
-def check_compare(strategy: str, config: Config, machine: Machine, only: list[str] = ()) -> list[Implementation]:
+def check_compare(strategy: str, config: Config, machine: Machine, only: Sequence[str] = ()) -> list[Implementation]:
     """Everything a compare refuses before it starts anything (one-line UserErrors); the implementations it runs."""
     impls = implementations_for(strategy, only)
     preflight(config, strategy)
@@ -222,7 +223,7 @@ def compare_strategy(
     timeout_s: float,
     executor: Executor[Any],
     progress: Progress | None = None,
-    only: list[str] = (),
+    only: Sequence[str] = (),
     folder: OutputFolder | None = None,
 ) -> Summary:
     """Every run of the compare through `executor` (whose resources the refusals read). `folder`: the claimed
@@ -270,9 +271,9 @@ def compare_strategy(
                 break
             if slot.open and not (folder and folder.full):
                 run_repeat(slot, k, repeats, out_dir, timeout_s, executor, progress)
-                if runner.interrupted() is not None:
+                if (signum := runner.interrupted()) is not None:
                     shown = slot.base.id + (f" repeat {k + 1}/{repeats}" if repeats > 1 else "")
-                    summary.interrupted = f"{runner.interruption(runner.interrupted())} during {shown}"
+                    summary.interrupted = f"{runner.interruption(signum)} during {shown}"
                 publish()
     if folder and folder.full:  # the disk is full: the runs not started yet could not write anything either
         for slot in slots:
@@ -280,8 +281,9 @@ def compare_strategy(
                 progress.finish(slot.base.id, "failed", f"not run: {folder.full}")
                 slot.entry = FailedRun(**slot.base.model_dump(), error=f"not run: {folder.full}")
         publish()
-    if runner.interrupted() is not None and summary.interrupted is None:  # between runs, or before the first
-        summary.interrupted = f"{runner.interruption(runner.interrupted())} before every run had started"
+    # Between runs, or before the first.
+    if (signum := runner.interrupted()) is not None and summary.interrupted is None:
+        summary.interrupted = f"{runner.interruption(signum)} before every run had started"
         publish()
     return summary
 

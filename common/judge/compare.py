@@ -17,6 +17,7 @@ from xfw.common.records import (
     Comparison,
     DeviceMemory,
     Flops,
+    NetworksRunEntry,
     RatioRange,
     ReplicaWork,
     RunBase,
@@ -28,6 +29,7 @@ from xfw.common.records import (
 )
 from xfw.common.spec.config import Config
 from xfw.common.spec.data import combined_checksum
+from xfw.common.spec.model_specs import ResNetSpec
 from xfw.common.spec.models import has_batchnorm
 from xfw.common.strategies.base import Framework, Parity
 
@@ -212,7 +214,12 @@ def throughput_verdict(
 
 
 def verdict_fields(
-    a: AnyRun, b: AnyRun, ratio: float, spread: RatioRange, band: float, words: tuple[str, str] = ("faster", "slower")
+    a: RunEntry | NetworksRunEntry,
+    b: RunEntry | NetworksRunEntry,
+    ratio: float,
+    spread: RatioRange,
+    band: float,
+    words: tuple[str, str] = ("faster", "slower"),
 ) -> dict:
     """The throughput verdict of a comparison, or why it has none."""
     crowded = [r.id for r in (a, b) if r.oversubscribed]
@@ -239,14 +246,14 @@ def tolerance_for(kind: Parity, config: Config, float16_gradients: bool = False)
     return tolerance
 
 
-def float16_gradients(run: AnyRun) -> bool:
+def float16_gradients(run: RunEntry) -> bool:
     """Whether the run's gradients travelled as float16 (parallel.engine.horovod.compression fp16, or
     parallel.engine.ddp.comm_hook fp16)."""
     options = (run.env.get("engine") or {}).get("options", {})
     return options.get("compression") == "fp16" or options.get("comm_hook") == "fp16"
 
 
-def low_rank_by_design(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> str | None:
+def low_rank_by_design(a: RunEntry, b: RunEntry, kind: Parity, config: Config) -> str | None:
     """Why a run whose gradients went as PowerSGD's low-rank approximation is meant to differ; None otherwise."""
     approximated = [
         r.id for r in (a, b) if ((r.env.get("engine") or {}).get("options", {})).get("comm_hook") == "powersgd"
@@ -301,7 +308,7 @@ def with_samples_check(within: bool | None, note: str | None, mismatch: str | No
     return (None if within is None else False), "; ".join(filter(None, (note, mismatch)))
 
 
-def weak_scaling_by_design(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> str | None:
+def weak_scaling_by_design(a: RunEntry, b: RunEntry, kind: Parity, config: Config) -> str | None:
     """Under weak scaling a run of R replicas trains R x per_replica_batch samples a step, its one-device reference
     per_replica_batch: other batches, other curves, by design."""
     per = config.training.per_replica_batch
@@ -313,11 +320,12 @@ def weak_scaling_by_design(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -
     )
 
 
-def batchnorm_by_design(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> str | None:
+def batchnorm_by_design(a: RunEntry, b: RunEntry, kind: Parity, config: Config) -> str | None:
     """Why `a` normalises other batches than its reference `b` does, so that their curves differ by design (the
     diff is measured and shown, not judged); None when they normalise the same batches."""
     if kind == Parity.CROSS_FRAMEWORK or a.strategy == b.strategy or not has_batchnorm(config.model):
         return None
+    assert isinstance(config.model, ResNetSpec)  # has_batchnorm: the ResNet's blocks are the ones with BatchNorm
     strategy = get_strategy(a.strategy)
     if strategy.micro_batched and config.model_parallel.micro_batches > 1:
         return (
@@ -343,6 +351,8 @@ def compare_pair(a: AnyRun, b: AnyRun, kind: Parity, config: Config) -> Comparis
     skipped = not_compared(a, b, kind, config)
     if skipped:
         return skipped
+    # Both ran (not_compared), one network each (comparisons() gives several networks to compare_networks_pair).
+    assert isinstance(a, RunEntry) and isinstance(b, RunEntry)
     weak = weak_scaling_by_design(a, b, kind, config)
     by_design = (
         weak
@@ -416,6 +426,8 @@ def envelopes(runs: list[AnyRun]) -> dict[str, np.ndarray]:
     for (fw, impl, moved), run in by_key.items():
         reference = by_key.get((fw, impl, None))
         if moved == "ulp" and reference is not None:
+            # The envelope's runs are one-network strategies' (compare_strategy plans them for no other).
+            assert isinstance(reference, RunEntry) and isinstance(run, RunEntry)
             _, rel = loss_diff(reference.loss, run.loss)
             out[fw] = np.maximum.accumulate(np.nan_to_num(rel, nan=np.inf))
     return out
@@ -429,6 +441,8 @@ def within_envelope(
     None) when an envelope is missing (its run failed or was skipped)."""
     if a.framework not in curves or b.framework not in curves:
         return None, None
+    # Compared with compare_pair (no per-network diffs): one network each.
+    assert isinstance(a, RunEntry) and isinstance(b, RunEntry)
     envelope = np.maximum(curves[a.framework], curves[b.framework])
     _, rel = loss_diff(a.loss, b.loss)
     n = min(len(rel), len(envelope))

@@ -174,13 +174,17 @@ def sweep(comparisons: list[Comparison]) -> list[SweepLine]:
     for c in comparisons:
         if c.kind != Parity.IDENTICAL or c.size is None or c.status != "ok":
             continue
+        # compare_networks_pair: every compared pair has a ratio, its range, per-network diffs and a verdict.
+        assert c.throughput_ratio is not None and c.throughput_ratio_spread is not None
+        assert c.networks is not None and c.verdict is not None
         lines.setdefault(c.a.split("@")[0], []).append(
             SweepPoint(
                 hidden_width=c.size["hidden_width"],
                 throughput_ratio=c.throughput_ratio,
                 throughput_ratio_spread=c.throughput_ratio_spread,
                 verdict=c.verdict,
-                slowdown={k: v.slowdown for k, v in c.networks.items()},
+                # Parity.IDENTICAL: compare_networks_pair set every network's slowdown.
+                slowdown={k: v.slowdown for k, v in c.networks.items()},  # type: ignore[misc]
             )
         )
     out = []

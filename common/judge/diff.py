@@ -15,7 +15,7 @@ from xfw.common.judge.compare import compare_pair, run_entry
 from xfw.common.judge.compare_networks import compare_networks_pair, network_run_entry
 from xfw.common.plan.machine import this_machine
 from xfw.common.plan.registry import find
-from xfw.common.records import MachineInfo, NetworksResult, RunBase, Summary, first_problem, read_result
+from xfw.common.records import AnyRun, MachineInfo, NetworksResult, RunBase, Summary, first_problem, read_result
 from xfw.common.spec.config import config_from_dict
 from xfw.common.spec.data import loss_floor
 from xfw.common.strategies.base import Parity
@@ -52,7 +52,7 @@ def load_results(path: Path) -> list:
 
 
 def _flatten(data: dict, prefix: tuple = ()) -> dict[tuple, object]:
-    out = {}
+    out: dict[tuple, object] = {}
     for key, value in data.items():
         if isinstance(value, dict):
             out |= _flatten(value, (*prefix, key))
@@ -88,7 +88,7 @@ def diff_runs(path_a: Path, path_b: Path) -> Summary:
     several = isinstance(a, NetworksResult)
     if several != isinstance(b, NetworksResult):
         raise UserError("one run trained several networks and the other one: they cannot be compared")
-    entries = []
+    entries: list[AnyRun] = []
     for results, side in ((a_results, "a"), (b_results, "b")):
         first = results[0]
         impl = find(first.framework, first.implementation)

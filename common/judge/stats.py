@@ -13,6 +13,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from scipy import stats
 
 # Bootstrap resamples: enough that the interval's ends move by well under the noise floor between two studies.
@@ -114,7 +115,7 @@ def smoothed(loss: np.ndarray, window: int) -> np.ndarray:
     return out
 
 
-def first_reach(values: np.ndarray, target: float, below: bool) -> int | None:
+def first_reach(values: npt.ArrayLike, target: float, below: bool) -> int | None:
     """The first index whose value is at or beyond the target (<= when `below`), or None (NaN never reaches)."""
     values = np.asarray(values, dtype=float)
     with np.errstate(invalid="ignore"):

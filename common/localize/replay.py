@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -43,6 +43,7 @@ class TraceWriter:
     def __init__(self, run: RunSpec, replica: int = 0):
         self.out = replica_folder(Path(run.out_dir), replica)
         self.out.mkdir(parents=True, exist_ok=True)
+        assert run.trace is not None  # a trace worker's run: trace_spec sets what it records
         self.every = int(run.trace["every"])
         self.capture = run.trace.get("capture")
         self.losses: list[float] = []
@@ -75,7 +76,8 @@ class TraceWriter:
             self._flush(k)
 
     def _flush(self, k: int) -> None:
-        np.savez(self.out / f"step-{k:06d}.npz", **self.pending)
+        # numpy's stub: the keyword arrays could fill savez's allow_pickle (no key is named so).
+        np.savez(self.out / f"step-{k:06d}.npz", **self.pending)  # type: ignore[arg-type]
         self.pending = {}
 
     def close(self) -> None:
@@ -575,7 +577,7 @@ def analyse(
         step_views = views(ta, tb, k, pairs)
         per_step[k] = (step_views, step_differences(step_views, ta.blocks, ta.params, ta.losses[k], tb.losses[k]))
     parted_at = next((k for k, (_, d) in per_step.items() if first_over(d, tolerance)), None)
-    base = {
+    base: dict[str, Any] = {
         "a": a_id,
         "b": b_id,
         "tolerance": tolerance,
@@ -595,6 +597,7 @@ def analyse(
     step_views, diffs = per_step[parted_at]
     by_replica = {v.pairing.replica: v for v in step_views}
     first = first_over(diffs, tolerance)
+    assert first is not None  # parted_at: the first step with a tensor over the tolerance
     act, grad, upd = (first_over(diffs, tolerance, kind) for kind in ("activation", "gradient", "update"))
     blocks = {b.name: b for b in blocks_of(config.model)}
     relu_blocks = [name for name in ta.blocks if getattr(blocks.get(name), "activation", None) == "relu"]
@@ -615,11 +618,11 @@ def analyse(
     ]
     pool_blocks = [(i, name) for i, name in enumerate(ta.blocks) if i and isinstance(blocks.get(name), MaxPool)]
     switches = [
-        f
+        sw
         for view in step_views
         for i, name in pool_blocks
         if (
-            f := pool_switches(
+            sw := pool_switches(
                 name,
                 view.a[f"{ACTIVATIONS}|{ta.blocks[i - 1]}"],
                 view.b[f"{ACTIVATIONS}|{ta.blocks[i - 1]}"],
@@ -689,6 +692,7 @@ def which(replica: int | None) -> str:
 
 def explain(r: Localization, ids) -> str:
     first, step, adam = r.first, r.first_step, r.adam
+    assert first is not None  # explained() is given parted results: analyse() set their first tensor
     parts = []
     if first.kind == "weights":
         parts.append(
@@ -703,12 +707,12 @@ def explain(r: Localization, ids) -> str:
             f"{f.median_active_value:.3g}"
             + (": they sat within rounding of zero (the relu kink)" if rounding else ": not a rounding-level flip")
         )
-    for f in r.pooling:
-        rounding = f.largest_switched_gap <= 1e-4 * max(f.median_gap, 1e-30)
+    for sw in r.pooling:
+        rounding = sw.largest_switched_gap <= 1e-4 * max(sw.median_gap, 1e-30)
         parts.append(
-            f"{f.switched} of {f.windows} windows of {f.block}{which(f.replica)} take their maximum from another "
-            f"input in one run than in the other; their two largest inputs are at most {f.largest_switched_gap:.3g} "
-            f"apart against a median gap of {f.median_gap:.3g}"
+            f"{sw.switched} of {sw.windows} windows of {sw.block}{which(sw.replica)} take their maximum from another "
+            f"input in one run than in the other; their two largest inputs are at most {sw.largest_switched_gap:.3g} "
+            f"apart against a median gap of {sw.median_gap:.3g}"
             + (
                 ": near-ties within rounding (max pooling's kink: the gradient goes to the other input)"
                 if rounding
@@ -721,7 +725,7 @@ def explain(r: Localization, ids) -> str:
             "compute it differently from the same gradients"
         )
     if adam is not None:
-        follows = [min(errors, key=errors.get) for errors in (adam.a_error, adam.b_error)]
+        follows = [min(errors, key=errors.get) for errors in (adam.a_error, adam.b_error)]  # type: ignore[arg-type]
         shown = ", ".join(
             f"{run} follows the {f} formula (error {errors[f]:.2g})"
             for run, f, errors in zip(ids, follows, (adam.a_error, adam.b_error))
@@ -772,16 +776,17 @@ def explain(r: Localization, ids) -> str:
 
 def verdict_line(r: Localization) -> str:
     first, act, grad, adam = r.first, r.first_activation, r.first_gradient, r.adam
+    assert first is not None  # explained() is given parted results: analyse() set their first tensor
     text = f"first parted at step {r.first_step}, {first.kind} {first.label} ({first.relative:.2g})"
     if act is not None:
         text += f"; first block output: {act.label}"
     for f in r.relu:
         text += f"; {f.block}{which(f.replica)} (relu): {f.flipped} unit(s) on in one run, off in the other"
-    for f in r.pooling:
-        text += f"; {f.block}{which(f.replica)} (max pool): {f.switched} window(s) take another input's maximum"
+    for sw in r.pooling:
+        text += f"; {sw.block}{which(sw.replica)} (max pool): {sw.switched} window(s) take another input's maximum"
     if grad is not None:
         text += f"; gradients part at {grad.label}"
-    if adam is not None and min(adam.a_error, key=adam.a_error.get) != min(adam.b_error, key=adam.b_error.get):
+    if adam is not None and min(adam.a_error, key=adam.a_error.get) != min(adam.b_error, key=adam.b_error.get):  # type: ignore[arg-type]
         text += "; Adam's epsilon is placed differently"
     if r.batchnorm is not None and r.batchnorm.relative_synchronised <= r.tolerance:
         text += "; BatchNorm statistics per replica"
@@ -882,7 +887,10 @@ def batchnorm_in_question(r: Localization, config: Config) -> bool:
     per replica: replaying with them synchronised says whether they are the cause."""
     from xfw.common.spec.models import blocks_of
 
-    if not r.parted or r.first.kind != "activation" or sorted(r.replicas)[0] != 1 or max(r.replicas) == 1:
+    if not r.parted:
+        return False
+    assert r.first is not None  # parted: analyse() set the first tensor over the tolerance
+    if r.first.kind != "activation" or sorted(r.replicas)[0] != 1 or max(r.replicas) == 1:
         return False
     block = next(b for b in blocks_of(config.model) if b.name == r.first.name)
     return getattr(block, "batchnorm", None) is not None and not getattr(config.model, "sync_batchnorm", True)
@@ -896,6 +904,7 @@ def batchnorm_replay(r: Localization, config: Config, by_replica: dict, traces) 
     synchronised = config_from_dict(data)
     side = "a" if r.replicas[0] > 1 else "b"
     k = r.first_step
+    assert r.first is not None and k is not None  # batchnorm_in_question: a parted result
     trace = traces("batchnorm", {"every": r.steps + 1, "capture": [k, k]}, synchronised, {side: sides_of(r)[side]})[
         side
     ]
@@ -911,7 +920,7 @@ def batchnorm_replay(r: Localization, config: Config, by_replica: dict, traces) 
     )
 
 
-def sides_of(r: Localization) -> dict[str, tuple[str, str]]:
+def sides_of(r: Localization) -> dict[str, tuple[str, ...]]:
     return {side: tuple(run_id.split("-", 1)) for side, run_id in (("a", r.a), ("b", r.b))}
 
 

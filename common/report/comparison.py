@@ -15,9 +15,19 @@ from rich.table import Table
 
 from xfw.common.judge.compare import loss_diff
 from xfw.common.plan.registry import STRATEGY
-from xfw.common.records import Comparison, FailedRun, InterruptedRun, NetworksRunEntry, RunEntry, SkippedRun, Summary
+from xfw.common.records import (
+    Comparison,
+    FailedRun,
+    InterruptedRun,
+    NetworksRunEntry,
+    RunEntry,
+    SkippedRun,
+    Summary,
+    SweepPoint,
+)
 from xfw.common.spec.config import config_from_dict
 from xfw.common.spec.semantics import NOTES, notes_for
+from xfw.common.strategies.base import Framework
 
 
 def _fmt(value, spec: str, missing: str = "-") -> str:
@@ -107,6 +117,7 @@ def comparison_rows(summary: Summary) -> list[list[str]]:
         pair = f"{c.a} vs {c.b}"
         kind = c.kind.replace("_", " ")
         if c.status != "ok":
+            assert c.reason is not None  # not_compared and compare_networks_pair say why
             rows.append([pair, kind, "-", _tolerance_text(c), "not compared", "-", "-", "-", "-", c.reason])
             continue
         rows.append(
@@ -374,7 +385,7 @@ def _verdict_text(c: Comparison) -> str:
     return f"{c.verdict} ({c.change:+.0%}, band ±{c.verdict_band:.0%}{once})"
 
 
-def _ratio_text(c: Comparison) -> str:
+def _ratio_text(c: Comparison | SweepPoint) -> str:
     s = c.throughput_ratio_spread
     return f"{c.throughput_ratio:.2f} [{s.low:.2f}-{s.high:.2f}]"
 
@@ -385,6 +396,7 @@ def network_comparison_rows(summary: Summary) -> list[list[str]]:
         pair, kind = f"{c.a} vs {c.b}", c.kind.replace("_", " ")
         tolerance = _tolerance_text(c)
         if c.status != "ok":
+            assert c.reason is not None  # not_compared and compare_networks_pair say why
             rows.append([pair, kind, "-", tolerance, "not compared", "-", "-", "-", "-", c.reason])
             continue
         rows.append(
@@ -510,7 +522,7 @@ def _curves(run) -> dict[str, list[float]]:
     return {f"{run.id} {n.name}": n.loss for n in run.networks if n.loss is not None}
 
 
-def _diff_curves(c: dict, by_id: dict) -> dict[str, np.ndarray]:
+def _diff_curves(c: Comparison, by_id: dict) -> dict[str, np.ndarray]:
     a, b = _curves(by_id[c.a]), _curves(by_id[c.b])
     several = getattr(by_id[c.a], "networks", None) is not None
     pairs = (
@@ -553,7 +565,7 @@ def write_plots(summary: Summary, out_dir: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     ok = [r for r in summary.runs if r.status == "ok"]
-    files = []
+    files: list[str] = []
     if not ok:
         return files
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -586,7 +598,7 @@ def write_plots(summary: Summary, out_dir: Path) -> list[str]:
             ax.plot(
                 factor * np.maximum(np.nan_to_num(curve, nan=np.inf), 1e-12),
                 color="grey",
-                linestyle=":" if fw == "tf" else "-.",
+                linestyle=":" if fw == Framework.TF else "-.",
                 linewidth=1,
                 label=f"{factor:g}x rounding envelope ({fw}: weights moved one ulp)",
             )
@@ -603,7 +615,7 @@ def write_plots(summary: Summary, out_dir: Path) -> list[str]:
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     med = [r.throughput_samples_per_s for r in ok]
-    colors = ["tab:orange" if r.framework == "tf" else "tab:blue" for r in ok]
+    colors = ["tab:orange" if r.framework == Framework.TF else "tab:blue" for r in ok]
     if all(isinstance(r, RunEntry) for r in ok):
         low = [m - r.throughput_spread.p25 for m, r in zip(med, ok)]
         high = [r.throughput_spread.p75 - m for m, r in zip(med, ok)]

@@ -6,6 +6,7 @@ can only differ by the framework and the strategy, never by a default that one s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -499,7 +500,7 @@ def build_config(raw: dict) -> Config:
         raise UserError(f"config: {_format_validation_error(err)}") from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = (), replicas: int | None = None) -> Config:
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), replicas: int | None = None) -> Config:
     raw = apply_overrides(load_raw(path), list(overrides))
     if replicas is not None:
         raw.setdefault("parallel", {})["replicas"] = replicas

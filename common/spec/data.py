@@ -49,6 +49,7 @@ def _synthetic(config: Config, classification: bool) -> tuple[np.ndarray, np.nda
     spec = config.model
     n_in, n_out = input_shape(spec)[0], output_width(spec)
     rng = np.random.default_rng([config.seed, 0xDA7A])
+    y: np.ndarray  # class ids (int64), or regression targets (float64)
     if classification:
         centers = rng.normal(0.0, 1.5, size=(n_out, n_in))
         y = rng.integers(0, n_out, size=config.data.samples)
@@ -288,8 +289,8 @@ def _check_tokens(ds: Dataset, spec: ModelSpec, source: str) -> Dataset:
                 f"{source} has token ids {int(arr.min())}..{int(arr.max())}, but model.vocab is {vocab} "
                 f"(ids 0..{vocab - 1})"
             )
-    cast = (a.astype(np.int64) for a in (ds.x_train, ds.y_train, ds.x_test, ds.y_test))
-    return Dataset(*cast, ds.classification, ds.loss_floor)
+    x_train, y_train, x_test, y_test = (a.astype(np.int64) for a in (ds.x_train, ds.y_train, ds.x_test, ds.y_test))
+    return Dataset(x_train, y_train, x_test, y_test, ds.classification, ds.loss_floor)
 
 
 def load_dataset(config: Config) -> Dataset:
@@ -305,11 +306,12 @@ def load_dataset(config: Config) -> Dataset:
         x, y, floor = _markov_text(config)
         ds = dataclasses.replace(_split(x, y, data.test_fraction, config.seed, classification), loss_floor=floor)
     else:
+        assert data.path is not None  # DataConfig._check_path: kind npz requires data.path
         parts = _npz(data.path, classification, tokens=model_kind(spec).input_layout == "tokens")
         ds = (
             Dataset(*parts, classification)
             if len(parts) == 4
-            else _split(*parts, data.test_fraction, config.seed, classification)
+            else _split(parts[0], parts[1], data.test_fraction, config.seed, classification)  # x and y
         )
     ds = _check_shapes(ds, spec, data.path or data.kind, given_labels=data.kind == "npz")
     if ds.train_size < config.training.global_batch:

@@ -7,6 +7,7 @@ so a difference between the frameworks is never a silent default.
 from __future__ import annotations
 
 from xfw.common.spec.config import AdamWConfig, Config, ModelSpec, ResNetSpec, SGDConfig, TransformerSpec
+from xfw.common.strategies.base import Framework
 
 # Dynamic loss scaling under mixed_float16, the same in both frameworks (Keras's LossScaleOptimizer and torch's
 # GradScaler start and grow differently by default: 2^15 / 2^16): the scale starts here, halves on a step with
@@ -152,7 +153,7 @@ def optimizer_hyperparameters(config: Config, framework: str) -> dict:
     opt = config.optimizer
     clip = config.training.clip_global_norm
     schedule = "constant" if opt.schedule.kind == "constant" else f"tabulated {opt.schedule.kind}"
-    if framework == "tf":
+    if framework == Framework.TF:
         args: dict = {"learning_rate": opt.lr if opt.schedule.kind == "constant" else f"{schedule} (xfw table)"}
         if isinstance(opt, SGDConfig):
             args |= {"class": "keras.optimizers.SGD", "momentum": opt.momentum, "nesterov": opt.nesterov}
@@ -160,7 +161,7 @@ def optimizer_hyperparameters(config: Config, framework: str) -> dict:
             args |= {"beta_1": opt.beta1, "beta_2": opt.beta2, "epsilon": opt.epsilon, "amsgrad": False}
             args["class"] = "keras.optimizers.AdamW" if isinstance(opt, AdamWConfig) else "keras.optimizers.Adam"
         if getattr(opt, "weight_decay", 0.0):
-            args["weight_decay"] = opt.weight_decay
+            args["weight_decay"] = opt.weight_decay  # type: ignore[union-attr]  # the getattr: Adam has none
         if clip is not None:
             args["global_clipnorm"] = clip
         if config.runtime.precision == "mixed_float16":
@@ -187,10 +188,10 @@ def _loss_scale_text() -> str:
 
 def loss_function_name(config: Config, framework: str) -> str:
     if config.loss == "mse":
-        return "keras.losses.MeanSquaredError" if framework == "tf" else "torch.nn.functional.mse_loss"
+        return "keras.losses.MeanSquaredError" if framework == Framework.TF else "torch.nn.functional.mse_loss"
     return (
         "keras.losses.SparseCategoricalCrossentropy(from_logits=True)"
-        if framework == "tf"
+        if framework == Framework.TF
         else "torch.nn.functional.cross_entropy"
     )
 

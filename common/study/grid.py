@@ -58,7 +58,10 @@ class TargetSpec(_Strict):
 
     @property
     def value(self) -> float:
-        return self.below if self.below is not None else self.above
+        if self.below is not None:
+            return self.below
+        assert self.above is not None  # _one_direction: exactly one of below and above
+        return self.above
 
     def describe(self) -> str:
         return f"{self.metric} {'<=' if self.below is not None else '>='} {self.value:g}"
@@ -401,6 +404,7 @@ def _collect(record: StudyCell, summary, seed: int, counts: dict) -> None:
                 continue
             n = counts.get((entry.id, seed), 0)
             counts[(entry.id, seed)] = n + 1
+            assert isinstance(result, RunResult)  # a study refuses the strategies that train several networks
             record.processes.append(process_record(result, entry, seed, n, path))
     for c in summary.comparisons:
         if c.status == "ok":
@@ -469,12 +473,13 @@ def run_study(
     todo = [c for c in cells if c.key not in records or records[c.key].status != "ok"]
     progress.cells(len(cells), len(cells) - len(todo), sum(planned[c.key] for c in todo))
     for cell in todo:
-        if runner.interrupted() is not None:
-            return _ordered(cells, records), f"{runner.interruption(runner.interrupted())} before cell {cell.label}"
+        if (signum := runner.interrupted()) is not None:
+            return _ordered(cells, records), f"{runner.interruption(signum)} before cell {cell.label}"
         progress.cell(cell.label)
         record, stopped = run_cell(spec, cell, out, executor, progress)
         if stopped:
             return _ordered(cells, records), f"{stopped} (cell {cell.label})"
+        assert record is not None  # run_cell: a record, or why it stopped
         write_json_atomic(cell_path(out, cell), record.to_json())
         records[cell.key] = record
         progress.cell_done(cell.label, record.status, record.errors)

@@ -66,7 +66,8 @@ def step_breakdown(events: dict[str, list[Interval]], wall_s: float, input_wait_
     profiler's intervals per category; `input_wait_s`: what the training loop measured waiting for the steps'
     inputs outside the step (the profiler may see part of it as input events too: the larger counts)."""
     unions = {c: merged(events.get(c, [])) for c in CATEGORIES}
-    exclusive, taken = {}, []
+    exclusive: dict[str, float] = {}
+    taken: list[Interval] = []
     for category in PRIORITY:
         own = minus(unions[category], taken)
         exclusive[category] = length(own)

@@ -81,7 +81,7 @@ def timed_loop(
     warmup_steps: int,
     windows: int,
     on_progress: Callable[[int], None],
-    after_warmup: Callable[[], None] | None = None,
+    after_warmup: Callable[[], object] | None = None,
     profiler: StepProfiler | None = None,
     profile_steps: int = 0,
 ) -> tuple[list[Any], LoopTiming]:
@@ -113,6 +113,7 @@ def timed_loop(
     run_steps(warmup_steps - profiled)
     breakdown = None
     if profiled:
+        assert profiler is not None  # profiled is 0 without one
         sync(losses[-1])
         profiler.start()
         began = clock()

@@ -90,7 +90,7 @@ class Member:
         )
 
 
-def train_in_threads(names: list[str], train_one: Callable[[int, int, Callable[[], None]], Any]) -> list:
+def train_in_threads(names: list[str], train_one: Callable[[int, int, Callable[[], object]], Any]) -> list:
     """Calls train_one(k, rank, after_warmup) for network k in a thread of its own and returns their results in
     order. A barrier after warm-up, so that the timed steps of the networks run at the same time."""
     barrier = threading.Barrier(len(names))
@@ -121,7 +121,7 @@ def timed_training(
     step_inputs: list,
     sync: Callable[[Any], Any],
     rank: int = 0,
-    after_warmup: Callable[[], None] | None = None,
+    after_warmup: Callable[[], object] | None = None,
     profiler: StepProfiler | None = None,
 ) -> tuple[list, LoopTiming]:
     """common.loop.timed_loop with the run's warm-up steps and timing windows; each rank reports its progress.

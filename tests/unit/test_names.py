@@ -46,8 +46,6 @@ def test_no_name_compares_outside_the_strategy_modules():
     files = [p for d in ("common", "cli") for p in sorted((ROOT / d).rglob("*.py")) if DEFINITIONS not in p.parents]
     assert len(files) > 40
     found = [
-        f"{path.relative_to(ROOT)}:{line}: {name!r}"
-        for path in files
-        for line, name in name_compares(path.read_text())
+        f"{path.relative_to(ROOT)}:{line}: {name!r}" for path in files for line, name in name_compares(path.read_text())
     ]
     assert found == [], "compare the descriptor or the enum instead:\n" + "\n".join(found)
