@@ -52,11 +52,16 @@ REFERENCES = {
 
 
 def curves(out: Path) -> dict:
-    """Every run's loss curve and evaluation, by the result file's path under `out`."""
+    """Every run's loss curve and evaluation (each network's, for several networks), by the result file's path."""
     found = {}
     for path in sorted(out.rglob("result.json")):
         record = json.loads(path.read_text())
-        found[str(path.relative_to(out))] = {"loss": record.get("loss"), "eval": record.get("eval")}
+        networks = [{"loss": n.get("loss"), "eval": n.get("eval")} for n in record.get("networks") or []]
+        found[str(path.relative_to(out))] = {
+            "loss": record.get("loss"),
+            "eval": record.get("eval"),
+            "networks": networks,
+        }
     return found
 
 

@@ -16,7 +16,8 @@ SMALL = ["model.width=32", "model.seq_len=16", "data.samples=1024", "training.st
 def _single(tmp_path, overrides: list[str], *only: str) -> dict:
     args = [a for o in SMALL + overrides for a in ("--set", o)]
     strategy = "mirrored" if only else "single"
-    extra = [a for impl in only for a in ("--only", impl)]
+    # the custom loops only: no test here reads Keras fit's run (tests/frameworks/test_keras_fit.py does)
+    extra = [a for impl in only or ("tf-single", "torch-single") for a in ("--only", impl)]
     proc = run_xfw(
         "compare", "--strategy", strategy, "--config", "configs/transformer.yaml", *args, *extra, "--out", str(tmp_path)
     )
