@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag, ValidationError
 
 from xfw.common.record_types import Bytes, Count, Rate, Real, Record, Share, strict_json  # noqa: F401 (strict_json: re-exported)
-from xfw.common.strategies.parameter_server import Asynchrony
+from xfw.common.strategies import StrategyResultFields
 
 
 def first_non_finite(values: list[float] | None) -> int | None:
@@ -199,7 +199,7 @@ class NetworkUse(Record):
         )
 
 
-class RunResult(RunIdentity):
+class RunResult(StrategyResultFields, RunIdentity):
     """One network trained by one run."""
 
     status: Literal["ok"] = "ok"
@@ -228,7 +228,6 @@ class RunResult(RunIdentity):
     non_finite_metrics: list[str] = []
     teardown_error: str | None = None  # set by the parent: a process failed after this was written
     network: NetworkUse | None = None  # set by the parent: across several hosts, what went over their links
-    asynchrony: Asynchrony | None = None  # strategy parameter-server: each update's staleness
 
 
 class NetworkResult(Record):
@@ -336,7 +335,7 @@ class InterruptedRun(RunBase):
     run_dir: str | None = None
 
 
-class RunEntry(RunBase):
+class RunEntry(StrategyResultFields, RunBase):
     status: Literal["ok"] = "ok"
     loss: list[Real]  # the first repeat's (the others are identical when determinism is on)
     eval: dict[str, Real]
@@ -371,7 +370,6 @@ class RunEntry(RunBase):
     result_files: list[str] = []
     teardown_errors: list[str] = []
     network: NetworkUse | None = None  # across several hosts: the first repeat's bytes over the links
-    asynchrony: Asynchrony | None = None  # strategy parameter-server: the first repeat's updates and staleness
 
 
 class NetworkEntry(Record):

@@ -25,6 +25,7 @@ from xfw.common.spec.model_specs import (  # noqa: F401 (re-exported: the config
     TransformerSpec,
 )
 from xfw.common.spec.models import model_kind
+from xfw.common.strategies import SyncConfig
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "configs" / "default.yaml"
 
@@ -225,20 +226,6 @@ class EngineConfig(Section):
     def given(self, engine: str) -> dict:
         """The options set for `engine` (those left unset keep the engine's own default)."""
         return {k: v for k, v in getattr(self, engine).model_dump().items() if v is not None}
-
-
-class SyncConfig(Section):
-    """How often the replicas synchronise (strategy local-sgd), and with how many parameter servers (strategy
-    parameter-server)."""
-
-    # The replicas' weights are averaged after steps 0, k, 2k, ... (PyTorch's PeriodicModelAverager's schedule, which
-    # every local-sgd implementation follows) and after the last step; 1: after every step, which is synchronous
-    # data parallelism (for SGD, with or without momentum: its update is linear in the gradients).
-    every_k_steps: Annotated[int, Field(ge=1)] = 1
-
-    # Strategy parameter-server: processes that hold the weights (each a share of the weight tensors, round-robin)
-    # and apply the workers' gradients as they arrive; the workers are parallel.replicas.
-    parameter_servers: Annotated[int, Field(ge=1)] = 1
 
 
 class NetworkConfig(Section):

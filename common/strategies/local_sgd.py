@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+from pydantic import Field
+
+from xfw.common.spec.model_specs import Section
 from xfw.common.strategies.base import Parity, Strategy, implementation, register
 
 if TYPE_CHECKING:
@@ -14,6 +17,15 @@ LOCAL_BATCHNORM = (
     "local SGD's replicas step on their own between averagings; BatchNorm statistics over the global batch would "
     "need a collective in every forward pass, which local SGD exists to avoid"
 )
+
+
+class SyncSettings(Section):
+    """Local SGD's setting in the config's `sync` section (common/strategies/__init__.py gathers the section)."""
+
+    # The replicas' weights are averaged after steps 0, k, 2k, ... (PyTorch's PeriodicModelAverager's schedule, which
+    # every local-sgd implementation follows) and after the last step; 1: after every step, which is synchronous
+    # data parallelism (for SGD, with or without momentum: its update is linear in the gradients).
+    every_k_steps: Annotated[int, Field(ge=1)] = 1
 
 
 def averages_after(config: Config, step: int) -> bool:

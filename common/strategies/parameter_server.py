@@ -5,9 +5,12 @@ per update in the result's `asynchrony`)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import Field
 
 from xfw.common.record_types import Count, Real, Record
+from xfw.common.spec.model_specs import Section
 from xfw.common.spec.models import is_state, parameter_shapes
 from xfw.common.strategies.base import Framework, Implementation, Parity, Role, Strategy, implementation, register
 
@@ -55,6 +58,21 @@ def asynchrony_record(updates: list[tuple[int | None, int, int]], workers: int, 
         counted_by=counted_by,
         updates_per_worker=per_worker,
     )
+
+
+class ResultFields(Record):
+    """What a parameter-server run adds to result.json (RunResult) and to its entry in summary.json (RunEntry: the
+    first repeat's), gathered with other strategies' fields in common/strategies/__init__.py."""
+
+    asynchrony: Asynchrony | None = None  # every update's staleness
+
+
+class SyncSettings(Section):
+    """The parameter servers' setting in the config's `sync` section."""
+
+    # Processes that hold the weights (each a share of the weight tensors, round-robin) and apply the workers'
+    # gradients as they arrive; the workers are parallel.replicas.
+    parameter_servers: Annotated[int, Field(ge=1)] = 1
 
 
 class ParameterServer(Strategy):
