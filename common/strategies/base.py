@@ -119,10 +119,6 @@ class Strategy:
             pipeline=config.model_parallel.stages if self.staged else 1,
         )
 
-    def devices(self, replicas: int, stages: int) -> int:
-        """Devices one run occupies under the data/model-parallel rule (replicas x stages)."""
-        return (replicas if self.data_parallel else 1) * (stages if self.staged else 1)
-
     def roles(self, impl: Implementation, config: Config, processes: int) -> tuple[Role, ...]:
         """The processes of one run, in launcher rank order. Default: every process a worker."""
         return tuple(Role("worker", i, i) for i in range(processes))

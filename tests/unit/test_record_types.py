@@ -82,9 +82,10 @@ def test_every_implementation_reference_and_twin_exists():
 
 
 def test_descriptors_declare_what_the_runs_need():
-    assert STRATEGY["hybrid"].devices(replicas=2, stages=3) == 6
-    assert STRATEGY["pipeline"].devices(replicas=2, stages=3) == 3
-    assert STRATEGY["mirrored"].devices(replicas=2, stages=3) == 2
+    two_by_three = load_config(None, ["parallel.replicas=2", "model_parallel.stages=3"])
+    assert STRATEGY["hybrid"].mesh(two_by_three).world == 6
+    assert STRATEGY["pipeline"].mesh(two_by_three).world == 3
+    assert STRATEGY["mirrored"].mesh(two_by_three).world == 2
     for s in STRATEGY.values():
         assert set(s.config_sections) <= set(load_config().model_dump()), s.name
 
